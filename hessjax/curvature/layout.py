@@ -1,0 +1,146 @@
+"""Flat views of (a selected subset of) a parameter pytree.
+
+A `ParamLayout` is static and hashable: it records the tree structure, leaf shapes, dtypes,
+path names and which leaves are selected. Flat vectors cover the selected leaves only, in
+`jax.tree_util` leaf order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+PyTree = Any
+Select = None | str | Sequence[str] | Callable[[str], bool]
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def leaf_paths(tree: PyTree) -> list[str]:
+    """'/'-joined path of every leaf, e.g. 'params/Dense_0/kernel', in leaf order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return ["/".join(_key_name(k) for k in path) for path, _ in flat]
+
+
+def _matches(path: str, pattern: str) -> bool:
+    parts, want = path.split("/"), pattern.strip("/").split("/")
+    return any(parts[i : i + len(want)] == want for i in range(len(parts) - len(want) + 1))
+
+
+def select_mask(paths: Sequence[str], select: Select) -> tuple[bool, ...]:
+    """Which leaves `select` picks: None (all), a path pattern such as 'Dense_0' or
+    'Dense_0/kernel' (matched as whole path components), a list of patterns, or a predicate
+    on the path string."""
+    if select is None:
+        return tuple(True for _ in paths)
+    if callable(select):
+        return tuple(bool(select(p)) for p in paths)
+    patterns = [select] if isinstance(select, str) else list(select)
+    return tuple(any(_matches(p, pat) for pat in patterns) for p in paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamLayout:
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]
+    paths: tuple[str, ...]
+    selected: tuple[bool, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(int(np.prod(s)) for s, on in zip(self.shapes, self.selected, strict=True) if on)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return next(d for d, on in zip(self.dtypes, self.selected, strict=True) if on)
+
+    @property
+    def selected_paths(self) -> tuple[str, ...]:
+        return tuple(p for p, on in zip(self.paths, self.selected, strict=True) if on)
+
+    def leaves(self, params: PyTree) -> list[Array]:
+        return self.treedef.flatten_up_to(params)
+
+    def pick(self, leaves: Sequence[Array]) -> list[Array]:
+        """The selected leaves of a full leaf list."""
+        return [x for x, on in zip(leaves, self.selected, strict=True) if on]
+
+    def merge(self, picked: Sequence[Array], leaves: Sequence[Array]) -> PyTree:
+        """Params tree with the selected leaves replaced by `picked`."""
+        it = iter(picked)
+        return self.treedef.unflatten(
+            [next(it) if on else x for x, on in zip(leaves, self.selected, strict=True)]
+        )
+
+    def ravel_picked(self, picked: Sequence[Array]) -> Array:
+        return jnp.concatenate([jnp.ravel(x) for x in picked])
+
+    def unravel_picked(self, flat: Array) -> list[Array]:
+        shapes = [s for s, on in zip(self.shapes, self.selected, strict=True) if on]
+        sizes = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+        return [x.reshape(s) for x, s in zip(jnp.split(flat, sizes), shapes, strict=True)]
+
+    def unravel(self, flat: Array) -> PyTree:
+        """(size,) -> params-shaped tree; unselected leaves are zeros."""
+        zeros = [jnp.zeros(s, d) for s, d in zip(self.shapes, self.dtypes, strict=True)]
+        return self.merge(self.unravel_picked(flat), zeros)
+
+    def ravel(self, tree: PyTree) -> Array:
+        """Params-shaped tree -> (size,) flat vector of its selected leaves."""
+        treedef = jax.tree_util.tree_structure(tree)
+        if treedef != self.treedef:
+            raise ValueError(
+                f"vector tree structure does not match the params:\n{treedef}\nvs\n{self.treedef}"
+            )
+        leaves = jax.tree_util.tree_leaves(tree)
+        for x, s, d, p in zip(leaves, self.shapes, self.dtypes, self.paths, strict=True):
+            if tuple(x.shape) != s or x.dtype != d:
+                raise ValueError(
+                    f"leaf {p!r}: got {x.dtype}{list(x.shape)}, params have {d}{list(s)}"
+                )
+        return self.ravel_picked(self.pick(leaves))
+
+
+def make_layout(params: PyTree, select: Select = None) -> ParamLayout:
+    """Layout of `params` restricted to the leaves chosen by `select` (see `select_mask`)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if not leaves:
+        raise ValueError("params has no array leaves")
+    paths = tuple(leaf_paths(params))
+    mask = select_mask(paths, select)
+    if not any(mask):
+        raise ValueError(f"select={select!r} matches no parameter; paths are {list(paths)}")
+    dtypes = tuple(np.dtype(jnp.result_type(x)) for x in leaves)
+    chosen = {d for d, on in zip(dtypes, mask, strict=True) if on}
+    if len(chosen) != 1 or not jnp.issubdtype(next(iter(chosen)), jnp.floating):
+        raise ValueError(
+            f"selected params must share one floating dtype, got {sorted(map(str, chosen))}"
+        )
+    shapes = tuple(tuple(np.shape(x)) for x in leaves)
+    return ParamLayout(treedef, shapes, dtypes, paths, mask)
+
+
+def group_by_prefix(params: PyTree, depth: int = 1, skip: Sequence[str] = ("params",)) -> list[str]:
+    """Distinct path prefixes of `depth` components (after dropping leading `skip` components),
+    in leaf order, e.g. the layer names ['Dense_0', 'Dense_1', ...] of a flax Linen MLP."""
+    groups: list[str] = []
+    for path in leaf_paths(params):
+        parts = path.split("/")
+        while parts and parts[0] in skip:
+            parts = parts[1:]
+        name = "/".join(parts[:depth])
+        if name not in groups:
+            groups.append(name)
+    return groups

@@ -1,0 +1,279 @@
+"""Curvature operators of a loss: Hessian, generalised Gauss-Newton and empirical Fisher.
+
+Data for one operator is a pytree whose leaves carry a leading microbatch axis (m, b, ...);
+a product scans over the m microbatches inside one `jit` and averages. For data that does not
+fit in memory, `batches=` takes a re-iterable of batches (b, ...) and sums on the host.
+
+Every operator acts on flat vectors over the selected parameters (`select`, see
+`layout.select_mask`); restricted to a block of parameters it is the diagonal block H_ii.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from hessjax.curvature.layout import ParamLayout, PyTree, Select, make_layout
+from hessjax.curvature.losses import MeanLoss
+from hessjax.linalg.operator import Operator
+
+Array = jax.Array
+
+
+def _scan_mean(per_batch: Callable[[Any], Array], v: Array, data: PyTree) -> Array:
+    """Mean over the leading microbatch axis of `data` of per_batch(batch) (flat vectors)."""
+
+    def body(acc, batch):
+        return acc + per_batch(batch), None
+
+    total, _ = lax.scan(body, jnp.zeros_like(v), data)
+    return total / jax.tree_util.tree_leaves(data)[0].shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class HessianProduct:
+    """v -> H v, H the Hessian of loss_fn(params, batch) averaged over microbatches;
+    forward-over-reverse (jvp of grad)."""
+
+    loss_fn: Callable[[PyTree, Any], Array]
+    layout: ParamLayout
+
+    def __call__(self, v: Array, params: PyTree, data: PyTree) -> Array:
+        lay = self.layout
+        leaves = lay.leaves(params)
+        picked, tangent = lay.pick(leaves), lay.unravel_picked(v)
+
+        def per_batch(batch):
+            grad = jax.grad(lambda p: self.loss_fn(lay.merge(p, leaves), batch))
+            return lay.ravel_picked(jax.jvp(grad, (picked,), (tangent,))[1])
+
+        return _scan_mean(per_batch, v, data)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussNewtonProduct:
+    """v -> G v = Jᵀ H_out J v for the mean of per_example_loss(model_fn(params, x), y)."""
+
+    model_fn: Callable[[PyTree, Any], Array]
+    per_example_loss: Callable[[Array, Any], Array]
+    layout: ParamLayout
+
+    def __call__(self, v: Array, params: PyTree, data: PyTree) -> Array:
+        lay = self.layout
+        leaves = lay.leaves(params)
+        picked, tangent = lay.pick(leaves), lay.unravel_picked(v)
+
+        def per_batch(batch):
+            inputs, targets = batch
+            out, jvp_fn = jax.linearize(
+                lambda p: self.model_fn(lay.merge(p, leaves), inputs), picked
+            )
+            out_grad = jax.grad(lambda o: jnp.mean(self.per_example_loss(o, targets)))
+            h_jv = jax.jvp(out_grad, (out,), (jvp_fn(tangent),))[1]
+            (g,) = jax.linear_transpose(jvp_fn, picked)(h_jv)
+            return lay.ravel_picked(g)
+
+        return _scan_mean(per_batch, v, data)
+
+
+@dataclasses.dataclass(frozen=True)
+class FisherProduct:
+    """v -> F v, F = (1/b) Σ_i g_i g_iᵀ with g_i the gradient of example i's loss (empirical
+    Fisher), without materialising per-example gradients (one jvp and one transpose)."""
+
+    model_fn: Callable[[PyTree, Any], Array]
+    per_example_loss: Callable[[Array, Any], Array]
+    layout: ParamLayout
+
+    def __call__(self, v: Array, params: PyTree, data: PyTree) -> Array:
+        lay = self.layout
+        leaves = lay.leaves(params)
+        picked, tangent = lay.pick(leaves), lay.unravel_picked(v)
+
+        def per_batch(batch):
+            inputs, targets = batch
+
+            def losses(p):
+                return self.per_example_loss(self.model_fn(lay.merge(p, leaves), inputs), targets)
+
+            per_example, jvp_fn = jax.linearize(losses, picked)
+            gv = jvp_fn(tangent)
+            (g,) = jax.linear_transpose(jvp_fn, picked)(gv / per_example.shape[0])
+            return lay.ravel_picked(g)
+
+        return _scan_mean(per_batch, v, data)
+
+
+class _TreeViews:
+    """Pytree views shared by the in-memory and streaming operators (needs `self.layout`)."""
+
+    layout: ParamLayout
+
+    def ravel(self, tree: PyTree) -> Array:
+        """Params-shaped tree -> flat (size,) vector (checks structure, shapes and dtypes)."""
+        return self.layout.ravel(tree)
+
+    def unravel(self, v: Array) -> PyTree:
+        """Flat (size,) -> params-shaped tree (zeros outside the selected leaves)."""
+        return self.layout.unravel(v)
+
+    def unravel_vectors(self, vs: Array) -> PyTree:
+        """(size, k) columns -> params-shaped tree whose leaves have a leading k axis."""
+        return jax.vmap(self.layout.unravel, in_axes=1)(vs)
+
+    def tree_matvec(self, tree: PyTree) -> PyTree:
+        """Product in pytree form: params-shaped tree -> params-shaped tree."""
+        return self.unravel(self @ self.ravel(tree))
+
+
+@dataclasses.dataclass(frozen=True)
+class CurvatureOperator(Operator, _TreeViews):
+    """A curvature `Operator` with args = (params, data) and the `ParamLayout` of its
+    selected parameters; a pytree, so solvers jit over params and data as inputs."""
+
+    layout: ParamLayout | None = None
+
+
+jax.tree_util.register_dataclass(
+    CurvatureOperator, data_fields=["args"], meta_fields=["product", "size", "dtype", "layout"]
+)
+
+
+class StreamingOperator(_TreeViews):
+    """A curvature operator over a re-iterable of batches: each product is a host loop of
+    jitted per-batch products, weighted by batch size. Solvers drive it from the host."""
+
+    def __init__(self, product, params: PyTree, batches, layout: ParamLayout):
+        self.layout, self.size, self.dtype = layout, layout.size, layout.dtype
+        self.params, self._batches = params, batches
+        self._product = jax.jit(product)
+
+    def batches(self) -> Iterable[PyTree]:
+        return self._batches() if callable(self._batches) else iter(self._batches)
+
+    def matvec(self, v: Array) -> Array:
+        total, count = jnp.zeros_like(v), 0
+        for batch in self.batches():
+            b = _leading_size(batch)
+            stacked = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], batch)
+            total, count = total + b * self._product(v, self.params, stacked), count + b
+        return total / count
+
+    def matmat(self, vs: Array) -> Array:
+        return jnp.stack([self.matvec(v) for v in vs.T], axis=1)
+
+    def __matmul__(self, x: Array) -> Array:
+        return self.matvec(x) if x.ndim == 1 else self.matmat(x)
+
+
+def _leading_size(tree: PyTree, axis_name: str = "batch") -> int:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        raise ValueError("data has no array leaves")
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"all data leaves need the same leading {axis_name} axis, got {sizes}")
+    size = sizes.pop()
+    if size == 0:
+        raise ValueError(f"data is empty (leading {axis_name} axis has size 0)")
+    return size
+
+
+def _is_tracer(tree: PyTree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _check_finite(value_fn: Callable[[PyTree, Any], Array], params: PyTree, batch: PyTree):
+    if _is_tracer(params) or _is_tracer(batch):
+        return
+    value = jax.jit(value_fn)(params, batch)
+    if not bool(jnp.all(jnp.isfinite(value))):
+        raise ValueError(f"loss is not finite at params on the first batch: {value}")
+
+
+def _build(product, value_fn, params, data, batches, layout: ParamLayout):
+    if (data is None) == (batches is None):
+        raise ValueError("pass exactly one of data= (microbatched pytree) or batches= (iterable)")
+    if data is not None:
+        _leading_size(data, "microbatch")
+        first = jax.tree_util.tree_map(lambda x: x[0], data)
+        _leading_size(first)
+        _check_finite(value_fn, params, first)
+        return CurvatureOperator(product, (params, data), layout.size, layout.dtype, layout)
+    if not callable(batches) and iter(batches) is batches:
+        raise ValueError(
+            "batches must be re-iterable (a list, or a callable returning a fresh iterator); "
+            "a generator is exhausted after one product"
+        )
+    op = StreamingOperator(product, params, batches, layout)
+    first = next(iter(op.batches()), None)
+    if first is None:
+        raise ValueError("batches is empty")
+    _leading_size(first)
+    _check_finite(value_fn, params, first)
+    return op
+
+
+def hessian_operator(
+    loss_fn: Callable[[PyTree, Any], Array],
+    params: PyTree,
+    data: PyTree | None = None,
+    *,
+    batches: Iterable[PyTree] | Callable[[], Iterable[PyTree]] | None = None,
+    select: Select = None,
+) -> CurvatureOperator | StreamingOperator:
+    """Hessian of the mean of loss_fn(params, batch) over the data.
+
+    Args:
+      loss_fn: scalar loss of (params, batch); use a hashable function (module-level, or a
+        `MeanLoss`) so that repeated operators reuse compilations.
+      params: any pytree of arrays; the selected leaves must share one floating dtype.
+      data: batch pytree with a leading microbatch axis on every leaf, (m, b, ...).
+      batches: instead of `data`, a re-iterable of batches (b, ...) streamed from the host.
+      select: restrict to a parameter block: a path pattern like 'Dense_0', a list of them,
+        or a predicate on '/'-joined leaf paths. The result is the diagonal block H_ii.
+    """
+    layout = make_layout(params, select)
+    return _build(HessianProduct(loss_fn, layout), loss_fn, params, data, batches, layout)
+
+
+def ggn_operator(
+    model_fn: Callable[[PyTree, Any], Array],
+    per_example_loss: Callable[[Array, Any], Array],
+    params: PyTree,
+    data: tuple[Any, Any] | None = None,
+    *,
+    batches: Iterable[tuple[Any, Any]] | Callable[[], Iterable[Any]] | None = None,
+    select: Select = None,
+) -> CurvatureOperator | StreamingOperator:
+    """Generalised Gauss-Newton Jᵀ H_out J of mean(per_example_loss(model_fn(params, x), y)).
+
+    data is a pair (inputs, targets), each with a leading microbatch axis; H_out is the Hessian
+    of the loss in the outputs (PSD for convex losses such as `cross_entropy` and `mse`).
+    """
+    layout = make_layout(params, select)
+    product = GaussNewtonProduct(model_fn, per_example_loss, layout)
+    loss = MeanLoss(model_fn, per_example_loss)
+    return _build(product, loss, params, data, batches, layout)
+
+
+def empirical_fisher_operator(
+    model_fn: Callable[[PyTree, Any], Array],
+    per_example_loss: Callable[[Array, Any], Array],
+    params: PyTree,
+    data: tuple[Any, Any] | None = None,
+    *,
+    batches: Iterable[tuple[Any, Any]] | Callable[[], Iterable[Any]] | None = None,
+    select: Select = None,
+) -> CurvatureOperator | StreamingOperator:
+    """Empirical Fisher (1/N) Σ_i ∇ℓ_i ∇ℓ_iᵀ of the per-example losses (data as for GGN)."""
+    layout = make_layout(params, select)
+    product = FisherProduct(model_fn, per_example_loss, layout)
+    loss = MeanLoss(model_fn, per_example_loss)
+    return _build(product, loss, params, data, batches, layout)
