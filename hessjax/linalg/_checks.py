@@ -27,7 +27,8 @@ def check_positive(value: int, name: str) -> None:
 
 def check_key(key: jax.Array) -> None:
     if not isinstance(key, jax.Array) or not (
-        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.shape == (2,) and key.dtype == np.uint32)  # legacy raw uint32 key
     ):
         raise ValueError(f"key must be a jax PRNG key (jax.random.key(seed)), got {key!r}")
 

@@ -138,40 +138,42 @@ def _select(theta: Array, j: Array, k: int, which: str) -> Array:
     return lax.top_k(score, k)[1]
 
 
-def _ritz(state: LanczosState, k: int, which: str, float64: bool):
-    """Wanted Ritz values (k,), their eigenvectors of T (m, k) and residual estimates (k,)."""
-    if float64:
-        with jax.enable_x64(True):
-            t = _padded_tridiagonal(
-                state.alpha.astype(jnp.float64), state.beta.astype(jnp.float64), state.j
-            )
-            theta, s = jnp.linalg.eigh(t)
-    else:
-        theta, s = jnp.linalg.eigh(_padded_tridiagonal(state.alpha, state.beta, state.j))
+def _ritz(state: LanczosState, k: int, which: str):
+    """Wanted Ritz values (k,), their eigenvectors of T (m, k), residual estimates (k,) and
+    max |wanted Ritz value|, in the dtype of alpha."""
+    theta, s = jnp.linalg.eigh(_padded_tridiagonal(state.alpha, state.beta, state.j))
     sel = _select(theta, state.j, k, which)
     last = state.j - 1
-    residuals = jnp.abs(state.beta[last].astype(theta.dtype) * s[last, sel])
+    residuals = jnp.abs(state.beta[last] * s[last, sel])
     s = jnp.where((jnp.arange(s.shape[0]) < state.j)[:, None], s[:, sel], 0)
     return theta[sel], s, residuals, jnp.max(jnp.abs(theta[sel]))
 
 
+def _as_float64(state: LanczosState) -> LanczosState:
+    return state._replace(
+        alpha=state.alpha.astype(jnp.float64), beta=state.beta.astype(jnp.float64)
+    )
+
+
 def _converged(state: LanczosState, k: int, which: str, tol: float) -> Array:
-    _, _, residuals, scale = _ritz(state, k, which, float64=False)
+    _, _, residuals, scale = _ritz(state, k, which)
     return (state.j >= k) & jnp.all(residuals <= tol * scale)
 
 
 def _finalize(state: LanczosState, k: int, which: str, tol: float) -> EigshResult:
-    theta, s, residuals, scale = _ritz(state, k, which, float64=True)
-    if which == "BE":
-        order = jnp.argsort(-theta)
-        theta, s, residuals = theta[order], s[:, order], residuals[order]
     dtype = state.basis.dtype
-    vectors = state.basis.T @ s.astype(dtype)
+    with jax.enable_x64(True):  # the small tridiagonal eigenproblem in float64
+        theta, s, residuals, scale = _ritz(_as_float64(state), k, which)
+        if which == "BE":
+            order = jnp.argsort(-theta)
+            theta, s, residuals = theta[order], s[:, order], residuals[order]
+        converged = residuals <= tol * scale
+        theta, s, residuals = theta.astype(dtype), s.astype(dtype), residuals.astype(dtype)
     return EigshResult(
-        eigenvalues=theta.astype(dtype),
-        eigenvectors=vectors,
-        residuals=residuals.astype(dtype),
-        converged=residuals <= tol * scale,
+        eigenvalues=theta,
+        eigenvectors=state.basis.T @ s,
+        residuals=residuals,
+        converged=converged,
         num_matvecs=state.j,
     )
 
@@ -294,7 +296,5 @@ def tridiag_eigh(alpha: Array, beta: Array) -> tuple[Array, Array]:
     beta[:-1] are the off-diagonal entries (beta[-1], the residual norm, is ignored).
     """
     with jax.enable_x64(True):
-        t = _padded_tridiagonal(
-            alpha.astype(jnp.float64), beta.astype(jnp.float64), alpha.shape[-1]
-        )
-        return jnp.linalg.eigh(t)
+        alpha, beta = alpha.astype(jnp.float64), beta.astype(jnp.float64)
+        return jnp.linalg.eigh(_padded_tridiagonal(alpha, beta, alpha.shape[-1]))

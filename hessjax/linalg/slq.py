@@ -37,7 +37,8 @@ class SpectralQuadrature(NamedTuple):
 
 def _quadrature(alpha: Array, beta: Array) -> tuple[Array, Array]:
     theta, s = tridiag_eigh(alpha, beta)
-    return theta.astype(alpha.dtype), (s[0] ** 2).astype(alpha.dtype)
+    with jax.enable_x64(True):
+        return theta.astype(alpha.dtype), (s[0] ** 2).astype(alpha.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps",))

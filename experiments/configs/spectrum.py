@@ -1,0 +1,42 @@
+"""Default config of experiments/spectrum.py: a small tanh MLP on MNIST-1D (generated
+offline), trained briefly, then its Hessian spectrum. Override any field on the command line,
+e.g. --config.model.widths=128,128,10 --config.data.name=mnist --config.data.dir=PATH."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "mnist1d"  # mnist1d | mnist | fashion_mnist | gaussian_mixture
+    c.data.dir = ""  # directory of idx .gz files for mnist / fashion_mnist
+    c.data.source = "auto"  # auto | idx | tfds
+    c.data.num_samples = 5000  # generated datasets only
+    c.data.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kind = "mlp"  # mlp | conv
+    c.model.widths = (64, 64)  # hidden widths (mlp) or channels (conv); output = num classes
+    c.model.activation = "tanh"
+
+    c.train = ml_collections.ConfigDict()
+    c.train.optimizer = "adam"
+    c.train.learning_rate = 3e-3
+    c.train.steps = 3000
+    c.train.batch_size = 128
+    c.train.log_every = 500
+
+    c.hessian = ml_collections.ConfigDict()
+    c.hessian.num_samples = 1000  # training samples the Hessian averages over
+    c.hessian.microbatch_size = 250
+    c.hessian.top_k = 10
+    c.hessian.num_steps = 0  # max Krylov size; 0 = default for top_k
+    c.hessian.tol = 1e-6
+    c.hessian.per_layer = True
+    c.hessian.trace_matvecs = 99  # Hutch++ products (multiple of 3)
+    c.hessian.slq_probes = 8
+    c.hessian.slq_steps = 60
+    c.hessian.sigma_ratio = 0.01  # density smoothing width / spectrum width
+    return c

@@ -1,0 +1,203 @@
+r"""Main job: train a small network, then compute its Hessian spectrum.
+
+  python -m experiments.spectrum --workdir=runs/spectrum
+  python -m experiments.spectrum --workdir=runs/mnist \
+      --config.data.name=mnist --config.data.dir=../shared/data/mnist
+
+Writes into the workdir: results.json (eigenvalues, residuals, per-layer top eigenvalues,
+trace, density, timings), eigenvectors.npy ((n, k) flat, params leaf order), params.msgpack
+(the trained params; reused when the same data/model/train config is run again) and
+spectrum.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from flax import serialization
+from ml_collections import config_flags
+
+from hessjax import curvature, linalg, models, plotting, training
+from hessjax.data import load_dataset, microbatches
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "spectrum.py")
+)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/spectrum", "Where results and figures go.")
+
+
+def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
+    """Flax module for config.model with `num_classes` outputs."""
+    widths = tuple(int(w) for w in cfg.widths)
+    if cfg.kind == "mlp":
+        return models.MLP(widths + (num_classes,), act=cfg.activation)
+    if cfg.kind == "conv":
+        return models.ConvNet(widths, num_classes, act=cfg.activation)
+    raise ValueError(f"model.kind must be 'mlp' or 'conv', got {cfg.kind!r}")
+
+
+def _train_or_resume(config, workdir, loss_fn, params, ds, key):
+    """Train, or load params.msgpack if it was written by the same data/model/train config."""
+    fingerprint = json.dumps(
+        {k: config[k].to_dict() for k in ("data", "model", "train")} | {"seed": config.seed},
+        sort_keys=True,
+        default=str,
+    )
+    ckpt, meta = os.path.join(workdir, "params.msgpack"), os.path.join(workdir, "params.json")
+    if os.path.exists(ckpt) and os.path.exists(meta):
+        with open(meta) as f:
+            saved = json.load(f)
+        if saved["fingerprint"] == fingerprint:
+            with open(ckpt, "rb") as f:
+                params = serialization.from_bytes(params, f.read())
+            logging.info("resumed trained params from %s", ckpt)
+            return params, saved["history"]
+    t = config.train
+    params, history = training.train(
+        loss_fn,
+        params,
+        jnp.asarray(ds.x_train),
+        jnp.asarray(ds.y_train),
+        optimizer=training.make_optimizer(t.optimizer, t.learning_rate),
+        num_steps=t.steps,
+        batch_size=t.batch_size,
+        key=key,
+        log_every=t.log_every,
+        log=lambda s, v: logging.info("train step %d/%d: loss %.4f", s, t.steps, v),
+    )
+    with open(ckpt, "wb") as f:
+        f.write(serialization.to_bytes(params))
+    with open(meta, "w") as f:
+        json.dump({"fingerprint": fingerprint, "history": history}, f)
+    return params, history
+
+
+def _timed(label, fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    seconds = time.perf_counter() - start
+    logging.info("%s: %.2f s", label, seconds)
+    return out, seconds
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Run the whole job; returns the results dict that is also written to results.json."""
+    os.makedirs(workdir, exist_ok=True)
+    h = config.hessian
+    key = jax.random.key(config.seed)
+    k_init, k_train, k_eig, k_trace, k_slq = jax.random.split(key, 5)
+    start = time.perf_counter()
+
+    ds = load_dataset(config.data)
+    logging.info(
+        "data %s: %d train / %d test, input %s, %d classes",
+        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], ds.num_classes,
+    )  # fmt: skip
+    model = build_model(config.model, ds.num_classes)
+    params = model.init(k_init, jnp.asarray(ds.x_train[:1]))
+    loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    logging.info("model %s: %d parameters", config.model.kind, num_params)
+
+    (params, history), train_seconds = _timed(
+        "training", _train_or_resume, config, workdir, loss_fn, params, ds, k_train
+    )
+    test_acc = float(training.accuracy(model.apply, params, ds.x_test, ds.y_test))
+    logging.info("test accuracy %.4f", test_acc)
+
+    if h.num_samples > len(ds.y_train):
+        raise ValueError(f"hessian.num_samples {h.num_samples} > {len(ds.y_train)} train samples")
+    data = microbatches(
+        (jnp.asarray(ds.x_train[: h.num_samples]), jnp.asarray(ds.y_train[: h.num_samples])),
+        h.microbatch_size,
+    )
+    op = curvature.hessian_operator(loss_fn, params, data)
+    num_steps = h.num_steps or linalg.default_num_steps(h.top_k, op.size)
+    logging.info(
+        "Hessian over %d samples (%d microbatches): top-%d eigenpairs, <= %d Lanczos steps",
+        h.num_samples, data[1].shape[0], h.top_k, num_steps,
+    )  # fmt: skip
+    top, eig_seconds = _timed(
+        "top eigenpairs", linalg.eigsh, op, h.top_k, key=k_eig, num_steps=num_steps, tol=h.tol
+    )
+    logging.info("top eigenvalues %s (%d HVPs)", np.round(top.eigenvalues, 4), top.num_matvecs)
+    np.save(os.path.join(workdir, "eigenvectors.npy"), np.asarray(top.eigenvectors))
+
+    layer_top: dict[str, float] = {}
+    if h.per_layer:
+        for name in curvature.group_by_prefix(params):
+            block = curvature.hessian_operator(loss_fn, params, data, select=name)
+            res = linalg.eigsh(block, 1, key=k_eig, tol=h.tol)
+            layer_top[name] = float(res.eigenvalues[0])
+            logging.info(
+                "layer %s (%d params): top eigenvalue %.4f", name, block.size, layer_top[name]
+            )
+
+    trace, trace_seconds = _timed(
+        "trace (Hutch++)", linalg.hutchpp, op, h.trace_matvecs, key=k_trace
+    )
+    logging.info("trace %.4f ± %.4f", trace.estimate, trace.stderr)
+
+    quad, slq_seconds = _timed(
+        "spectral density (SLQ)",
+        linalg.slq,
+        op,
+        num_probes=h.slq_probes,
+        num_steps=min(h.slq_steps, op.size),
+        key=k_slq,
+    )
+    grid, density = linalg.density_on_grid(quad, sigma_ratio=h.sigma_ratio)
+
+    results = {
+        "config": config.to_dict(),
+        "dataset": ds.name,
+        "num_params": int(num_params),
+        "train_history": history,
+        "test_accuracy": test_acc,
+        "hessian_samples": int(h.num_samples),
+        "top_eigenvalues": np.asarray(top.eigenvalues).tolist(),
+        "top_residuals": np.asarray(top.residuals).tolist(),
+        "top_converged": np.asarray(top.converged).tolist(),
+        "num_hvps": int(top.num_matvecs),
+        "layer_top_eigenvalue": layer_top,
+        "trace": {"estimate": float(trace.estimate), "stderr": float(trace.stderr)},
+        "slq_moments": {"mean": float(quad.moment(1)), "second": float(quad.moment(2))},
+        "density": {"grid": np.asarray(grid).tolist(), "values": np.asarray(density).tolist()},
+        "seconds": {
+            "train": train_seconds,
+            "top_eigenpairs": eig_seconds,
+            "trace": trace_seconds,
+            "slq": slq_seconds,
+            "total": time.perf_counter() - start,
+        },
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plotting.plot_spectrum(
+        grid,
+        density,
+        top.eigenvalues,
+        layer_top,
+        os.path.join(workdir, "spectrum.png"),
+        title=f"{ds.name}, {config.model.kind} {tuple(config.model.widths)}, "
+        f"{num_params} params, test acc {test_acc:.3f}",
+    )
+    logging.info("wrote results.json, eigenvectors.npy and spectrum.png to %s", workdir)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

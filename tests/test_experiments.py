@@ -1,0 +1,70 @@
+"""The main job end to end on a tiny config, and the README example."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from experiments import spectrum
+from experiments.configs.spectrum import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config():
+    c = get_config()
+    c.data.num_samples = 600
+    c.model.widths = (16,)
+    c.train.steps = 200
+    c.train.log_every = 100
+    c.hessian.num_samples = 200
+    c.hessian.microbatch_size = 100
+    c.hessian.top_k = 4
+    c.hessian.trace_matvecs = 30
+    c.hessian.slq_probes = 3
+    c.hessian.slq_steps = 20
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("spectrum"))
+    return workdir, spectrum.run(_tiny_config(), workdir)
+
+
+def test_spectrum_writes_results_and_figure(tiny_run):
+    workdir, results = tiny_run
+    for name in ("results.json", "eigenvectors.npy", "spectrum.png", "params.msgpack"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    top = np.asarray(saved["top_eigenvalues"])
+    assert top.shape == (4,) and np.all(np.diff(top) <= 0)
+    assert all(saved["top_converged"])
+    assert set(saved["layer_top_eigenvalue"]) == {"Dense_0", "Dense_1"}
+    # A diagonal block's top eigenvalue never exceeds the whole Hessian's (Cauchy interlacing).
+    assert max(saved["layer_top_eigenvalue"].values()) <= top[0] * (1 + 1e-4)
+    vectors = np.load(os.path.join(workdir, "eigenvectors.npy"))
+    assert vectors.shape == (saved["num_params"], 4)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(4), atol=1e-4)
+    grid, values = np.asarray(saved["density"]["grid"]), np.asarray(saved["density"]["values"])
+    assert abs(np.trapezoid(values, grid) - 1) < 1e-2
+    assert saved["train_history"][-1][1] < saved["train_history"][0][1]
+
+
+def test_spectrum_resumes_trained_params(tiny_run):
+    workdir, first = tiny_run
+    again = spectrum.run(_tiny_config(), workdir)
+    assert [list(h) for h in again["train_history"]] == [list(h) for h in first["train_history"]]
+    np.testing.assert_allclose(again["top_eigenvalues"], first["top_eigenvalues"], rtol=1e-5)
+
+
+def test_readme_example_runs():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    values = np.asarray(namespace["top"].eigenvalues)
+    assert values.shape == (5,) and np.all(np.isfinite(values)) and np.all(np.diff(values) <= 0)
