@@ -42,8 +42,9 @@ def plot_spectrum(
     ax.bar(range(len(names)), [layer_top[n] for n in names], color="C2", label="layer block H_ll")
     ax.axhline(top[0], color="C3", ls="--", label="whole network")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.25 * max([float(top[0])] + list(layer_top.values())))
     ax.set(ylabel="top eigenvalue", title="per-layer vs whole-network top eigenvalue")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper right")
 
     if title:
         fig.suptitle(title)

@@ -261,6 +261,11 @@ def test_block_products_and_pytree_views(tanh_ce):
             assert a.shape == (4, *b.shape)
             np.testing.assert_array_equal(a[i], b)
 
+    block = op.tree_matmat(trees)
+    assert jax.tree_util.tree_structure(block) == jax.tree_util.tree_structure(tanh_ce.params)
+    flat_block = jax.vmap(op.ravel, out_axes=1)(block)
+    assert_matrix_close(np.asarray(flat_block), AV, rel=1e-12)
+
 
 # ----------------------------------------------------------------------------- restriction
 
@@ -281,7 +286,10 @@ def flat_indices(params, keep):
     "select, keep",
     [
         ("Dense_1", lambda n: "Dense_1" in n),
-        (["Dense_0/bias", "Dense_1/kernel"], lambda n: n[1:] in (["Dense_0", "bias"], ["Dense_1", "kernel"])),
+        (
+            ["Dense_0/bias", "Dense_1/kernel"],
+            lambda n: n[1:] in (["Dense_0", "bias"], ["Dense_1", "kernel"]),
+        ),
         (lambda path: path.endswith("kernel"), lambda n: n[-1] == "kernel"),
     ],
     ids=["str", "list", "predicate"],
@@ -342,9 +350,7 @@ def test_ggn_equals_explicit_jt_hout_j(tanh_ce, tanh_ggn_dense):
 
 
 def test_empirical_fisher_equals_mean_outer_product_of_gradients(tanh_ce):
-    op = empirical_fisher_operator(
-        tanh_ce.model.apply, cross_entropy, tanh_ce.params, tanh_ce.data
-    )
+    op = empirical_fisher_operator(tanh_ce.model.apply, cross_entropy, tanh_ce.params, tanh_ce.data)
     flat, unravel = ravel_pytree(tanh_ce.params)
     x, y = tanh_ce.data
     x, y = x.reshape(-1, D), y.reshape(-1)
@@ -365,6 +371,15 @@ def test_streaming_equals_in_memory_operator(tanh_ce):
         op = hessian_operator(tanh_ce.loss, tanh_ce.params, batches=source)
         assert isinstance(op, StreamingOperator) and op.size == tanh_ce.op.size
         assert_matrix_close(to_dense(op), tanh_ce.dense, rel=1e-12)
+    V = jax.random.normal(jax.random.key(4), (op.size, 3), jnp.float64)
+    AV = np.asarray(op @ V)
+    assert AV.shape == (op.size, 3)
+    assert_matrix_close(AV, tanh_ce.dense @ np.asarray(V), rel=1e-12)
+    assert_matrix_close(
+        op.tree_matvec(op.unravel(V[:, 1]))["params"]["Dense_0"]["kernel"],
+        tanh_ce.op.unravel(AV[:, 1])["params"]["Dense_0"]["kernel"],
+        rel=1e-12,
+    )
 
 
 @pytest.fixture(scope="module")

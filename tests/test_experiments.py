@@ -68,3 +68,18 @@ def test_readme_example_runs():
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     values = np.asarray(namespace["top"].eigenvalues)
     assert values.shape == (5,) and np.all(np.isfinite(values)) and np.all(np.diff(values) <= 0)
+
+
+def test_spectrum_on_real_mnist_idx_files(tmp_path):
+    from hessjax.data import default_data_dir
+
+    data_dir = default_data_dir("mnist")
+    if data_dir is None:
+        pytest.skip("../shared/data/mnist is absent: no real MNIST idx files on this machine")
+    c = _tiny_config()
+    c.data.name, c.data.dir = "mnist", data_dir
+    c.hessian.per_layer = False
+    results = spectrum.run(c, str(tmp_path))
+    assert results["dataset"] == "mnist"
+    assert results["num_params"] == 784 * 16 + 16 + 16 * 10 + 10
+    assert all(results["top_converged"])

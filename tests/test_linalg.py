@@ -50,7 +50,7 @@ LOW_RANK = np.concatenate([[5.0, 3.0, -2.0, 1.0, -4.0], np.zeros(N - 5)])
 # Top |λ| ratios 0.8, 0.75, 0.75: fast, well-defined power iteration.
 POWER = np.concatenate([[10.0, -8.0, 6.0, -4.5], np.linspace(-2, 2, N - 4)])
 # Decaying PSD spectrum: Hutch++ should beat Hutchinson at equal products.
-DECAYING = 10.0 * 0.8 ** np.arange(N)
+DECAYING = 10.0 * 0.7 ** np.arange(N)
 
 
 @pytest.fixture(scope="module")
@@ -439,9 +439,11 @@ def test_hutchpp_exact_on_low_rank(make):
 def test_hutchpp_beats_hutchinson(make):
     a, op = make(DECAYING)
     tr = np.trace(a)
-    keys = [jax.random.key(100 + s) for s in range(8)]
+    keys = [jax.random.key(100 + s) for s in range(12)]
     err_pp = np.mean([abs(float(hutchpp(op, 30, key=k).estimate) - tr) for k in keys])
     err_h = np.mean([abs(float(hutchinson(op, 30, key=k).estimate) - tr) for k in keys])
+    # Averaged over 12 keys the ratio is 0.1-0.2 for this spectrum (checked over several key
+    # sets); requiring 0.5 leaves a wide margin while still catching a broken estimator.
     assert err_pp < err_h / 2, (err_pp, err_h)
 
 

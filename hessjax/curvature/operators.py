@@ -131,6 +131,10 @@ class _TreeViews:
         """Product in pytree form: params-shaped tree -> params-shaped tree."""
         return self.unravel(self @ self.ravel(tree))
 
+    def tree_matmat(self, trees: PyTree) -> PyTree:
+        """Block product in pytree form: params-shaped leaves with a leading k axis -> same."""
+        return self.unravel_vectors(self @ jax.vmap(self.ravel, out_axes=1)(trees))
+
 
 @dataclasses.dataclass(frozen=True)
 class CurvatureOperator(Operator, _TreeViews):
