@@ -26,64 +26,62 @@ from hessjax.linalg.operator import Operator
 Array = jax.Array
 
 
-def _scan_mean(per_batch: Callable[[Any], Array], v: Array, data: PyTree) -> Array:
-    """Mean over the leading microbatch axis of `data` of per_batch(batch) (flat vectors)."""
+class _Product:
+    """Shared skeleton of a curvature product: split params into the selected leaves and the
+    rest, and average `per_batch` over the microbatch axis of data with one `lax.scan`.
 
-    def body(acc, batch):
-        return acc + per_batch(batch), None
+    Subclasses define per_batch(merge, picked, tangent, batch) -> product as a list of
+    selected leaves, where merge(picked) rebuilds the full params tree.
+    """
 
-    total, _ = lax.scan(body, jnp.zeros_like(v), data)
-    return total / jax.tree_util.tree_leaves(data)[0].shape[0]
+    layout: ParamLayout
+
+    def __call__(self, v: Array, params: PyTree, data: PyTree) -> Array:
+        lay = self.layout
+        leaves = lay.leaves(params)
+        picked, tangent = lay.pick(leaves), lay.unravel_picked(v)
+
+        def merge(p):
+            return lay.merge(p, leaves)
+
+        def body(acc, batch):
+            return acc + lay.ravel_picked(self.per_batch(merge, picked, tangent, batch)), None
+
+        total, _ = lax.scan(body, jnp.zeros_like(v), data)
+        return total / jax.tree_util.tree_leaves(data)[0].shape[0]
 
 
 @dataclasses.dataclass(frozen=True)
-class HessianProduct:
+class HessianProduct(_Product):
     """v -> H v, H the Hessian of loss_fn(params, batch) averaged over microbatches;
     forward-over-reverse (jvp of grad)."""
 
     loss_fn: Callable[[PyTree, Any], Array]
     layout: ParamLayout
 
-    def __call__(self, v: Array, params: PyTree, data: PyTree) -> Array:
-        lay = self.layout
-        leaves = lay.leaves(params)
-        picked, tangent = lay.pick(leaves), lay.unravel_picked(v)
-
-        def per_batch(batch):
-            grad = jax.grad(lambda p: self.loss_fn(lay.merge(p, leaves), batch))
-            return lay.ravel_picked(jax.jvp(grad, (picked,), (tangent,))[1])
-
-        return _scan_mean(per_batch, v, data)
+    def per_batch(self, merge, picked, tangent, batch):
+        grad = jax.grad(lambda p: self.loss_fn(merge(p), batch))
+        return jax.jvp(grad, (picked,), (tangent,))[1]
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussNewtonProduct:
+class GaussNewtonProduct(_Product):
     """v -> G v = Jᵀ H_out J v for the mean of per_example_loss(model_fn(params, x), y)."""
 
     model_fn: Callable[[PyTree, Any], Array]
     per_example_loss: Callable[[Array, Any], Array]
     layout: ParamLayout
 
-    def __call__(self, v: Array, params: PyTree, data: PyTree) -> Array:
-        lay = self.layout
-        leaves = lay.leaves(params)
-        picked, tangent = lay.pick(leaves), lay.unravel_picked(v)
-
-        def per_batch(batch):
-            inputs, targets = batch
-            out, jvp_fn = jax.linearize(
-                lambda p: self.model_fn(lay.merge(p, leaves), inputs), picked
-            )
-            out_grad = jax.grad(lambda o: jnp.mean(self.per_example_loss(o, targets)))
-            h_jv = jax.jvp(out_grad, (out,), (jvp_fn(tangent),))[1]
-            (g,) = jax.linear_transpose(jvp_fn, picked)(h_jv)
-            return lay.ravel_picked(g)
-
-        return _scan_mean(per_batch, v, data)
+    def per_batch(self, merge, picked, tangent, batch):
+        inputs, targets = batch
+        out, jvp_fn = jax.linearize(lambda p: self.model_fn(merge(p), inputs), picked)
+        out_grad = jax.grad(lambda o: jnp.mean(self.per_example_loss(o, targets)))
+        h_jv = jax.jvp(out_grad, (out,), (jvp_fn(tangent),))[1]
+        return jax.linear_transpose(jvp_fn, picked)(h_jv)[0]
 
 
 @dataclasses.dataclass(frozen=True)
-class FisherProduct:
+class FisherProduct(_Product):
     """v -> F v, F = (1/b) Σ_i g_i g_iᵀ with g_i the gradient of example i's loss (empirical
     Fisher), without materialising per-example gradients (one jvp and one transpose)."""
 
@@ -91,23 +89,15 @@ class FisherProduct:
     per_example_loss: Callable[[Array, Any], Array]
     layout: ParamLayout
 
-    def __call__(self, v: Array, params: PyTree, data: PyTree) -> Array:
-        lay = self.layout
-        leaves = lay.leaves(params)
-        picked, tangent = lay.pick(leaves), lay.unravel_picked(v)
+    def per_batch(self, merge, picked, tangent, batch):
+        inputs, targets = batch
 
-        def per_batch(batch):
-            inputs, targets = batch
+        def losses(p):
+            return self.per_example_loss(self.model_fn(merge(p), inputs), targets)
 
-            def losses(p):
-                return self.per_example_loss(self.model_fn(lay.merge(p, leaves), inputs), targets)
-
-            per_example, jvp_fn = jax.linearize(losses, picked)
-            gv = jvp_fn(tangent)
-            (g,) = jax.linear_transpose(jvp_fn, picked)(gv / per_example.shape[0])
-            return lay.ravel_picked(g)
-
-        return _scan_mean(per_batch, v, data)
+        per_example, jvp_fn = jax.linearize(losses, picked)
+        gv = jvp_fn(tangent)
+        return jax.linear_transpose(jvp_fn, picked)(gv / per_example.shape[0])[0]
 
 
 class _TreeViews:
