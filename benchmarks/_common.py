@@ -1,0 +1,56 @@
+"""Timing and reporting helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import time
+
+import jax
+
+
+def compile_timed(fn, *args):
+    """(executable, seconds for trace + lower + compile) of jax.jit(fn) on these arguments."""
+    start = time.perf_counter()
+    exe = jax.jit(fn).lower(*args).compile()
+    return exe, time.perf_counter() - start
+
+
+def timed_interleaved(calls: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call for each name of {name: (fn, args)}: calls interleaved round-robin
+    (order rotated each round, so noise hits all alike) after `warmup` calls each."""
+    for fn, args in calls.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn(*args))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn, args = calls[name]
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def environment(name: str, source: str, args) -> dict:
+    """Metadata heading every results JSON: benchmark, date, versions, devices, data, args."""
+    return {
+        "benchmark": name,
+        "date": datetime.date.today().isoformat(),
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "platform": platform.platform(),
+        "load_average_at_start": os.getloadavg()[0],
+        "data": source,
+        "args": vars(args),
+    }
+
+
+def write_json(result: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+        print(f"wrote {path}")
