@@ -1,5 +1,23 @@
-"""Curvature operators of a loss (Hessian, GGN, empirical Fisher) over pytrees and data."""
+"""Curvature operators of a loss (Hessian, GGN, empirical Fisher) over pytrees and data,
+parameter partitions into blocks, and Kronecker factors of dense layers."""
 
+from hessjax.curvature.blocks import (
+    Partition,
+    partition_by_layer,
+    partition_by_neuron,
+    partition_from_labels,
+)
+from hessjax.curvature.kronecker import (
+    DenseIO,
+    KroneckerEigenpairs,
+    KroneckerFactors,
+    dense_layer_io,
+    exact_layer_hessian,
+    kron_eigh,
+    kron_matvec,
+    kronecker_factors,
+    output_hessians,
+)
 from hessjax.curvature.layout import ParamLayout, group_by_prefix, leaf_paths, make_layout
 from hessjax.curvature.losses import MeanLoss, cross_entropy, mse
 from hessjax.curvature.operators import (
@@ -12,6 +30,19 @@ from hessjax.curvature.operators import (
 
 __all__ = [
     "CurvatureOperator",
+    "DenseIO",
+    "KroneckerEigenpairs",
+    "KroneckerFactors",
+    "Partition",
+    "dense_layer_io",
+    "exact_layer_hessian",
+    "kron_eigh",
+    "kron_matvec",
+    "kronecker_factors",
+    "output_hessians",
+    "partition_by_layer",
+    "partition_by_neuron",
+    "partition_from_labels",
     "MeanLoss",
     "ParamLayout",
     "StreamingOperator",

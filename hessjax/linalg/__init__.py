@@ -1,5 +1,15 @@
-"""Matrix-free linear algebra on flat vectors: Lanczos, eigensolvers, trace and density."""
+"""Matrix-free linear algebra on flat vectors: Lanczos, eigensolvers, trace and density,
+blocks of an operator under a partition of its indices."""
 
+from hessjax.linalg.blocks import (
+    Block,
+    BlockNorms,
+    block_eigsh,
+    block_frobenius_sq,
+    block_operator,
+    block_ratios,
+    dense_block_frobenius_sq,
+)
 from hessjax.linalg.lanczos import (
     EigshResult,
     Tridiagonal,
@@ -18,10 +28,18 @@ from hessjax.linalg.operator import (
 )
 from hessjax.linalg.power import power_iteration
 from hessjax.linalg.slq import SpectralQuadrature, density_on_grid, slq, spectral_density
+from hessjax.linalg.subspace import overlap_chance, subspace_overlap
 from hessjax.linalg.trace import TraceEstimate, hutchinson, hutchpp, probes
 
 __all__ = [
+    "Block",
+    "BlockNorms",
     "EigshResult",
+    "block_eigsh",
+    "block_frobenius_sq",
+    "block_operator",
+    "block_ratios",
+    "dense_block_frobenius_sq",
     "LinearOperatorLike",
     "Operator",
     "SpectralQuadrature",
@@ -38,8 +56,10 @@ __all__ = [
     "lanczos_tridiag",
     "power_iteration",
     "probes",
+    "overlap_chance",
     "slq",
     "spectral_density",
+    "subspace_overlap",
     "to_dense",
     "tridiag_eigh",
 ]
