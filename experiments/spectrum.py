@@ -131,14 +131,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     np.save(os.path.join(workdir, "eigenvectors.npy"), np.asarray(top.eigenvectors))
 
     layer_top: dict[str, float] = {}
-    if h.per_layer:
-        for name in curvature.group_by_prefix(params):
-            block = curvature.hessian_operator(loss_fn, params, data, select=name)
-            res = linalg.eigsh(block, 1, key=k_eig, tol=h.tol)
-            layer_top[name] = float(res.eigenvalues[0])
-            logging.info(
-                "layer %s (%d params): top eigenvalue %.4f", name, block.size, layer_top[name]
-            )
+    if h.per_layer:  # all layer blocks H_ll in one vmapped Lanczos
+        part = curvature.partition_by_layer(op.layout)
+        blocks, _ = _timed(
+            "per-layer top eigenvalues",
+            linalg.block_eigsh,
+            op,
+            part.block_ids,
+            part.num_blocks,
+            1,
+            key=k_eig,
+            tol=h.tol,
+        )
+        for name, size, value in zip(part.names, part.sizes, blocks.eigenvalues[:, 0], strict=True):
+            layer_top[name] = float(value)
+            logging.info("layer %s (%d params): top eigenvalue %.4f", name, size, value)
 
     trace, trace_seconds = _timed(
         "trace (Hutch++)", linalg.hutchpp, op, h.trace_matvecs, key=k_trace
