@@ -131,7 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     np.save(os.path.join(workdir, "eigenvectors.npy"), np.asarray(top.eigenvectors))
 
     layer_top: dict[str, float] = {}
-    if h.per_layer:  # all layer blocks H_ll in one vmapped Lanczos
+    if h.per_layer:  # all layer blocks H_ll in one compiled Lanczos, restricted products
         part = curvature.partition_by_layer(op.layout)
         blocks, _ = _timed(
             "per-layer top eigenvalues",
@@ -142,6 +142,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             1,
             key=k_eig,
             tol=h.tol,
+            block_diagonal=curvature.layer_block_diagonal(op, part),
         )
         for name, size, value in zip(part.names, part.sizes, blocks.eigenvalues[:, 0], strict=True):
             layer_top[name] = float(value)

@@ -11,11 +11,12 @@ from jax.flatten_util import ravel_pytree
 from hessjax.analysis import blocks as analysis_blocks
 from hessjax.curvature import MeanLoss, cross_entropy, hessian_operator, make_layout
 from hessjax.curvature.blocks import (
+    layer_block_diagonal,
     partition_by_layer,
     partition_by_neuron,
     partition_from_labels,
 )
-from hessjax.linalg import dense_operator, eigsh
+from hessjax.linalg import dense_operator, eigsh, to_dense
 from hessjax.linalg.blocks import (
     Block,
     block_eigsh,
@@ -59,21 +60,41 @@ def test_block_operator_matches_dense_slices(sym):
             )
 
 
-@pytest.mark.parametrize("which", ["LA", "SA"])
+@pytest.mark.parametrize("which", ["LA", "SA", "BE"])
 def test_block_eigsh_matches_each_block(sym, which):
     a, op, ids = sym
     res = block_eigsh(op, ids, NB, 2, key=KEY, which=which, num_steps=8, tol=None)
-    assert res.eigenvalues.shape == (NB, 2) and res.eigenvectors.shape == (NB, N, 2)
+    assert res.eigenvalues.shape == (NB, 2) and res.eigenvectors.shape == (N, 2)
+    np.testing.assert_array_equal(res.num_matvecs, 8)
     for i in range(NB):
         ri = np.flatnonzero(ids == i)
         w, v = np.linalg.eigh(a[np.ix_(ri, ri)])
-        want = w[::-1][:2] if which == "LA" else w[:2]
-        vecs = v[:, ::-1][:, :2] if which == "LA" else v[:, :2]
-        np.testing.assert_allclose(res.eigenvalues[i], want, rtol=1e-10, atol=1e-12)
-        x = np.asarray(res.eigenvectors[i])
-        np.testing.assert_array_equal(x[ids != i], 0)  # stays inside the block
-        cos = np.abs(np.sum(x[ri] * vecs, axis=0))
-        np.testing.assert_allclose(cos, 1, atol=1e-8)
+        pick = {"LA": [-1, -2], "SA": [0, 1], "BE": [-1, 0]}[which]
+        np.testing.assert_allclose(res.eigenvalues[i], w[pick], rtol=1e-10, atol=1e-12)
+        x = np.asarray(res.eigenvectors)[ri]  # packed: block i's rows hold its eigenvectors
+        np.testing.assert_allclose(x.T @ x, np.eye(2), atol=1e-10)
+        np.testing.assert_allclose(np.abs(np.sum(x * v[:, pick], axis=0)), 1, atol=1e-8)
+        np.testing.assert_allclose(np.asarray(res.residuals[i]), 0, atol=1e-8)
+
+
+def test_block_eigsh_unequal_blocks_and_custom_diagonal():
+    """Blocks of sizes 3, 9 and 20 with 20 steps: the 3-block stops at 3 steps (exact, no
+    restart garbage); a user-supplied block-diagonal operator gives the same answer."""
+    rng = np.random.default_rng(2)
+    q, _ = np.linalg.qr(rng.normal(size=(32, 32)))
+    a = (q * np.linspace(-2, 6, 32)) @ q.T
+    ids = rng.permutation(np.repeat([0, 1, 2], [3, 9, 20]))
+    res = block_eigsh(dense_operator(jnp.asarray(a)), ids, 3, 2, key=KEY, num_steps=20, tol=None)
+    np.testing.assert_array_equal(res.num_matvecs, [3, 9, 20])
+    d = np.zeros_like(a)
+    for i in range(3):
+        ri = np.flatnonzero(ids == i)
+        d[np.ix_(ri, ri)] = a[np.ix_(ri, ri)]
+        want = np.linalg.eigvalsh(a[np.ix_(ri, ri)])[::-1][:2]
+        np.testing.assert_allclose(res.eigenvalues[i], want, rtol=1e-9)
+    same = block_eigsh(dense_operator(jnp.asarray(a)), ids, 3, 2, key=KEY, num_steps=20,
+                       tol=None, block_diagonal=dense_operator(jnp.asarray(d)))  # fmt: skip
+    np.testing.assert_allclose(same.eigenvalues, res.eigenvalues, rtol=1e-10)
 
 
 def test_block_eigsh_stops_on_tol(sym):
@@ -225,3 +246,19 @@ def test_subspace_overlap_identities():
     assert abs(np.mean(draws) - overlap_chance(5, 30)) < 0.015
     with pytest.raises(ValueError, match="same n"):
         subspace_overlap(u, q[:10, :5])
+
+
+def test_layer_block_diagonal_restricted_products(mlp):
+    op, dense, *_ = mlp
+    part = partition_by_layer(op.layout)
+    d = layer_block_diagonal(op, part)
+    want = np.zeros_like(dense)
+    for i in range(part.num_blocks):
+        ri = np.flatnonzero(part.block_ids == i)
+        want[np.ix_(ri, ri)] = dense[np.ix_(ri, ri)]
+    np.testing.assert_allclose(to_dense(d), want, rtol=0, atol=1e-12 * np.abs(dense).max())
+    fast = block_eigsh(op, part.block_ids, 3, 2, key=KEY, tol=None, num_steps=15, block_diagonal=d)
+    slow = block_eigsh(op, part.block_ids, 3, 2, key=KEY, tol=None, num_steps=15)
+    np.testing.assert_allclose(fast.eigenvalues, slow.eigenvalues, rtol=1e-10)
+    with pytest.raises(ValueError, match="whole leaves"):
+        layer_block_diagonal(op, partition_by_neuron(op.layout))

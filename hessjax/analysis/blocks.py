@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from hessjax.curvature.blocks import Partition, partition_by_neuron
+from hessjax.curvature.blocks import Partition, layer_block_diagonal, partition_by_neuron
 from hessjax.curvature.losses import MeanLoss, cross_entropy, mse
 from hessjax.curvature.operators import hessian_operator
 from hessjax.linalg import Operator, eigsh
@@ -50,10 +50,17 @@ class LayerwiseSpectrum(NamedTuple):
 def layerwise_top_eigenvalues(
     op: Operator, partition: Partition, *, key: Array, tol: float | None = 1e-4
 ) -> LayerwiseSpectrum:
-    """Top eigenvalue of each diagonal block (one vmapped Lanczos over the blocks, so a step
-    is one batched product) and of the whole operator."""
+    """Top eigenvalue of each diagonal block (all blocks in one compiled Lanczos; restricted
+    products per block when blocks are whole leaves, as layers are) and of the whole operator."""
     block_key, whole_key = jax.random.split(key)
-    blocks = block_eigsh(op, partition.block_ids, partition.num_blocks, 1, key=block_key, tol=tol)
+    try:
+        diagonal = layer_block_diagonal(op, partition)
+    except ValueError:  # blocks split leaves (neurons): masked full products
+        diagonal = None
+    blocks = block_eigsh(
+        op, partition.block_ids, partition.num_blocks, 1, key=block_key, tol=tol,
+        block_diagonal=diagonal,
+    )  # fmt: skip
     whole = eigsh(op, 1, key=whole_key, tol=tol)
     return LayerwiseSpectrum(
         names=partition.names,

@@ -3,6 +3,7 @@ parameter partitions into blocks, and Kronecker factors of dense layers."""
 
 from hessjax.curvature.blocks import (
     Partition,
+    layer_block_diagonal,
     partition_by_layer,
     partition_by_neuron,
     partition_from_labels,
@@ -39,6 +40,7 @@ __all__ = [
     "kron_eigh",
     "kron_matvec",
     "kronecker_factors",
+    "layer_block_diagonal",
     "output_hessians",
     "partition_by_layer",
     "partition_by_neuron",

@@ -4,6 +4,7 @@ blocks of an operator under a partition of its indices."""
 from hessjax.linalg.blocks import (
     Block,
     BlockNorms,
+    block_diagonal_operator,
     block_eigsh,
     block_frobenius_sq,
     block_operator,
@@ -35,6 +36,7 @@ __all__ = [
     "Block",
     "BlockNorms",
     "EigshResult",
+    "block_diagonal_operator",
     "block_eigsh",
     "block_frobenius_sq",
     "block_operator",

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax.linalg import _checks
-from hessjax.linalg.lanczos import EigshResult, Which, _eigsh_traced, default_num_steps
+from hessjax.linalg.lanczos import EigshResult, Which, _converged, _ritz, default_num_steps
 from hessjax.linalg.operator import Operator, is_traceable
 
 Array = jax.Array
@@ -103,19 +103,158 @@ def block_operator(
 
 
 # ----------------------------------------------------------------------------- eigenpairs
+#
+# Block-diagonal Lanczos: the b diagonal blocks are disjoint, so b independent recurrences run
+# in lockstep on a padded (b, n_max) layout (block i's vector in row i, zeros past n_i), with
+# dense row-wise inner products. A step costs one product with the block-diagonal operator
+# D = Σ_i P_i A P_i on the packed n-vector holding all b Lanczos vectors.
 
 
-def _masked_product(v: Array, op: Operator, mask: Array) -> Array:
-    return mask * op.matvec(mask * v)
+class _BlockState(NamedTuple):
+    """basis (m, b, n_max) padded Lanczos vectors; alpha, beta (m, b); q (b, n_max); j () steps
+    done; norm (b,) ‖A_ii‖ estimates; key; valid (b, n_max) 0/1 padding mask; sizes (b,)."""
+
+    basis: Array
+    alpha: Array
+    beta: Array
+    q: Array
+    j: Array
+    norm: Array
+    key: Array
+    valid: Array
+    sizes: Array
+
+
+class _View(NamedTuple):
+    """One block's tridiagonal, in the fields `lanczos._ritz` / `_converged` read."""
+
+    alpha: Array
+    beta: Array
+    j: Array
+
+
+_ORTHO_ROWS = 8  # basis rows per orthogonalisation block
+
+
+def _block_orthogonalise(basis: Array, w: Array, num_rows: Array) -> Array:
+    """Gram-Schmidt of each row of w (b, n_max) against its block's basis vectors
+    0..num_rows-1, 8 at a time; a second pass when any block lost most of its norm (DGKS)."""
+    m = basis.shape[0]
+    size = min(_ORTHO_ROWS, m)
+
+    def chunk(i, w):
+        start = jnp.minimum(i * size, m - size)
+        rows = jax.lax.dynamic_slice_in_dim(basis, start, size, 0)  # (size, b, n_max)
+        idx = start + jnp.arange(size)
+        coef = jnp.einsum("rbn,bn->rb", rows, w)
+        coef = jnp.where(((idx >= i * size) & (idx < num_rows))[:, None], coef, 0)
+        return w - jnp.einsum("rbn,rb->bn", rows, coef)
+
+    def one_pass(w):
+        return jax.lax.fori_loop(0, (num_rows + size - 1) // size, chunk, w)
+
+    before = jnp.sum(w * w, axis=1)
+    w = one_pass(w)
+    again = jnp.any(jnp.sum(w * w, axis=1) < before / 2)
+    return jax.lax.cond(again, one_pass, lambda w: w, w)
+
+
+def _unit_rows(w: Array) -> tuple[Array, Array]:
+    norms = jnp.linalg.norm(w, axis=1)
+    return w / jnp.where(norms > 0, norms, 1)[:, None], norms
+
+
+def _block_step(state: _BlockState, w: Array) -> _BlockState:
+    """One lockstep Lanczos step of every block given w = D q in padded form (b, n_max)."""
+    basis, alpha, beta, q, j, norm, key, valid, sizes = state
+    eps, tiny = jnp.finfo(w.dtype).eps, jnp.finfo(w.dtype).tiny
+    active = j < sizes  # blocks still below their dimension
+    w = w * active[:, None]
+    a = jnp.sum(q * w, axis=1)
+    w, nrm = _unit_rows(_block_orthogonalise(basis, w, j + 1))
+    norm = jnp.maximum(norm, jnp.sqrt(a * a + nrm * nrm))
+    breakdown = nrm <= 100 * eps * jnp.maximum(norm, tiny)
+    # Invariant subspace: a block with room left restarts from a random in-block vector
+    # orthogonal to its basis (beta = 0); an exhausted block (j + 1 = n_i) gets zeros and stops.
+    restart = active & breakdown & (j + 1 < sizes)
+
+    def fresh(w):
+        r = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype) * valid
+        r = _unit_rows(_block_orthogonalise(basis, r, j + 1))[0]
+        return jnp.where(restart[:, None], r, w)
+
+    w = jnp.where((active & ~breakdown)[:, None], w, 0)
+    q_next = jax.lax.cond(jnp.any(restart), fresh, lambda w: w, w)
+    return state._replace(
+        basis=basis.at[j + 1].set(q_next, mode="drop"),
+        alpha=alpha.at[j].set(jnp.where(active, a, 0)),
+        beta=beta.at[j].set(jnp.where(active & ~breakdown, nrm, 0)),
+        q=q_next,
+        j=j + 1,
+        norm=norm,
+    )
+
+
+def _views(state: _BlockState) -> _View:
+    """Per-block tridiagonals, batched over blocks: alpha, beta (b, m), j (b,)."""
+    return _View(state.alpha.T, state.beta.T, jnp.minimum(state.j, state.sizes))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "which", "num_steps", "tol"))
-def _block_eigsh(op, masks, v0s, sizes, key, k, which, num_steps, tol) -> EigshResult:
-    def one(mask, v0, size):
-        masked = Operator(_masked_product, (op, mask), op.size, op.dtype)
-        return _eigsh_traced(masked, v0, key, k, which, num_steps, tol, 1, mask, size)
+def _block_eigsh(diag_op, pos, gather, valid, sizes, v0, key, k, which, num_steps, tol):
+    """pos (n,): padded flat position of every index; gather (b·n_max,): index into the packed
+    vector (n for padding, which reads a zero) of every padded slot."""
+    nb, n_max = valid.shape
+    dtype = v0.dtype
 
-    return jax.vmap(one)(masks, v0s, sizes)
+    def unpack(v):
+        return jnp.concatenate([v, jnp.zeros((1,), dtype)])[gather].reshape(nb, n_max)
+
+    def pack(x):
+        return x.reshape(-1, *x.shape[2:])[pos]
+
+    q = _unit_rows(unpack(v0))[0]
+    zeros = jnp.zeros((num_steps, nb), dtype)
+    state = _BlockState(
+        basis=jnp.zeros((num_steps, nb, n_max), dtype).at[0].set(q),
+        alpha=zeros,
+        beta=zeros,
+        q=q,
+        j=jnp.int32(0),
+        norm=jnp.zeros((nb,), dtype),
+        key=key,
+        valid=valid,
+        sizes=sizes,
+    )
+
+    def all_converged(state):
+        ok = jax.vmap(lambda v: _converged(v, k, which, tol))(_views(state))
+        return jnp.all((state.j >= state.sizes) | ok)
+
+    def cond(carry):
+        state, done = carry
+        return (state.j < num_steps) & ~done
+
+    def body(carry):
+        state = carry[0]
+        state = _block_step(state, unpack(diag_op.matvec(pack(state.q))))
+        return state, jnp.bool_(False) if tol is None else all_converged(state)
+
+    state, _ = jax.lax.while_loop(cond, body, (state, jnp.bool_(False)))
+    views = _views(state)
+    final_tol = tol if tol is not None else float(np.sqrt(np.finfo(dtype).eps))
+    with jax.enable_x64(True):  # the small tridiagonal eigenproblems in float64
+        views64 = _View(views.alpha.astype(jnp.float64), views.beta.astype(jnp.float64), views.j)
+        theta, s, residuals, scale = jax.vmap(lambda v: _ritz(v, k, which))(views64)
+        if which == "BE":
+            order = jnp.argsort(-theta, axis=1)
+            theta = jnp.take_along_axis(theta, order, 1)
+            residuals = jnp.take_along_axis(residuals, order, 1)
+            s = jnp.take_along_axis(s, order[:, None, :], 2)
+        converged = residuals <= final_tol * scale[:, None]
+        theta, s, residuals = theta.astype(dtype), s.astype(dtype), residuals.astype(dtype)
+    vectors = jnp.einsum("rbn,brk->bnk", state.basis, s)  # (b, n_max, k)
+    return EigshResult(theta, pack(vectors), residuals, converged, views.j)
 
 
 def block_eigsh(
@@ -128,18 +267,23 @@ def block_eigsh(
     which: Which = "LA",
     num_steps: int | None = None,
     tol: float | None = 1e-4,
+    block_diagonal: Operator | None = None,
 ) -> EigshResult:
     """k eigenpairs of every diagonal block A_ii, all blocks in one compiled Lanczos.
 
-    Each block runs Lanczos on P_i A P_i (P_i the 0/1 mask of block i) from a start vector
-    inside the block, with restarts inside the block too, so its Krylov space stays in the
-    block and holds at most n_i steps; the b Lanczos runs are vmapped, so one step costs one
-    batched product of A with b vectors, and the loop runs until every block meets `tol`
-    (see `eigsh`) or has taken min(num_steps, n_i) steps.
+    The blocks are disjoint, so b independent Lanczos recurrences (full reorthogonalisation)
+    run in lockstep on a padded (b, max_i n_i) layout: a step is one product with the
+    block-diagonal operator D = Σ_i P_i A P_i (P_i the 0/1 mask of block i) and dense
+    row-wise orthogonalisation; memory is an (m, b, max_i n_i) basis. D is
+    built from `op` with one masked product per block (vmapped), or passed as `block_diagonal`
+    when a cheaper product exists (e.g. `curvature.layer_block_diagonal`, which differentiates
+    each layer only w.r.t. its own parameters). The loop stops when every block meets `tol`
+    (as in `eigsh`) or after `num_steps`; block i takes at most n_i steps.
 
-    Returns an `EigshResult` with a leading block axis: eigenvalues (b, k), eigenvectors
-    (b, n, k) in full coordinates (zero outside the block), residuals (b, k), converged (b, k),
-    num_matvecs (b,). num_steps (the basis size) defaults to max_i default_num_steps(k, n_i).
+    Returns an `EigshResult` over blocks: eigenvalues (b, k), residuals (b, k), converged
+    (b, k), num_matvecs (b,) Lanczos steps per block (each step of the loop costs one product
+    with D), and eigenvectors (n, k) PACKED: rows of block i hold block i's k eigenvectors
+    (each of unit norm within its block). num_steps defaults to max_i default_num_steps(k, n_i).
     """
     if not is_traceable(op):
         raise ValueError("block_eigsh needs an in-memory Operator (data=, not batches=)")
@@ -152,11 +296,37 @@ def block_eigsh(
     if tol is not None and not tol > 0:
         raise ValueError(f"tol must be positive or None, got {tol!r}")
     _checks.check_key(key)
+    if block_diagonal is None:
+        block_diagonal = block_diagonal_operator(op, ids, num_blocks)
+    elif block_diagonal.size != op.size:
+        raise ValueError(f"block_diagonal has size {block_diagonal.size}, op has {op.size}")
     key, start_key = jax.random.split(key)
+    v0 = jax.random.normal(start_key, (op.size,), op.dtype)
+    n_max = int(sizes.max())
+    order = np.argsort(ids, kind="stable")
+    rank = np.empty(op.size, np.int64)
+    rank[order] = np.arange(op.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    pos = ids.astype(np.int64) * n_max + rank
+    gather = np.full(num_blocks * n_max, op.size, np.int64)
+    gather[pos] = np.arange(op.size)
+    valid = (np.arange(n_max)[None, :] < sizes[:, None]).astype(op.dtype)
+    return _block_eigsh(
+        block_diagonal, jnp.asarray(pos, jnp.int32), jnp.asarray(gather, jnp.int32),
+        jnp.asarray(valid), jnp.asarray(sizes, jnp.int32), v0, key, k, which,
+        int(num_steps), tol,
+    )  # fmt: skip
+
+
+def _block_diagonal_product(v: Array, op: Operator, masks: Array) -> Array:
+    return jnp.sum(jax.vmap(lambda m: m * op.matvec(m * v))(masks), axis=0)
+
+
+def block_diagonal_operator(op: Operator, block_ids, num_blocks: int) -> Operator:
+    """D = Σ_i P_i A P_i: the block-diagonal part of A, one masked product per block (vmapped,
+    so memory grows with b · n for the tangents)."""
+    ids = check_block_ids(block_ids, num_blocks, op.size)
     masks = jnp.asarray(ids[None, :] == np.arange(num_blocks)[:, None], op.dtype)
-    v0s = masks * jax.random.normal(start_key, (num_blocks, op.size), op.dtype)
-    sizes = jnp.asarray(sizes, jnp.int32)
-    return _block_eigsh(op, masks, v0s, sizes, key, k, which, int(num_steps), tol)
+    return Operator(_block_diagonal_product, (op, masks), op.size, op.dtype)
 
 
 # ----------------------------------------------------------------------------- norms

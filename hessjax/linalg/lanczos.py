@@ -29,8 +29,7 @@ class LanczosState(NamedTuple):
     basis: (m, n) rows q_0 .. q_{m-1} (rows >= j+1 are zero); alpha: (m,) diagonal of T;
     beta: (m,) off-diagonal, beta[i] couples q_i and q_{i+1} (0 where an invariant subspace was
     hit and the iteration restarted); q: (n,) the vector to multiply next; j: steps done;
-    norm: running estimate of ‖A‖; key: PRNG key for restart vectors; mask: () or (n,)
-    multiplier of restart vectors, which keeps restarts inside a subspace (block eigenpairs).
+    norm: running estimate of ‖A‖; key: PRNG key for restart vectors.
     """
 
     basis: Array
@@ -40,7 +39,6 @@ class LanczosState(NamedTuple):
     j: Array
     norm: Array
     key: Array
-    mask: Array
 
 
 class EigshResult(NamedTuple):
@@ -62,12 +60,11 @@ class EigshResult(NamedTuple):
 _ORTHO_BLOCK = 8
 
 
-def _init(v0: Array, num_steps: int, key: Array, mask: Array | None = None) -> LanczosState:
+def _init(v0: Array, num_steps: int, key: Array) -> LanczosState:
     q = v0 / jnp.linalg.norm(v0)
     basis = jnp.zeros((num_steps, v0.shape[0]), v0.dtype).at[0].set(q)
     zeros = jnp.zeros((num_steps,), v0.dtype)
-    mask = jnp.ones((), v0.dtype) if mask is None else mask
-    return LanczosState(basis, zeros, zeros, q, jnp.int32(0), zeros[0], key, mask)
+    return LanczosState(basis, zeros, zeros, q, jnp.int32(0), jnp.zeros((), v0.dtype), key)
 
 
 def _orthogonalise(basis: Array, w: Array, num_rows: Array | None = None) -> Array:
@@ -103,7 +100,7 @@ def _orthogonalise(basis: Array, w: Array, num_rows: Array | None = None) -> Arr
 
 def _step(state: LanczosState, w: Array) -> LanczosState:
     """One Lanczos step given w = A q_j."""
-    basis, alpha, beta, q, j, norm, key, mask = state
+    basis, alpha, beta, q, j, norm, key = state
     a = jnp.vdot(q, w)
     w = _orthogonalise(basis, w, j + 1)
     b = jnp.linalg.norm(w)
@@ -115,7 +112,7 @@ def _step(state: LanczosState, w: Array) -> LanczosState:
     # so T splits into blocks whose eigenvalues are all eigenvalues of A. Under `lax.cond` the
     # restart vector (n normals and two more orthogonalisations) is only made when needed.
     def restart(_):
-        r = mask * jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype)
+        r = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype)
         r = _orthogonalise(basis, r, j + 1)
         return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(w.dtype).tiny)
 
@@ -128,7 +125,6 @@ def _step(state: LanczosState, w: Array) -> LanczosState:
         j=j + 1,
         norm=norm,
         key=key,
-        mask=mask,
     )
 
 
@@ -222,23 +218,18 @@ def _finalize(state: LanczosState, k: int, which: str, tol: float) -> EigshResul
 
 
 @functools.partial(jax.jit, static_argnames=("k", "which", "num_steps", "tol", "check_every"))
-def _eigsh_traced(
-    op, v0, key, k, which, num_steps, tol, check_every, mask=None, limit=None
-) -> EigshResult:
-    """The jitted solve. `mask` keeps restart vectors in a subspace; `limit` (traced, <=
-    num_steps) caps the steps below the basis size (a block smaller than the basis)."""
-    state = _init(v0, num_steps, key, mask)
-    limit = num_steps if limit is None else jnp.minimum(limit, num_steps)
+def _eigsh_traced(op, v0, key, k, which, num_steps, tol, check_every) -> EigshResult:
+    state = _init(v0, num_steps, key)
     if tol is None:
-        return _finalize(_run(op, state, limit), k, which, _default_tol(v0.dtype))
+        return _finalize(_run(op, state, num_steps), k, which, _default_tol(v0.dtype))
 
     def cond(carry):
         state, done = carry
-        return (state.j < limit) & ~done
+        return (state.j < num_steps) & ~done
 
     def body(carry):
         state, _ = carry
-        state = _run(op, state, jnp.minimum(check_every, limit - state.j))
+        state = _run(op, state, jnp.minimum(check_every, num_steps - state.j))
         return state, _converged(state, k, which, tol)
 
     state, _ = lax.while_loop(cond, body, (state, jnp.bool_(False)))
