@@ -23,6 +23,7 @@ from hessjax.linalg.blocks import (
     block_frobenius_sq,
     block_operator,
     block_ratios,
+    dense_block,
     dense_block_frobenius_sq,
 )
 from hessjax.models import MLP
@@ -58,6 +59,8 @@ def test_block_operator_matches_dense_slices(sym):
             np.testing.assert_allclose(
                 off.transpose @ jnp.eye(ri.size), a[np.ix_(cj, ri)], atol=1e-12
             )
+            np.testing.assert_allclose(dense_block(op, ids, NB, i, j), a[np.ix_(ri, cj)])
+        np.testing.assert_allclose(dense_block(op, ids, NB, i), a[np.ix_(ri, ri)], atol=1e-12)
 
 
 @pytest.mark.parametrize("which", ["LA", "SA", "BE"])

@@ -9,6 +9,7 @@ from hessjax.linalg.blocks import (
     block_frobenius_sq,
     block_operator,
     block_ratios,
+    dense_block,
     dense_block_frobenius_sq,
 )
 from hessjax.linalg.lanczos import (
@@ -41,6 +42,7 @@ __all__ = [
     "block_frobenius_sq",
     "block_operator",
     "block_ratios",
+    "dense_block",
     "dense_block_frobenius_sq",
     "LinearOperatorLike",
     "Operator",

@@ -4,7 +4,8 @@ A partition is given as `block_ids`, an integer (n,) array assigning every index
 vector to one of `num_blocks` blocks (any pattern: contiguous layers, strided neurons, user
 labels). A_ij is the block with rows in block i and columns in block j.
 
-* `block_operator`: A_ii as an `Operator` of its own size, or A_ij as a rectangular `Block`.
+* `block_operator`: A_ii as an `Operator` of its own size, or A_ij as a rectangular `Block`;
+  `dense_block` materialises either (small models).
 * `block_eigsh`: eigenpairs of every diagonal block A_ii in one compiled, vmapped Lanczos.
 * `block_frobenius_sq`: ‖A_ij‖²_F, exact (unit probes of block j) or estimated without bias
   from Gaussian probes, ‖A_ij‖²_F = E‖A_ij v‖², with standard errors.
@@ -100,6 +101,13 @@ def block_operator(
     if cols is rows:
         return Operator(_sub_product, args, int(rows.size), op.dtype)
     return Block(args, (int(rows.size), int(cols.size)))
+
+
+def dense_block(op: Operator, block_ids, num_blocks: int, i: int, j: int | None = None) -> Array:
+    """A_ij (default A_ii) as a dense (n_i, n_j) array, from n_j products (small models)."""
+    block = block_operator(op, block_ids, num_blocks, i, j)
+    cols = block.size if isinstance(block, Operator) else block.shape[1]
+    return block @ jnp.eye(cols, dtype=op.dtype)
 
 
 # ----------------------------------------------------------------------------- eigenpairs
