@@ -5,7 +5,8 @@ r"""Main job: train a small network, then compute its Hessian spectrum.
       --config.data.name=mnist --config.data.dir=../shared/data/mnist
 
 Writes into the workdir: results.json (eigenvalues, residuals, per-layer top eigenvalues,
-trace, density, timings), eigenvectors.npy ((n, k) flat, params leaf order), params.msgpack
+trace, density, timings), eigenvectors.npy ((n, k) flat, params leaf order),
+params_spectrum.msgpack
 (the trained params; reused when the same data/model/train config is run again) and
 spectrum.png.
 """
@@ -20,71 +21,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from flax import serialization
-from ml_collections import config_flags
+from absl import logging
 
-from hessjax import curvature, linalg, models, plotting, training
-from hessjax.data import load_dataset, microbatches
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "spectrum.py")
-)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/spectrum", "Where results and figures go.")
-
-
-def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
-    """Flax module for config.model with `num_classes` outputs."""
-    widths = tuple(int(w) for w in cfg.widths)
-    if cfg.kind == "mlp":
-        return models.MLP(widths + (num_classes,), act=cfg.activation)
-    if cfg.kind == "conv":
-        return models.ConvNet(widths, num_classes, act=cfg.activation)
-    raise ValueError(f"model.kind must be 'mlp' or 'conv', got {cfg.kind!r}")
-
-
-def _train_or_resume(config, workdir, loss_fn, params, ds, key):
-    """Train, or load params.msgpack if it was written by the same data/model/train config."""
-    fingerprint = json.dumps(
-        {k: config[k].to_dict() for k in ("data", "model", "train")} | {"seed": config.seed},
-        sort_keys=True,
-        default=str,
-    )
-    ckpt, meta = os.path.join(workdir, "params.msgpack"), os.path.join(workdir, "params.json")
-    if os.path.exists(ckpt) and os.path.exists(meta):
-        with open(meta) as f:
-            saved = json.load(f)
-        if saved["fingerprint"] == fingerprint:
-            with open(ckpt, "rb") as f:
-                params = serialization.from_bytes(params, f.read())
-            logging.info("resumed trained params from %s", ckpt)
-            return params, saved["history"]
-    t = config.train
-    params, history = training.train(
-        loss_fn,
-        params,
-        jnp.asarray(ds.x_train),
-        jnp.asarray(ds.y_train),
-        optimizer=training.make_optimizer(t.optimizer, t.learning_rate),
-        num_steps=t.steps,
-        batch_size=t.batch_size,
-        key=key,
-        log_every=t.log_every,
-        log=lambda s, v: logging.info("train step %d/%d: loss %.4f", s, t.steps, v),
-    )
-    with open(ckpt, "wb") as f:
-        f.write(serialization.to_bytes(params))
-    with open(meta, "w") as f:
-        json.dump({"fingerprint": fingerprint, "history": history}, f)
-    return params, history
-
-
-def _timed(label, fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args, **kwargs))
-    seconds = time.perf_counter() - start
-    logging.info("%s: %.2f s", label, seconds)
-    return out, seconds
+from experiments import common
+from hessjax import curvature, linalg, plotting, training
+from hessjax.data import load_dataset
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -100,31 +41,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "data %s: %d train / %d test, input %s, %d classes",
         ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], ds.num_classes,
     )  # fmt: skip
-    model = build_model(config.model, ds.num_classes)
+    model = common.build_model(config.model, ds.num_classes)
     params = model.init(k_init, jnp.asarray(ds.x_train[:1]))
     loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     logging.info("model %s: %d parameters", config.model.kind, num_params)
 
-    (params, history), train_seconds = _timed(
-        "training", _train_or_resume, config, workdir, loss_fn, params, ds, k_train
-    )
+    fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train")}
+    (params, history), train_seconds = common.timed(
+        "training", common.train_or_resume, workdir, "spectrum",
+        fingerprint | {"seed": config.seed}, loss_fn, params, ds.x_train, ds.y_train,
+        config.train, k_train,
+    )  # fmt: skip
     test_acc = float(training.accuracy(model.apply, params, ds.x_test, ds.y_test))
     logging.info("test accuracy %.4f", test_acc)
 
-    if h.num_samples > len(ds.y_train):
-        raise ValueError(f"hessian.num_samples {h.num_samples} > {len(ds.y_train)} train samples")
-    data = microbatches(
-        (jnp.asarray(ds.x_train[: h.num_samples]), jnp.asarray(ds.y_train[: h.num_samples])),
-        h.microbatch_size,
-    )
+    data = common.hessian_data(ds.x_train, ds.y_train, h.num_samples, h.microbatch_size)
     op = curvature.hessian_operator(loss_fn, params, data)
     num_steps = h.num_steps or linalg.default_num_steps(h.top_k, op.size)
     logging.info(
         "Hessian over %d samples (%d microbatches): top-%d eigenpairs, <= %d Lanczos steps",
         h.num_samples, data[1].shape[0], h.top_k, num_steps,
     )  # fmt: skip
-    top, eig_seconds = _timed(
+    top, eig_seconds = common.timed(
         "top eigenpairs", linalg.eigsh, op, h.top_k, key=k_eig, num_steps=num_steps, tol=h.tol
     )
     logging.info("top eigenvalues %s (%d HVPs)", np.round(top.eigenvalues, 4), top.num_matvecs)
@@ -133,7 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     layer_top: dict[str, float] = {}
     if h.per_layer:  # all layer blocks H_ll in one compiled Lanczos, restricted products
         part = curvature.partition_by_layer(op.layout)
-        blocks, _ = _timed(
+        blocks, _ = common.timed(
             "per-layer top eigenvalues",
             linalg.block_eigsh,
             op,
@@ -148,12 +87,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             layer_top[name] = float(value)
             logging.info("layer %s (%d params): top eigenvalue %.4f", name, size, value)
 
-    trace, trace_seconds = _timed(
+    trace, trace_seconds = common.timed(
         "trace (Hutch++)", linalg.hutchpp, op, h.trace_matvecs, key=k_trace
     )
     logging.info("trace %.4f ± %.4f", trace.estimate, trace.stderr)
 
-    quad, slq_seconds = _timed(
+    quad, slq_seconds = common.timed(
         "spectral density (SLQ)",
         linalg.slq,
         op,
@@ -201,11 +140,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    common.run_binary("spectrum", run)

@@ -51,15 +51,21 @@ def train(
     key: Array,
     log_every: int = 100,
     log: Callable[[int, float], None] | None = None,
-) -> tuple[PyTree, list[tuple[int, float]]]:
+    opt_state: PyTree | None = None,
+    return_opt_state: bool = False,
+) -> tuple[PyTree, list[tuple[int, float]]] | tuple[PyTree, list[tuple[int, float]], PyTree]:
     """Train for `num_steps` minibatch steps on (x (N, ...), y (N,)).
 
     Returns the final params and the history [(step, mean loss over the last chunk), ...];
-    `log(step, loss)` is called after every chunk of `log_every` steps.
+    `log(step, loss)` is called after every chunk of `log_every` steps. To train in segments
+    (measuring between them) without resetting the optimizer, pass the previous segment's
+    `opt_state` (default: optimizer.init(params)) and set `return_opt_state` to get
+    (params, history, opt_state).
     """
     if batch_size > x.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {x.shape[0]} training samples")
-    opt_state = optimizer.init(params)
+    if opt_state is None:
+        opt_state = optimizer.init(params)
     history: list[tuple[int, float]] = []
     done = 0
     while done < num_steps:
@@ -76,7 +82,7 @@ def train(
         history.append((done, loss))
         if log is not None:
             log(done, loss)
-    return params, history
+    return (params, history, opt_state) if return_opt_state else (params, history)
 
 
 @functools.partial(jax.jit, static_argnames=("model_fn",))

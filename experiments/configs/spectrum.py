@@ -4,29 +4,21 @@ e.g. --config.model.widths=128,128,10 --config.data.name=mnist --config.data.dir
 
 import ml_collections
 
+from experiments.configs.common import data_config, train_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "mnist1d"  # mnist1d | mnist | fashion_mnist | gaussian_mixture
-    c.data.dir = ""  # directory of idx .gz files for mnist / fashion_mnist
-    c.data.source = "auto"  # auto | idx | tfds
-    c.data.num_samples = 5000  # generated datasets only
-    c.data.seed = 0
+    c.data = data_config()
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "mlp"  # mlp | conv
     c.model.widths = (64, 64)  # hidden widths (mlp) or channels (conv); output = num classes
     c.model.activation = "tanh"
 
-    c.train = ml_collections.ConfigDict()
-    c.train.optimizer = "adam"
-    c.train.learning_rate = 3e-3
-    c.train.steps = 3000
-    c.train.batch_size = 128
-    c.train.log_every = 500
+    c.train = train_config(steps=3000, learning_rate=3e-3, log_every=500)
 
     c.hessian = ml_collections.ConfigDict()
     c.hessian.num_samples = 1000  # training samples the Hessian averages over

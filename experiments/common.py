@@ -1,0 +1,114 @@
+"""Pieces shared by the experiment binaries: command line, model, training with resume,
+Hessian data, timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags, logging
+from flax import serialization
+from ml_collections import config_flags
+
+from hessjax import models, training
+from hessjax.data import microbatches
+
+
+def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
+    """Define --config (default configs/<name>.py) and --workdir (default runs/<name>), then
+    call run(config, workdir). Flags are defined only here, when a module runs as the program,
+    so several binaries can be imported in one process (tests) without duplicate flags."""
+    config = config_flags.DEFINE_config_file(
+        "config", os.path.join(os.path.dirname(__file__), "configs", f"{name}.py")
+    )
+    workdir = flags.DEFINE_string("workdir", f"runs/{name}", "Where results and figures go.")
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        run(config.value, workdir.value)
+
+    app.run(main)
+
+
+def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
+    """Flax module for a model config (kind mlp | conv, widths, activation) with `num_classes`
+    outputs: an MLP of hidden `widths`, or a conv net of `widths` channels."""
+    widths = tuple(int(w) for w in cfg.widths)
+    kind = cfg.get("kind", "mlp")
+    if kind == "mlp":
+        return models.MLP(widths + (num_classes,), act=cfg.activation)
+    if kind == "conv":
+        return models.ConvNet(widths, num_classes, act=cfg.activation)
+    raise ValueError(f"model.kind must be 'mlp' or 'conv', got {kind!r}")
+
+
+def train_or_resume(
+    workdir: str,
+    tag: str,
+    fingerprint: dict,
+    loss_fn,
+    params,
+    x,
+    y,
+    train_cfg: ml_collections.ConfigDict,
+    key: jax.Array,
+    num_steps: int | None = None,
+):
+    """Train with train_cfg (optimizer, learning_rate, steps, batch_size, log_every), or load
+    <workdir>/params_<tag>.msgpack when it was written under the same `fingerprint` (a JSON-able
+    dict of everything that determines the result). Returns (params, history)."""
+    steps = int(train_cfg.steps if num_steps is None else num_steps)
+    fingerprint = json.dumps(fingerprint | {"steps": steps}, sort_keys=True, default=str)
+    ckpt = os.path.join(workdir, f"params_{tag}.msgpack")
+    meta = os.path.join(workdir, f"params_{tag}.json")
+    if os.path.exists(ckpt) and os.path.exists(meta):
+        with open(meta) as f:
+            saved = json.load(f)
+        if saved["fingerprint"] == fingerprint:
+            with open(ckpt, "rb") as f:
+                params = serialization.from_bytes(params, f.read())
+            logging.info("[%s] resumed trained params from %s", tag, ckpt)
+            return params, saved["history"]
+    params, history = training.train(
+        loss_fn,
+        params,
+        jnp.asarray(x),
+        jnp.asarray(y),
+        optimizer=training.make_optimizer(train_cfg.optimizer, train_cfg.learning_rate),
+        num_steps=steps,
+        batch_size=train_cfg.batch_size,
+        key=key,
+        log_every=train_cfg.log_every,
+        log=lambda s, v: logging.info("[%s] train step %d/%d: loss %.4f", tag, s, steps, v),
+    )
+    os.makedirs(workdir, exist_ok=True)
+    with open(ckpt, "wb") as f:
+        f.write(serialization.to_bytes(params))
+    with open(meta, "w") as f:
+        json.dump({"fingerprint": fingerprint, "history": history}, f)
+    return params, history
+
+
+def hessian_data(x, y, num_samples: int, microbatch_size: int | None = None):
+    """The first num_samples training pairs, as (m, b, ...) microbatches of microbatch_size
+    (None: one batch (b, ...) without the microbatch axis)."""
+    if num_samples > len(y):
+        raise ValueError(f"Hessian num_samples {num_samples} > {len(y)} training samples")
+    batch = (jnp.asarray(x[:num_samples]), jnp.asarray(y[:num_samples]))
+    return batch if microbatch_size is None else microbatches(batch, microbatch_size)
+
+
+def timed(label: str, fn: Callable, *args, **kwargs):
+    """(fn(*args, **kwargs), seconds), blocking on the result; logs the time."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    seconds = time.perf_counter() - start
+    logging.info("%s: %.2f s", label, seconds)
+    return out, seconds

@@ -1,0 +1,388 @@
+r"""Kronecker structure of dense-layer Hessians (Wu et al., "Dissecting Hessian", arXiv
+2010.04261).
+
+  python -m experiments.kronecker --workdir=runs/kronecker
+  python -m experiments.kronecker --workdir=runs/kronecker_mnist \
+      --config.data.name=mnist --config.data.dir=../shared/data/mnist
+
+Trains an MLP (model A) and, from another seed on the same data, a second one (model B). For
+every Dense layer of A: the top-K eigenpairs of the exact kernel Hessian block H = E[xxᵀ ⊗ M]
+(dense `exact_layer_hessian` + eigh for small layers, else `eigsh` of the matrix-free
+`hessian_operator(select='<layer>/kernel')`) and of its Kronecker approximation
+E[xxᵀ] ⊗ E[M] (`kron_eigh`), their overlap for k = 1 .. K (K = 3C by default), the low rank of
+the top eigenvectors reshaped to the kernel and the alignment of their input side with E[x],
+and the number of outliers. For every layer, the overlap of A's and B's top-k eigenspaces.
+Then, on Gaussian mixtures with C = 2, 5, 10, 20 classes, the number of outliers of each
+layer's Hessian top spectrum vs C.
+
+Writes into the workdir: results.json, overlap_vs_k.png, cross_seed_overlap.png,
+outliers_vs_classes.png, and params_<tag>.msgpack/.json per trained model (reused when the
+same data/model/train config is run again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from experiments import common
+from hessjax import curvature, linalg, models, plotting, training
+from hessjax.analysis import kronecker as kron_analysis
+from hessjax.data import gaussian_mixture, load_dataset, microbatches
+from hessjax.data.dataset import Dataset
+
+
+class LayerEigen(NamedTuple):
+    """Top-K eigenpairs of one Dense kernel's Hessian block and of its Kronecker
+    approximation. exact_values (K,), exact_vectors (in*out, K); kron_values (K,),
+    kron_vectors (in*out, K); factors: the KroneckerFactors; method: 'dense' or 'eigsh'."""
+
+    in_dim: int
+    out_dim: int
+    exact_values: np.ndarray
+    exact_vectors: np.ndarray
+    kron_values: np.ndarray
+    kron_vectors: np.ndarray
+    factors: curvature.KroneckerFactors
+    method: str
+
+
+def dense_layers(params: Any) -> list[str]:
+    """Names of the Dense modules of an MLP, in order ('Dense_0', 'Dense_1', ...)."""
+    names = [n for n in params["params"] if n.startswith("Dense_")]
+    return sorted(names, key=lambda n: int(n.split("_")[1]))
+
+
+class Trained(NamedTuple):
+    """A trained MLP: the module, its initial and trained variables, the training history
+    [(step, loss), ...] and the test accuracy."""
+
+    model: models.MLP
+    init_params: Any
+    params: Any
+    history: list
+    test_accuracy: float
+
+
+def train_model(config, workdir, tag, ds: Dataset, seed: int, steps: int, data_fp) -> Trained:
+    """Init (seed) and train an MLP on ds, or resume it from the workdir."""
+    model = common.build_model(config.model, ds.num_classes)
+    k_init, k_train = jax.random.split(jax.random.key(seed))
+    init_params = model.init(k_init, jnp.asarray(ds.x_train[:1]))
+    loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+    fingerprint = {"data": data_fp, "model": config.model.to_dict(),
+                   "train": config.train.to_dict(), "seed": seed}  # fmt: skip
+    params, history = common.train_or_resume(
+        workdir, tag, fingerprint, loss_fn, init_params, ds.x_train, ds.y_train, config.train,
+        k_train, num_steps=steps,
+    )  # fmt: skip
+    acc = float(training.accuracy(model.apply, params, ds.x_test, ds.y_test))
+    logging.info("[%s] final train loss %.4f, test accuracy %.4f", tag, history[-1][1], acc)
+    return Trained(model, init_params, params, history, acc)
+
+
+def layer_eigen(model, params, batch, layer: str, k: int, h, key) -> LayerEigen:
+    """Top-k eigenpairs of the exact kernel block of `layer` and of its Kronecker approximation
+    over batch = (x (N, ...), y (N,))."""
+    in_dim, out_dim = params["params"][layer]["kernel"].shape
+    n = in_dim * out_dim
+    if not 1 <= k < n:
+        raise ValueError(f"top_k={k} must be in [1, {n}) for layer {layer} ({in_dim}x{out_dim})")
+    chunk = min(int(h.chunk_size), len(batch[1]))
+    if n <= h.dense_max_size:
+        block = curvature.exact_layer_hessian(
+            model, params, batch, curvature.cross_entropy, layer, chunk_size=chunk
+        )
+        values, vectors = np.linalg.eigh(np.asarray(block, np.float64))
+        values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
+        method = "dense"
+    else:
+        loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+        data = microbatches(batch, min(int(h.microbatch_size), len(batch[1])))
+        op = curvature.hessian_operator(loss_fn, params, data, select=f"{layer}/kernel")
+        res = linalg.eigsh(op, k, key=key, tol=h.tol)
+        if not bool(np.all(res.converged)):
+            logging.warning("[%s] eigsh: %d of %d pairs unconverged", layer,
+                            int(np.sum(~np.asarray(res.converged))), k)  # fmt: skip
+        values = np.asarray(res.eigenvalues, np.float64)
+        vectors = np.asarray(res.eigenvectors, np.float64)
+        method = "eigsh"
+    factors = curvature.kronecker_factors(
+        model, params, batch, curvature.cross_entropy, layer, chunk_size=chunk
+    )
+    kron = curvature.kron_eigh(factors, k)
+    return LayerEigen(
+        in_dim=int(in_dim),
+        out_dim=int(out_dim),
+        exact_values=values,
+        exact_vectors=vectors,
+        kron_values=np.asarray(kron.eigenvalues, np.float64),
+        kron_vectors=np.asarray(kron.eigenvectors, np.float64),
+        factors=factors,
+        method=method,
+    )
+
+
+def _rounded(values, digits=4) -> list[float]:
+    return [round(float(v), digits) for v in np.asarray(values).ravel()]
+
+
+def analyse_layer(eig: LayerEigen, marks: list[int], num_lowrank: int, rel_floor: float) -> dict:
+    """Per-layer results: overlap exact vs Kronecker for k = 1 .. K (and at the `marks`), low
+    rank of the top `num_lowrank` eigenvectors, outliers, and how much E[x] dominates E[xxᵀ]."""
+    top_k = eig.exact_values.shape[0]
+    curve = kron_analysis.exact_vs_kronecker_overlap(eig.exact_vectors, eig.kron_vectors)
+    n_low = min(num_lowrank, top_k)
+    low = kron_analysis.eigenvector_low_rank(
+        eig.exact_vectors[:, :n_low], eig.in_dim, eig.out_dim, eig.factors.x_mean
+    )
+    a = np.asarray(eig.factors.a, np.float64)
+    x_mean = np.asarray(eig.factors.x_mean, np.float64)
+    a_top = np.linalg.eigh(a)[1][:, -1]
+    exact_out = kron_analysis.count_outliers(eig.exact_values, rel_floor=rel_floor)
+    kron_out = kron_analysis.count_outliers(eig.kron_values, rel_floor=rel_floor)
+    return {
+        "shape": [eig.in_dim, eig.out_dim],
+        "num_params": eig.in_dim * eig.out_dim,
+        "method": eig.method,
+        "exact_eigenvalues": _rounded(eig.exact_values, 6),
+        "kron_eigenvalues": _rounded(eig.kron_values, 6),
+        "overlap_exact_vs_kron": curve.as_dict(),
+        "overlap_exact_vs_kron_at": {str(k): curve.at(k) for k in marks},
+        "low_rank": {
+            "num_vectors": n_low,
+            "top_share": low.top_share.tolist(),
+            "mean_alignment": low.mean_alignment.tolist(),
+            "alignment_chance": low.alignment_chance,
+        },
+        # E[x] dominates E[xxᵀ] when ‖E[x]‖² / tr E[xxᵀ] is near 1; then A's top eigenvector
+        # is E[x]/‖E[x]‖ and the top Kronecker eigenvectors are E[x] ⊗ w_j.
+        "mean_share_of_second_moment": float(x_mean @ x_mean / np.trace(a)),
+        "a_top_mean_alignment": float(abs(a_top @ x_mean) / np.linalg.norm(x_mean)),
+        "outliers_exact": {"count": exact_out.count, "gap": exact_out.gap},
+        "outliers_kron": {"count": kron_out.count, "gap": kron_out.gap},
+    }
+
+
+def _log_layer(layer: str, r: dict) -> None:
+    at = r["overlap_exact_vs_kron_at"]
+    logging.info(
+        "[%s %s, %s] exact-vs-Kronecker overlap %s; σ₁² share %s; |cos(u₁, E[x])| %s "
+        "(chance %.3f); ‖E[x]‖²/tr E[xxᵀ] %.3f; outliers exact %d (gap %.1f), Kronecker %d",
+        layer, "x".join(map(str, r["shape"])), r["method"],
+        {k: round(v, 3) for k, v in at.items()},
+        _rounded(r["low_rank"]["top_share"], 3), _rounded(r["low_rank"]["mean_alignment"], 3),
+        r["low_rank"]["alignment_chance"], r["mean_share_of_second_moment"],
+        r["outliers_exact"]["count"], r["outliers_exact"]["gap"], r["outliers_kron"]["count"],
+    )  # fmt: skip
+
+
+def outliers_vs_classes(config, workdir) -> dict:
+    """Train one model per number of classes C on a Gaussian mixture and count the outliers
+    of each layer's exact Hessian top spectrum (top max(top_factor·C, min_top) eigenvalues)."""
+    o, h = config.outliers, config.hessian
+    rows = []
+    for c in o.num_classes:
+        c = int(c)
+        ds = gaussian_mixture(
+            num_samples=o.num_samples, dim=o.dim, num_classes=c, separation=o.separation,
+            seed=config.data.seed,
+        )  # fmt: skip
+        data_fp = {"gaussian_mixture": o.to_dict() | {"C": c, "seed": config.data.seed}}
+        trained = train_model(config, workdir, f"mixture_C{c}", ds, config.seed, o.steps, data_fp)
+        model, params, acc = trained.model, trained.params, trained.test_accuracy
+        batch = common.hessian_data(ds.x_train, ds.y_train, min(h.num_samples, len(ds.y_train)))
+        row = {
+            "num_classes": c,
+            "test_accuracy": acc,
+            "train_loss": trained.history[-1][1],
+            "layers": {},
+        }
+        for i, layer in enumerate(dense_layers(params)):
+            in_dim, out_dim = params["params"][layer]["kernel"].shape
+            k = min(max(o.top_factor * c, o.min_top), in_dim * out_dim - 1)
+            eig = layer_eigen(model, params, batch, layer, k, h, jax.random.key(1000 * c + i))
+            ex = kron_analysis.count_outliers(eig.exact_values, rel_floor=o.rel_floor)
+            kr = kron_analysis.count_outliers(eig.kron_values, rel_floor=o.rel_floor)
+            row["layers"][layer] = {
+                "top_k": k,
+                "exact_count": ex.count,
+                "exact_gap": ex.gap,
+                "kron_count": kr.count,
+                "kron_gap": kr.gap,
+                "exact_eigenvalues": _rounded(eig.exact_values, 6),
+            }
+        logging.info(
+            "[mixture C=%d] test acc %.3f; outliers (exact, Kronecker) per layer: %s", c, acc,
+            {n: (v["exact_count"], v["kron_count"]) for n, v in row["layers"].items()},
+        )  # fmt: skip
+        rows.append(row)
+    return {"config": o.to_dict(), "runs": rows}
+
+
+def _marks(num_classes: int, top_k: int) -> list[int]:
+    """The dimensions reported in the log and under '..._at': 1, C, 2C, 3C (those <= K)."""
+    return sorted({k for k in (1, num_classes, 2 * num_classes, 3 * num_classes) if k <= top_k})
+
+
+def cross_seed(eig_a: dict, eig_b: dict, marks: list[int]) -> dict:
+    """Per layer: overlap vs k of model A's and model B's top eigenspaces (exact blocks and
+    Kronecker approximations), and |cos| between their mean layer inputs."""
+    out = {}
+    for name, a in eig_a.items():
+        b = eig_b[name]
+        curve = kron_analysis.cross_model_overlap(a.exact_vectors, b.exact_vectors)
+        kron_curve = kron_analysis.cross_model_overlap(a.kron_vectors, b.kron_vectors)
+        xa, xb = (np.asarray(e.factors.x_mean, np.float64) for e in (a, b))
+        out[name] = {
+            "exact": curve.as_dict(),
+            "exact_at": {str(k): curve.at(k) for k in marks},
+            "chance_at": {str(k): float(curve.chance[k - 1]) for k in marks},
+            "kron": kron_curve.as_dict(),
+            # top eigenspaces ≈ E[x] ⊗ S: hidden units are not matched between the models, so
+            # the overlap is limited by cos²(E[x]_A, E[x]_B) (1 for the first layer)
+            "mean_input_cos": float(abs(xa @ xb) / (np.linalg.norm(xa) * np.linalg.norm(xb))),
+        }
+        logging.info(
+            "[%s] cross-seed overlap at k=%s: %s (chance %s); Kronecker %s; "
+            "|cos(E[x]_A, E[x]_B)| %.3f",
+            name, marks, [round(curve.at(k), 3) for k in marks],
+            [round(float(curve.chance[k - 1]), 4) for k in marks],
+            [round(kron_curve.at(k), 3) for k in marks], out[name]["mean_input_cos"],
+        )  # fmt: skip
+    return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Run the whole job; returns the results dict that is also written to results.json."""
+    os.makedirs(workdir, exist_ok=True)
+    h = config.hessian
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    ds = load_dataset(config.data)
+    num_classes = ds.num_classes
+    logging.info(
+        "data %s: %d train / %d test, input %s, %d classes",
+        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], num_classes,
+    )  # fmt: skip
+    top_k = int(h.top_k) or 3 * num_classes
+    marks = _marks(num_classes, top_k)
+    data_fp = config.data.to_dict()
+    batch = common.hessian_data(ds.x_train, ds.y_train, h.num_samples)
+
+    def all_layers(params, seed):
+        key = jax.random.key(seed)
+        return {
+            name: layer_eigen(model, params, batch, name, top_k, h, jax.random.fold_in(key, i))
+            for i, name in enumerate(dense_layers(params))
+        }
+
+    t0 = time.perf_counter()
+    a = train_model(config, workdir, "seed_a", ds, config.seed, config.train.steps, data_fp)
+    model = a.model
+    seconds["train_a"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    eig_a = all_layers(a.params, config.seed)
+    layers = list(eig_a)
+    per_layer = {}
+    for name in layers:
+        per_layer[name] = analyse_layer(
+            eig_a[name], marks, h.num_lowrank, config.outliers.rel_floor
+        )
+        _log_layer(name, per_layer[name])
+    seconds["layers"] = time.perf_counter() - t0
+
+    at_init = {}
+    if h.at_init:
+        # Baseline: the same comparison at initialisation, where the logits are small, p_n
+        # varies little between samples, M_n ≈ E[M] and the Kronecker form is nearly exact.
+        t0 = time.perf_counter()
+        for name, eig in all_layers(a.init_params, config.seed).items():
+            curve = kron_analysis.exact_vs_kronecker_overlap(eig.exact_vectors, eig.kron_vectors)
+            at_init[name] = {
+                "overlap_exact_vs_kron": curve.as_dict(),
+                "overlap_exact_vs_kron_at": {str(k): curve.at(k) for k in marks},
+                "exact_eigenvalues": _rounded(eig.exact_values, 6),
+            }
+            logging.info(
+                "[%s at init] exact-vs-Kronecker overlap %s", name,
+                {k: round(v, 3) for k, v in at_init[name]["overlap_exact_vs_kron_at"].items()},
+            )  # fmt: skip
+        seconds["at_init"] = time.perf_counter() - t0
+
+    cross, seed_b = {}, None
+    if config.cross_seed.enabled:
+        seed_b = config.seed + int(config.cross_seed.offset)
+        t0 = time.perf_counter()
+        b = train_model(config, workdir, "seed_b", ds, seed_b, config.train.steps, data_fp)
+        cross = cross_seed(eig_a, all_layers(b.params, seed_b), marks)
+        cross["model_b"] = {
+            "seed": seed_b,
+            "test_accuracy": b.test_accuracy,
+            "train_history": b.history,
+        }
+        seconds["cross_seed"] = time.perf_counter() - t0
+
+    outliers = None
+    if config.outliers.enabled:
+        t0 = time.perf_counter()
+        outliers = outliers_vs_classes(config, workdir)
+        seconds["outliers"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - start
+
+    results = {
+        "config": config.to_dict(),
+        "dataset": ds.name,
+        "num_classes": num_classes,
+        "top_k": top_k,
+        "hessian_samples": int(h.num_samples),
+        "train_history": a.history,
+        "test_accuracy": a.test_accuracy,
+        "layers": per_layer,
+        "layers_at_init": at_init,
+        "cross_seed": cross,
+        "outliers_vs_classes": outliers,
+        "seconds": seconds,
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
+    title = f"{ds.name}, MLP {tuple(config.model.widths)}+{num_classes} {config.model.activation}"
+    plotting.plot_overlap_curves(
+        {n: per_layer[n]["overlap_exact_vs_kron"] for n in layers},
+        os.path.join(workdir, "overlap_vs_k.png"),
+        title=f"exact layer Hessian vs Kronecker approximation\n{title}",
+        marks=(num_classes, 2 * num_classes),
+        reference={n: v["overlap_exact_vs_kron"] for n, v in at_init.items()},
+        reference_label="at init",
+    )
+    if cross:
+        plotting.plot_overlap_curves(
+            {n: cross[n]["exact"] for n in layers},
+            os.path.join(workdir, "cross_seed_overlap.png"),
+            title=f"top layer-Hessian eigenspaces, seed {config.seed} vs seed {seed_b}\n{title}",
+            marks=(num_classes, 2 * num_classes),
+        )
+    if outliers is not None:
+        plotting.plot_outliers_vs_classes(
+            outliers["runs"],
+            os.path.join(workdir, "outliers_vs_classes.png"),
+            title=f"Gaussian mixtures (dim {config.outliers.dim}), "
+            f"MLP {tuple(config.model.widths)}+C {config.model.activation}",
+        )
+    logging.info("wrote results.json and figures to %s (%.1f s)", workdir, seconds["total"])
+    return results
+
+
+if __name__ == "__main__":
+    common.run_binary("kronecker", run)
