@@ -11,6 +11,7 @@ Every operator acts on flat vectors over the selected parameters (`select`, see
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -188,10 +189,15 @@ def _is_tracer(tree: PyTree) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_value(value_fn: Callable[[PyTree, Any], Array], params: PyTree, batch: PyTree):
+    return value_fn(params, batch)
+
+
 def _check_finite(value_fn: Callable[[PyTree, Any], Array], params: PyTree, batch: PyTree):
     if _is_tracer(params) or _is_tracer(batch):
         return
-    value = jax.jit(value_fn)(params, batch)
+    value = _loss_value(value_fn, params, batch)  # cached per (hashable) loss and shapes
     if not bool(jnp.all(jnp.isfinite(value))):
         raise ValueError(f"loss is not finite at params on the first batch: {value}")
 
