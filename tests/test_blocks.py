@@ -233,24 +233,6 @@ def test_mse_output_blocks_are_exactly_block_diagonal():
     assert r["hidden"] > 0
 
 
-def test_subspace_overlap_identities():
-    from hessjax.linalg import overlap_chance, subspace_overlap
-
-    rng = np.random.default_rng(3)
-    q, _ = np.linalg.qr(rng.normal(size=(30, 30)))
-    u = q[:, :5]
-    rot, _ = np.linalg.qr(rng.normal(size=(5, 5)))
-    np.testing.assert_allclose(subspace_overlap(u, u @ rot), 1, rtol=1e-12)  # basis-invariant
-    np.testing.assert_allclose(subspace_overlap(u, q[:, 5:10]), 0, atol=1e-12)
-    mixed = np.concatenate([q[:, :2], q[:, 10:13]], axis=1)
-    np.testing.assert_allclose(subspace_overlap(u, mixed), 2 / 5, rtol=1e-12)
-    # chance level k/n, by Monte Carlo over random subspaces (std of the mean ~ 0.003)
-    draws = [subspace_overlap(u, np.linalg.qr(rng.normal(size=(30, 5)))[0]) for _ in range(400)]
-    assert abs(np.mean(draws) - overlap_chance(5, 30)) < 0.015
-    with pytest.raises(ValueError, match="same n"):
-        subspace_overlap(u, q[:10, :5])
-
-
 def test_layer_block_diagonal_restricted_products(mlp):
     op, dense, *_ = mlp
     part = partition_by_layer(op.layout)

@@ -1,5 +1,5 @@
 """Matrix-free linear algebra on flat vectors: Lanczos, eigensolvers, trace and density,
-blocks of an operator under a partition of its indices."""
+blocks of an operator under a partition of its indices, subspace geometry and masks."""
 
 from hessjax.linalg.blocks import (
     Block,
@@ -30,10 +30,33 @@ from hessjax.linalg.operator import (
 )
 from hessjax.linalg.power import power_iteration
 from hessjax.linalg.slq import SpectralQuadrature, density_on_grid, slq, spectral_density
-from hessjax.linalg.subspace import overlap_chance, subspace_overlap
+from hessjax.linalg.subspace import (
+    GrassmannDistances,
+    as_basis,
+    grassmann_distances,
+    mask_overlap,
+    masks_iou,
+    masks_overlap,
+    overlap_chance,
+    overlap_to_iou,
+    principal_angles,
+    random_mask,
+    subspace_overlap,
+    top_magnitude_mask,
+)
 from hessjax.linalg.trace import TraceEstimate, hutchinson, hutchpp, probes
 
 __all__ = [
+    "GrassmannDistances",
+    "as_basis",
+    "grassmann_distances",
+    "mask_overlap",
+    "masks_iou",
+    "masks_overlap",
+    "overlap_to_iou",
+    "principal_angles",
+    "random_mask",
+    "top_magnitude_mask",
     "Block",
     "BlockNorms",
     "EigshResult",
