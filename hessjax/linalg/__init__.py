@@ -29,6 +29,7 @@ from hessjax.linalg.operator import (
     to_dense,
 )
 from hessjax.linalg.power import power_iteration
+from hessjax.linalg.sketch import SketchResult, random_test_matrix, sketch_eigh
 from hessjax.linalg.slq import SpectralQuadrature, density_on_grid, slq, spectral_density
 from hessjax.linalg.subspace import (
     GrassmannDistances,
@@ -47,6 +48,9 @@ from hessjax.linalg.subspace import (
 from hessjax.linalg.trace import TraceEstimate, hutchinson, hutchpp, probes
 
 __all__ = [
+    "SketchResult",
+    "random_test_matrix",
+    "sketch_eigh",
     "GrassmannDistances",
     "as_basis",
     "grassmann_distances",
