@@ -579,3 +579,34 @@ def test_value_errors(case):
 def test_power_iteration_needs_operator():
     with pytest.raises(TypeError, match="Operator"):
         power_iteration(HostOperator(np.eye(8)), 2, key=KEY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Thick restart: many eigenpairs with a small basis
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+def test_eigsh_thick_restart_matches_eigh(make, which):
+    """k = 12 of n = 60 with a basis of only 20 vectors: the POWER spectrum (4 outliers, then
+    an evenly spaced bulk) needs several restarts; eigenvalues to 1e-8, orthonormal vectors,
+    small true residuals."""
+    a, op = make(POWER)
+    res = eigsh(op, 12, key=jax.random.key(8), which=which, num_steps=20, max_restarts=100,
+                tol=1e-10)  # fmt: skip
+    assert np.all(np.asarray(res.converged))
+    want = np.sort(expected_eigenvalues(a, 12, which))
+    np.testing.assert_allclose(np.sort(res.eigenvalues), want, rtol=1e-8)
+    assert_orthonormal_columns(res.eigenvectors, 1e-8)
+    assert np.all(true_residuals(a, res) <= 1e-8 * np.abs(POWER).max())
+    assert int(res.num_matvecs) > 20  # it did restart
+
+
+def test_eigsh_thick_restart_errors(separated):
+    _, op = separated
+    with pytest.raises(ValueError, match="max_restarts needs"):
+        eigsh(op, K, key=jax.random.key(0), which="BE", num_steps=STEPS, max_restarts=3)
+    with pytest.raises(ValueError, match="max_restarts needs"):
+        eigsh(op, K, key=jax.random.key(0), num_steps=STEPS, max_restarts=3, tol=None)
+    with pytest.raises(ValueError, match="exceed k"):
+        eigsh(op, K, key=jax.random.key(0), num_steps=K, max_restarts=3)

@@ -266,6 +266,7 @@ def eigsh(
     tol: float | None = 1e-4,
     check_every: int = 1,
     v0: Array | None = None,
+    max_restarts: int = 0,
 ) -> EigshResult:
     """k eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
@@ -283,6 +284,12 @@ def eigsh(
         min(r, r²/gap) and the eigenvector angle at most r/gap, with r the residual and gap
         the distance to the rest of the spectrum. 1e-4 sits above float32 round-off.
       v0: optional (n,) start vector.
+      max_restarts: 0 (default) runs one Krylov space of up to num_steps vectors. > 0 runs
+        thick-restart Lanczos (`restart.py`) with a basis of exactly num_steps vectors: after
+        each cycle it keeps the k + (num_steps - k) // 2 best Ritz vectors and extends again,
+        at most max_restarts times, until the k wanted pairs meet `tol` (required). Use it
+        for many eigenpairs (k in the hundreds) with bounded memory: num_steps ~ 1.5-2 k
+        instead of the several k a single Krylov space needs. Not for "BE" or streaming ops.
 
     The tridiagonal eigenproblem of the final answer is solved in float64.
     """
@@ -300,6 +307,20 @@ def eigsh(
     if v0 is None:
         v0 = jax.random.normal(start_key, (n,), op.dtype)
     _checks.check_vector(v0, n, op.dtype)
+    if max_restarts:
+        _checks.check_positive(max_restarts, "max_restarts")
+        if which == "BE" or tol is None or not is_traceable(op):
+            raise ValueError(
+                "max_restarts needs which in LA/SA/LM, a tol and an in-memory Operator"
+            )
+        keep = k + (num_steps - k) // 2
+        if keep >= num_steps:
+            raise ValueError(f"num_steps ({num_steps}) must exceed k ({k}) for restarts")
+        from hessjax.linalg.restart import eigsh_restarted_traced
+
+        return eigsh_restarted_traced(
+            op, v0, key, k, which, int(num_steps), keep, int(max_restarts), tol
+        )
     solver = _eigsh_traced if is_traceable(op) else _eigsh_host
     return solver(op, v0, key, k, which, int(num_steps), tol, int(check_every))
 
