@@ -38,14 +38,16 @@ def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) 
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
-    """Flax module for a model config (kind mlp | conv, widths, activation) with `num_classes`
-    outputs: an MLP of hidden `widths`, or a conv net of `widths` channels."""
+    """Flax module for a model config (kind mlp | conv, widths, activation, optional
+    param_init in models.INITS) with `num_classes` outputs: an MLP of hidden `widths`, or a
+    conv net of `widths` channels."""
     widths = tuple(int(w) for w in cfg.widths)
     kind = cfg.get("kind", "mlp")
+    init = cfg.get("param_init", "lecun")  # models.INITS
     if kind == "mlp":
-        return models.MLP(widths + (num_classes,), act=cfg.activation)
+        return models.MLP(widths + (num_classes,), act=cfg.activation, param_init=init)
     if kind == "conv":
-        return models.ConvNet(widths, num_classes, act=cfg.activation)
+        return models.ConvNet(widths, num_classes, act=cfg.activation, param_init=init)
     raise ValueError(f"model.kind must be 'mlp' or 'conv', got {kind!r}")
 
 

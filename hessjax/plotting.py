@@ -236,3 +236,288 @@ def plot_outliers_vs_classes(runs: Sequence[Mapping], path: str, title: str = ""
     ax.set(xlabel="number of classes C", ylabel="number of outlier eigenvalues")
     ax.legend(loc="best", fontsize=8)
     _save(fig, path, title)
+
+
+def plot_drift_mode(
+    steps: Sequence[int],
+    coordinates: Sequence[float],
+    weight_ratios: Sequence[float],
+    update_ratios: Sequence[float],
+    path: str,
+    title: str = "",
+) -> None:
+    """Drift mode (Haink): the coordinate <θ(t) − θ̄, d> of the weight snapshots along the top
+    principal direction d vs step, and the explained-variance ratios of the principal
+    components of the weight snapshots and of the update snapshots by index (log scale).
+    Saved to `path` (PNG)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    ax = axes[0]
+    ax.plot(np.asarray(steps), np.asarray(coordinates), "-", color="C0")
+    ax.set(xlabel="step", ylabel="<θ(t) − θ̄, d>", title="motion along the drift mode d")
+    ax = axes[1]
+    for i, (label, ratios) in enumerate((("weights", weight_ratios), ("updates", update_ratios))):
+        r = np.asarray(ratios, np.float64)
+        ax.semilogy(np.arange(1, r.size + 1), r, "o-", ms=3, color=f"C{i}", label=label)
+    ax.set(xlabel="principal component", ylabel="explained variance ratio",
+           title="PCA of the snapshots")  # fmt: skip
+    ax.legend(loc="best", fontsize=8)
+    _save(fig, path, title)
+
+
+def plot_quadratic_fit(
+    steps: Sequence[int],
+    series,
+    ratios: Sequence[float],
+    log_amplitudes: Sequence[float],
+    eigenvalues: Sequence[float],
+    fitted: Sequence[float],
+    path: str,
+    title: str = "",
+    num_show: int = 5,
+) -> None:
+    """Quadratic-potential model: |c_i(t)| of the fitted series (T, k) on a log axis for the
+    first `num_show` directions with their fits exp(a_i)·|ρ_i|^(t − t₀) dashed, and the
+    fitted curvature λ_fit = (1 − ρ)/η against the measured eigenvalue λ with the identity
+    line. Saved to `path` (PNG)."""
+    t = np.asarray(steps, np.float64)
+    c = np.abs(np.asarray(series, np.float64))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    ax = axes[0]
+    for i in range(min(num_show, c.shape[1])):
+        ax.semilogy(t, np.where(c[:, i] > 0, c[:, i], np.nan), ".", ms=4, color=f"C{i}",
+                    label=f"e_{i + 1} (λ={eigenvalues[i]:.3g})")  # fmt: skip
+        if np.isfinite(ratios[i]) and np.isfinite(log_amplitudes[i]):
+            line = np.exp(log_amplitudes[i] + (t - t[0]) * np.log(abs(ratios[i])))
+            ax.semilogy(t, line, "--", lw=1, color=f"C{i}")
+    ax.set(xlabel="step", ylabel="|c_i(t)|", title="projections on the top eigenvectors")
+    ax.legend(loc="best", fontsize=8)
+    ax = axes[1]
+    lam, fit = np.asarray(eigenvalues, np.float64), np.asarray(fitted, np.float64)
+    ax.plot(lam, fit, "o", color="C3", label="fit")
+    ends = [float(np.nanmin([lam.min(), np.nanmin(fit)])), float(np.nanmax([lam.max(),
+            np.nanmax(fit)]))]  # fmt: skip
+    ax.plot(ends, ends, color="0.4", lw=0.8, label="λ_fit = λ")
+    ax.set(xlabel="eigenvalue λ (Lanczos)", ylabel="λ_fit = (1 − ρ)/η",
+           title="fitted vs measured curvature")  # fmt: skip
+    ax.legend(loc="best", fontsize=8)
+    _save(fig, path, title)
+
+
+def plot_weight_alignment(
+    eigenvalues: Sequence[float],
+    global_cos: Sequence[float],
+    layer_cos: Mapping[str, Sequence[float]],
+    chance: float,
+    path: str,
+    title: str = "",
+) -> None:
+    """Alignment of Hessian eigenvectors with the weights vs eigenvalue: |cos(e_j, θ)| over
+    the whole network (chance level dotted) and |cos(P_l e_j, P_l θ)| within each layer l,
+    on a symlog eigenvalue axis (negative eigenvalues included). Saved to `path` (PNG)."""
+    lam = np.asarray(eigenvalues, np.float64)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    ax = axes[0]
+    ax.plot(lam, np.asarray(global_cos), "o", ms=4, color="C0", label="whole network")
+    ax.axhline(chance, color="0.5", ls=":", label=f"chance {chance:.2g}")
+    ax.set(ylabel="|cos(e_j, θ)|", title="eigenvector vs weight vector")
+    ax = axes[1]
+    for i, (name, values) in enumerate(layer_cos.items()):
+        ax.plot(lam, np.asarray(values, np.float64), "o", ms=4, color=f"C{i + 1}", label=name)
+    ax.set(ylabel="|cos(P_l e_j, P_l θ)|", title="within each layer")
+    for ax in axes:
+        ax.set_xscale("symlog", linthresh=max(1e-3, float(np.min(np.abs(lam[lam != 0]),
+                      initial=1.0))))  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("eigenvalue λ_j")
+        ax.legend(loc="best", fontsize=8)
+    _save(fig, path, title)
+
+
+def plot_svd_overlap(matrices: Mapping[str, np.ndarray], path: str, title: str = "") -> None:
+    """One heatmap per entry of log10 |<u_i v_iᵀ, e_j>|² (rows: SVD index i of a kernel,
+    columns: Hessian eigen-index j). Saved to `path` (PNG)."""
+    names = list(matrices)
+    cols = min(3, max(1, len(names)))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        m = np.asarray(matrices[name], np.float64)
+        with np.errstate(divide="ignore"):
+            image = ax.imshow(np.log10(np.maximum(m, 1e-12)), cmap="viridis", aspect="auto",
+                              vmin=-6, vmax=0)  # fmt: skip
+        ax.set(xlabel="eigen-index j", ylabel="SVD index i", title=name)
+        fig.colorbar(image, ax=ax, label="log10 overlap")
+    for ax in axes.ravel()[len(names) :]:
+        ax.axis("off")
+    _save(fig, path, title)
+
+
+def plot_svd_curvature(
+    singular_values: Mapping[str, Sequence[float]],
+    curvatures: Mapping[str, Sequence[float]],
+    mean_curvature: Mapping[str, float],
+    path: str,
+    title: str = "",
+) -> None:
+    """Curvature dᵀHd along each rank-one SVD direction u_i v_iᵀ of a kernel against its
+    singular value s_i (log axes), one panel per kernel, with the block's mean curvature
+    tr(H_ll)/n_l dashed. Saved to `path` (PNG)."""
+    names = list(curvatures)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.2), squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
+        s = np.asarray(singular_values[name], np.float64)
+        c = np.asarray(curvatures[name], np.float64)
+        pos = c > 0
+        ax.loglog(s[pos], c[pos], "o", ms=4, color=f"C{i}", label="u_i v_iᵀ")
+        ax.axhline(mean_curvature[name], color="0.4", ls="--", lw=1,
+                   label=f"mean tr/n = {mean_curvature[name]:.3g}")  # fmt: skip
+        ax.set(xlabel="singular value s_i", ylabel="curvature dᵀHd", title=name)
+        ax.legend(loc="best", fontsize=8)
+    _save(fig, path, title)
+
+
+def plot_first_task_accuracy(
+    curves: Mapping[str, Sequence[Sequence[float]]],
+    path: str,
+    title: str = "",
+    task: int = 0,
+) -> None:
+    """Accuracy on one task (default the first) as tasks are added: curves[strategy] is
+    (seeds, T), row s the accuracies R[i, task] after training tasks i = 0..T-1 of seed s;
+    one line per strategy (mean over seeds) with a ± std band. Saved to `path` (PNG)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for i, (name, values) in enumerate(curves.items()):
+        v = np.asarray(values, np.float64).reshape(-1, np.shape(values)[-1])
+        x = np.arange(1, v.shape[1] + 1)
+        mean, std = v.mean(axis=0), v.std(axis=0, ddof=1) if v.shape[0] > 1 else 0 * v[0]
+        style = "-" if i < 10 else "--"
+        ax.plot(x, mean, style, marker="o", ms=3.5, color=f"C{i % 10}", label=name)
+        ax.fill_between(x, mean - std, mean + std, color=f"C{i % 10}", alpha=0.15, lw=0)
+    ax.set_xticks(np.arange(1, v.shape[1] + 1))
+    ax.set(
+        xlabel="tasks trained",
+        ylabel=f"test accuracy on task {task + 1}",
+        title=f"accuracy on task {task + 1} as tasks are added (mean ± std over seeds)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8, ncol=2)
+    _save(fig, path, title)
+
+
+def _symlog_steps(ax, steps: Sequence[int]) -> None:
+    """Training-step x axis: symlog (step 0 stays visible) when steps span decades."""
+    positive = [s for s in steps if s > 0]
+    if positive and max(positive) / min(positive) >= 20:
+        ax.set_xscale("symlog", linthresh=min(positive))
+
+
+def plot_mask_overlap(
+    steps: Sequence[int],
+    exact: Mapping[int, Sequence[float | None]],
+    sketch: Mapping[int, Sequence[float | None]],
+    chance: Mapping[int, float],
+    random: Mapping[int, tuple[Sequence[float], Sequence[float]]],
+    path: str,
+    title: str = "",
+    layerwise: Mapping[int, Sequence[float | None]] | None = None,
+) -> None:
+    """Overlap of the top-k |θ| mask with the top-k Hessian eigenspace against the training
+    step, one panel per k: exact (solid), sketched (dashed), per-layer magnitude mask
+    (dotted, optional), random k-masks (mean ± std band) and the chance level k/n (grey).
+    Each mapping is keyed by k; series hold one value (or None) per step. Saved to `path`."""
+    ks = sorted(set(chance))
+    cols = min(len(ks), 3)
+    rows = -(-len(ks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.7 * rows), squeeze=False)
+    x = np.asarray(steps, np.float64)
+
+    def line(ax, values, *args, **kwargs):
+        v = np.asarray([np.nan if a is None else a for a in values], np.float64)
+        if np.any(np.isfinite(v)):
+            ax.plot(x, v, *args, **kwargs)
+
+    for ax, k in zip(axes.ravel(), ks, strict=False):
+        if k in random:
+            mean, std = (np.asarray(a, np.float64) for a in random[k])
+            ax.fill_between(x, mean - std, mean + std, color="0.6", alpha=0.3, lw=0)
+            ax.plot(x, mean, color="0.45", lw=1, label="random masks (mean ± std)")
+        ax.axhline(chance[k], color="0.2", ls=":", lw=1, label=f"chance k/n = {chance[k]:.3g}")
+        line(ax, exact.get(k, []), "o-", color="C0", ms=4, label="exact eigh")
+        line(ax, sketch.get(k, []), "s--", color="C3", ms=4, mfc="none", label="sketch_eigh")
+        if layerwise:
+            line(ax, layerwise.get(k, []), "^:", color="C2", ms=3, label="per-layer mask")
+        _symlog_steps(ax, steps)
+        ax.set_ylim(bottom=0)
+        ax.set(xlabel="training step", ylabel="overlap ‖V_k[mask]‖²_F / k", title=f"k = {k}")
+        ax.grid(alpha=0.3)
+    axes.ravel()[0].legend(loc="best", fontsize=7)
+    for ax in axes.ravel()[len(ks) :]:
+        ax.axis("off")
+    _save(fig, path, title)
+
+
+def plot_sketch_accuracy(
+    steps: Sequence[int],
+    exact_spectra: Sequence[Sequence[float] | None],
+    sketch_spectra: Sequence[Sequence[float]],
+    error_estimate: Sequence[float],
+    error_stderr: Sequence[float],
+    true_error: Sequence[float | None],
+    optimal_error: Sequence[float | None],
+    exact_overlap: Mapping[int, Sequence[float | None]],
+    sketch_overlap: Mapping[int, Sequence[float | None]],
+    path: str,
+    title: str = "",
+) -> None:
+    """Sketched vs exact eigendecomposition, three panels: |λ_i| by rank at the last
+    checkpoint (exact: all, sketch: its k); the sketch's a-posteriori estimate of
+    ‖H − Ĥ_k‖_F/‖H‖_F (± 2 stderr) against the true error and the optimal rank-k error over
+    training; sketched vs exact mask overlap (every k and step, y = x dashed). Spectra are
+    ranked by |λ|; None where no exact answer was computed. Saved to `path` (PNG)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    ax = axes[0]
+    last_exact = exact_spectra[-1] if len(exact_spectra) else None
+    if last_exact is not None:
+        e = np.abs(np.asarray(last_exact, np.float64))
+        ax.loglog(np.arange(1, e.size + 1), np.maximum(e, 1e-12), color="C0", label="exact")
+    s = np.abs(np.asarray(sketch_spectra[-1], np.float64))
+    ax.loglog(np.arange(1, s.size + 1), np.maximum(s, 1e-12), "--", color="C3", label="sketch")
+    ax.set(xlabel="rank i (by |λ|)", ylabel="|λ_i|", title=f"spectrum at step {steps[-1]}")
+    ax.legend(loc="best", fontsize=8)
+
+    ax = axes[1]
+    x = np.asarray(steps, np.float64)
+    est, err = np.asarray(error_estimate, np.float64), np.asarray(error_stderr, np.float64)
+    ax.errorbar(x, est, yerr=2 * err, fmt="s--", color="C3", ms=4, capsize=3,
+                label="estimate (± 2 stderr)")  # fmt: skip
+    for values, style, color, label in (
+        (true_error, "o-", "C0", "true"),
+        (optimal_error, ":", "0.4", "optimal rank-k (exact eigh)"),
+    ):
+        v = np.asarray([np.nan if a is None else a for a in values], np.float64)
+        if np.any(np.isfinite(v)):
+            ax.plot(x, v, style, color=color, ms=4, label=label)
+    _symlog_steps(ax, steps)
+    ax.set_ylim(bottom=0)
+    ax.set(xlabel="training step", ylabel="‖H − Ĥ_k‖_F / ‖H‖_F", title="sketch error")
+    ax.legend(loc="best", fontsize=8)
+
+    ax = axes[2]
+    both = [k for k in sorted(sketch_overlap) if k in exact_overlap]
+    for i, k in enumerate(both):
+        pairs = [
+            (a, b)
+            for a, b in zip(exact_overlap[k], sketch_overlap[k], strict=True)
+            if a is not None and b is not None
+        ]
+        if pairs:
+            a, b = np.asarray(pairs).T
+            ax.plot(a, b, "o", color=f"C{i}", ms=4, label=f"k = {k}")
+    if both:
+        top = ax.get_xlim()[1]
+        ax.plot([0, top], [0, top], "--", color="0.5", lw=1)
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no exact eigh", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="exact overlap", ylabel="sketched overlap", title="mask overlap: sketch vs exact")
+    _save(fig, path, title)

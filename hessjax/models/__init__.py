@@ -28,21 +28,49 @@ def activation(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
+INITS = ("lecun", "fan_in_uniform")
+
+
+def symmetric_uniform(bound: float) -> Callable:
+    """Initializer drawing U(-bound, bound) entries (any shape)."""
+
+    def init(key: Array, shape, dtype=jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def layer_inits(init: str, fan_in: int) -> dict[str, Callable]:
+    """kernel_init/bias_init keyword arguments of a Dense or Conv layer with `fan_in` inputs
+    per output unit: 'lecun' = flax's defaults (LeCun-normal kernel, zero bias);
+    'fan_in_uniform' = U(±1/√fan_in) for kernel and bias (PyTorch's nn.Linear/nn.Conv
+    default, used by Fernandez et al. 2025)."""
+    if init == "lecun":
+        return {}
+    if init == "fan_in_uniform":
+        u = symmetric_uniform(1.0 / float(fan_in) ** 0.5)
+        return {"kernel_init": u, "bias_init": u}
+    raise ValueError(f"unknown init {init!r}; choose from {INITS}")
+
+
 class MLP(nn.Module):
     """Dense layers `widths` (the last is the output size) with `act` between them.
 
-    Inputs (b, ...) are flattened to (b, d); outputs are (b, widths[-1]).
+    Inputs (b, ...) are flattened to (b, d); outputs are (b, widths[-1]). `param_init`: one of
+    `INITS` (see `layer_inits`).
     """
 
     widths: Sequence[int]
     act: str = "tanh"
     use_bias: bool = True
+    param_init: str = "lecun"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.widths):
-            x = nn.Dense(width, use_bias=self.use_bias)(x)
+            inits = layer_inits(self.param_init, x.shape[-1])
+            x = nn.Dense(width, use_bias=self.use_bias, **inits)(x)
             if i < len(self.widths) - 1:
                 x = activation(self.act)(x)
         return x
@@ -53,12 +81,13 @@ class ConvNet(nn.Module):
     then global average pooling and a dense head of `num_outputs`.
 
     Inputs (b, length, c) for 1D or (b, h, w, c) for 2D; a (b, d) input is treated as
-    (b, d, 1) (1D signals such as MNIST-1D).
+    (b, d, 1) (1D signals such as MNIST-1D). `param_init`: one of `INITS` (see `layer_inits`).
     """
 
     channels: Sequence[int]
     num_outputs: int
     act: str = "relu"
+    param_init: str = "lecun"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -66,11 +95,12 @@ class ConvNet(nn.Module):
             x = x[..., None]
         spatial = x.ndim - 2
         for c in self.channels:
-            x = nn.Conv(c, (3,) * spatial)(x)
+            inits = layer_inits(self.param_init, 3**spatial * x.shape[-1])
+            x = nn.Conv(c, (3,) * spatial, **inits)(x)
             x = activation(self.act)(x)
             x = nn.avg_pool(x, (2,) * spatial, strides=(2,) * spatial)
         x = jnp.mean(x, axis=tuple(range(1, 1 + spatial)))
-        return nn.Dense(self.num_outputs)(x)
+        return nn.Dense(self.num_outputs, **layer_inits(self.param_init, x.shape[-1]))(x)
 
 
 def init_params(model: nn.Module, key: Array, example_input: Array):
