@@ -1,0 +1,79 @@
+"""Default config of experiments/continual.py: every strategy over 3 seeds on 5-task permuted
+MNIST-1D (generated offline; a few minutes on 2 CPU cores). With
+--config.data.name=mnist --config.data.dir=../shared/data/mnist the same runs on permuted MNIST
+with a 784-100-100-10 MLP: fields set to 0 or () below take per-dataset defaults
+(DATASET_DEFAULTS in experiments/continual.py), so only the data flags change.
+Override any field on the command line, e.g. --config.seeds=0,1 --config.strategies=finetune,gpm.
+"""
+
+import ml_collections
+
+from experiments.configs.common import data_config, train_config
+
+STRATEGIES = (
+    "finetune",  # plain fine-tuning (no protection)
+    "ewc",  # diagonal empirical Fisher penalty
+    "ogd",  # orthogonal gradient descent (true-class logit gradients)
+    "gpm",  # gradient projection memory (per-layer input subspaces)
+    "hessian_project",  # project out the old tasks' top Hessian eigenvectors
+    "hessian_penalty",  # ½ Σ λ_i <θ − θ_old, e_i>² along them
+    "weight_svd_project",  # project out rank-one u_i v_iᵀ of each kernel's SVD
+    "update_pca_project",  # project out the top principal directions of the updates
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seeds = (0, 1, 2)  # seed: init, permutations, task subsets, minibatches, Lanczos
+    c.strategies = STRATEGIES
+
+    c.data = data_config()
+    c.data.num_samples = 6000  # MNIST-1D samples generated (80% train, 20% test)
+
+    c.tasks = ml_collections.ConfigDict()
+    c.tasks.kind = "permuted"  # permuted | split
+    c.tasks.num_tasks = 5  # permuted only (split: one task per pair)
+    c.tasks.pairs = ()  # split only; () = (0, 1), (2, 3), ...
+    c.tasks.remap = True  # split only: pair labels -> 0, 1 (shared 2-way head)
+    c.tasks.train_size = 0  # training samples per task; 0 = dataset default
+    c.tasks.test_size = 0  # test samples per task; 0 = dataset default
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kind = "mlp"
+    c.model.widths = ()  # hidden widths; () = dataset default
+    c.model.activation = "relu"
+
+    c.train = train_config(steps=0, learning_rate=1e-3, log_every=0)  # 0 = dataset default
+    c.train.batch_size = 64
+    c.train.reset_optimizer = True  # fresh optimizer state (memories kept) at each task
+
+    c.memory = ml_collections.ConfigDict()  # old-task samples the memories are computed on
+    c.memory.num_samples = 1000  # Fisher, Hessian (4 microbatches)
+    c.memory.microbatch_size = 250
+
+    c.ewc = ml_collections.ConfigDict()
+    c.ewc.strength = 0.0  # λ; 0 = dataset default
+
+    c.ogd = ml_collections.ConfigDict()
+    c.ogd.num_samples = 0  # old-task samples whose true-class logit gradients are kept; 0 = default
+
+    c.gpm = ml_collections.ConfigDict()
+    c.gpm.num_samples = 0  # samples whose layer inputs are decomposed; 0 = default
+    c.gpm.threshold = 0.97  # energy kept after the first task
+    c.gpm.threshold_increment = 0.003  # added per task (Saha et al.), capped below 1
+
+    c.hessian = ml_collections.ConfigDict()  # hessian_project and hessian_penalty
+    c.hessian.k = 0  # eigenvectors per old task; 0 = dataset default
+    c.hessian.num_steps = 0  # max Lanczos steps; 0 = eigsh default
+    c.hessian.tol = 1e-4
+    c.hessian.penalty_strength = 0.0  # multiplies the eigenvalues λ_i; 0 = dataset default
+
+    c.weight_svd = ml_collections.ConfigDict()
+    c.weight_svd.k = 0  # rank-one directions per kernel per old task; 0 = dataset default
+
+    c.update_pca = ml_collections.ConfigDict()
+    c.update_pca.k = 0  # principal directions per old task; 0 = dataset default
+    c.update_pca.num_records = 100  # windows of steps // num_records steps, summed
+
+    c.checkpoint = True  # orbax checkpoint after each task; resume from the last one
+    return c
