@@ -85,7 +85,9 @@ def test_spectrum_on_real_mnist_idx_files(tmp_path):
     assert all(results["top_converged"])
 
 
-@pytest.mark.parametrize("binary", ["spectrum", "block_structure", "kronecker", "weights"])
+@pytest.mark.parametrize(
+    "binary", ["spectrum", "block_structure", "kronecker", "weights", "mask_overlap"]
+)
 def test_binaries_parse_their_flags(binary):
     """Each binary defines --config/--workdir only when run as the program (so all three import
     into one process) and rejects unknown config fields; --helpfull (absl exits 1 after it)

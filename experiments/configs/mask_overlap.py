@@ -1,0 +1,115 @@
+r"""Config of experiments/mask_overlap.py (Fernandez, Schneider, Mahsereci and Hennig,
+"Connecting Parameter Magnitudes and Hessian Eigenspaces at Scale using Sketched Methods",
+TMLR 2025): overlap of the top-k |θ| magnitude mask with the top-k Hessian eigenspace over
+training, exact (dense eigh) and sketched (`sketch_eigh`).
+
+Presets (the config string after the file name, `...mask_overlap.py:large`):
+
+* small (default) — the paper's small setup: inputs in [0, 1] without standardisation, MLP
+  d-20-20-20-20-20-10, tanh, biases, U(±1/√fan_in) init, cross-entropy, SGD lr 0.3, batch 500,
+  Hessian of the mean loss on 500 class-balanced training samples.
+  Data: `data.name = 'auto'` picks MNIST when `data.dir` is set and MNIST-1D (generated
+  offline, 40 inputs, so 2,710 parameters) otherwise. The paper's setup (MNIST resized
+  bilinearly to 16×16 = 256 inputs, 7,030 parameters) is
+
+    python -m experiments.mask_overlap --config.data.dir=../shared/data/mnist
+
+  Default checkpoints (0, 20, 100, 400, 1500 SGD steps): on MNIST-1D 9.5 minutes measured
+  on 2 CPU cores shared with two other jobs (load ≈ 6; the sketch's 2,120 products took
+  26-62 s a checkpoint, far less on idle cores); on MNIST 16×16 each checkpoint costs
+  1.7-2.3 minutes (measured 2026-11-28 on 2 shared CPU cores: numpy eigh of the
+  7,030 × 7,030 float64 Hessian 83-113 s, the dense Hessian 13-18 s, the sketch 4-27 s),
+  9-12 minutes for the five. The longer trajectory
+
+    --config.checkpoints=0,10,20,50,100,200,400,700,1000,1500,2000,3000
+
+  takes ≈ 25 minutes on MNIST 16×16. Results of finished checkpoints are reused on a rerun with
+  the same config (and the same earlier checkpoints), so an interrupted run resumes.
+
+* large — meant for one GPU: a conv net (3×3 convs 64-128-256-256, relu, 2× average pooling,
+  global average pooling, dense head; 962,314 parameters on 28×28 MNIST, `data.resize = 0`),
+  SGD lr 0.05, batch 128, Hessian on 1,000 class-balanced samples, k up to 1,000 from
+  `sketch_eigh` only (`exact.enabled = False`; no dense eigh). Select it with
+
+    python -m experiments.mask_overlap --config=experiments/configs/mask_overlap.py:large \
+        --config.data.dir=../shared/data/mnist
+
+  (other --config.* overrides apply on top of the preset). Not run here (no GPU on the
+  development machine): the sizes and memory below are computed, not measured. Memory:
+  `sketch_eigh` keeps about n·(28·outer + 20·inner + 8·k) bytes at its peak (float32
+  sketches and test matrices, float64 core; logged by the binary): outer 1500 / inner 3000
+  for k = 1000 at n = 962k is ≈ 106 GB, so an H200 (141 GB); on an 80 GB H100 use
+  --config.sketch.outer=1000 --config.sketch.inner=2000 (≈ 73 GB, no
+  oversampling at k = 1000: the trailing eigenpairs are then rough).
+"""
+
+import ml_collections
+
+from experiments.configs.common import data_config, train_config
+
+PRESETS = ("small", "large")
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    preset = preset or "small"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = data_config()
+    c.data.name = "auto"  # auto = mnist when data.dir is set, else mnist1d (offline)
+    c.data.resize = 16  # MNIST-style images resized bilinearly to resize × resize; 0 = keep
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kind = "mlp"  # mlp | conv
+    c.model.widths = (20, 20, 20, 20, 20)  # hidden widths (mlp) or channels (conv)
+    c.model.activation = "tanh"
+    c.model.param_init = "fan_in_uniform"  # U(±1/√fan_in) kernels and biases | lecun
+
+    c.train = train_config(steps=0, learning_rate=0.3, log_every=100)
+    c.train.optimizer = "sgd"
+    c.train.batch_size = 500
+    # SGD steps at which the Hessian is measured (0 = initialisation); training runs between
+    # them, carrying the optimizer state. train.steps is unused.
+    c.checkpoints = (0, 20, 100, 400, 1500)
+
+    c.hessian = ml_collections.ConfigDict()
+    c.hessian.num_samples = 500  # class-balanced training samples (a multiple of the classes)
+    c.hessian.microbatch_size = 500
+
+    c.overlap = ml_collections.ConfigDict()
+    c.overlap.ks = (10, 50, 100, 350, 1000)  # mask / eigenspace sizes (those > n are dropped)
+    c.overlap.num_random_masks = 5  # random k-masks per k: the chance band (mean ± std)
+    c.overlap.layerwise = True  # also per-layer magnitude masks (each layer its share of k)
+
+    c.exact = ml_collections.ConfigDict()
+    c.exact.enabled = True  # dense float64 Hessian + numpy eigh
+    c.exact.max_params = 20000  # skipped (with a log line) above this many parameters
+    c.exact.block_size = 512  # columns of the dense Hessian per vmapped product block
+
+    c.sketch = ml_collections.ConfigDict()
+    c.sketch.k = 350  # sketched eigenpairs (ranked by |λ|); sketched overlaps for ks <= k
+    c.sketch.outer = 0  # outer sketch size; 0 = 2k
+    c.sketch.inner = 0  # core sketch size; 0 = 2 outer
+    c.sketch.test_matrix = "gaussian"  # gaussian | rademacher | srtt
+    c.sketch.error_probes = 20  # probes of the a-posteriori error estimate
+    c.sketch.block_size = 256  # products per vmapped block (bounds memory)
+
+    if preset == "large":
+        c.data.resize = 0  # 28×28 MNIST
+        c.model.kind = "conv"
+        c.model.widths = (64, 128, 256, 256)  # 962,314 parameters on 28×28×1 inputs
+        c.model.activation = "relu"
+        c.train.learning_rate = 0.05
+        c.train.batch_size = 128
+        c.train.log_every = 200
+        c.checkpoints = (0, 200, 1000, 4000)
+        c.hessian.num_samples = 1000
+        c.hessian.microbatch_size = 250
+        c.exact.enabled = False
+        c.sketch.k = 1000
+        c.sketch.outer = 1500
+        c.sketch.inner = 3000
+        c.sketch.block_size = 100
+    return c

@@ -1,0 +1,222 @@
+"""experiments/mask_overlap.py on a tiny MNIST-1D MLP, checked against a dense float64 oracle
+(jax.hessian + numpy.linalg.eigh), and the fan_in_uniform init of the paper's MLP."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import serialization
+from jax.flatten_util import ravel_pytree
+
+from experiments import common, mask_overlap
+from experiments.configs.mask_overlap import get_config
+from hessjax.data import class_balanced_subset
+
+KS = (5, 20, 40)
+NUM_RANDOM = 30
+
+
+def _tiny_config(checkpoints=(0, 25)):
+    c = get_config()
+    c.data.num_samples = 600
+    c.model.widths = (6,)  # 40-6-10: 316 params
+    c.train.batch_size = 100
+    c.checkpoints = checkpoints
+    c.hessian.num_samples = 100  # 10 per class, two microbatches
+    c.hessian.microbatch_size = 50
+    c.overlap.ks = KS + (5000,)  # 5000 > n is dropped
+    c.overlap.num_random_masks = NUM_RANDOM
+    c.exact.block_size = 158
+    c.sketch.k = 40
+    c.sketch.outer = 150
+    c.sketch.inner = 300
+    c.sketch.error_probes = 30
+    c.sketch.block_size = 0
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("mask_overlap"))
+    return workdir, mask_overlap.run(_tiny_config(), workdir)
+
+
+def _oracle(config, workdir, step):
+    """θ (n,), eigenvalues (n,) and eigenvectors (n, n) ranked by |λ|, from jax.hessian of the
+    mean loss on the binary's Hessian samples, in float64, independently of hessjax's
+    operators."""
+    ds = mask_overlap.load_data(config.data)
+    model = common.build_model(config.model, ds.num_classes)
+    params = model.init(jax.random.key(0), jnp.asarray(ds.x_train[:1]))
+    with open(os.path.join(workdir, f"state_{step}.msgpack"), "rb") as f:
+        state = serialization.msgpack_restore(f.read())
+    params = serialization.from_state_dict(params, state["params"])
+    per_class = config.hessian.num_samples // ds.num_classes
+    x, y = class_balanced_subset(ds.x_train, ds.y_train, per_class, seed=config.seed)
+    x, y = jnp.asarray(x, jnp.float64), jnp.asarray(y)
+    flat, unravel = ravel_pytree(
+        jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+    )
+
+    def loss(theta):
+        logits = model.apply(unravel(theta), x)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+    h = np.asarray(jax.hessian(loss)(flat))
+    lam, vec = np.linalg.eigh((h + h.T) / 2)
+    order = np.argsort(-np.abs(lam))
+    return np.asarray(flat), lam[order], vec[:, order], h
+
+
+def test_exact_overlaps_match_dense_numpy_oracle(tiny_run):
+    workdir, results = tiny_run
+    n = results["num_params"]
+    assert n == 40 * 6 + 6 + 6 * 10 + 10 and results["ks"] == list(KS)
+    assert [r["step"] for r in results["checkpoints"]] == [0, 25]
+    for record in results["checkpoints"]:
+        theta, lam, vec, _ = _oracle(_tiny_config(), workdir, record["step"])
+        np.testing.assert_allclose(record["exact"]["eigenvalues_top"], lam[:20], rtol=1e-6)
+        tiny = len(lam) * np.finfo(np.float64).eps * abs(lam[0])
+        assert record["exact"]["num_negative"] == int(np.sum(lam < -tiny))
+        assert set(record["exact"]["layerwise_overlap"]) == {str(k) for k in KS}
+        for k in KS:
+            mask = np.argsort(-np.abs(theta))[:k]
+            expected = np.sum(vec[mask, :k] ** 2) / k
+            assert record["exact"]["overlap"][str(k)] == pytest.approx(expected, rel=1e-6)
+            # The chance level and the Grassmann distances are those of the same two subspaces.
+            assert results["chance"][str(k)] == k / n
+            cos = np.linalg.svd(vec[mask, :k], compute_uv=False)
+            geodesic = np.linalg.norm(np.arccos(np.clip(cos, 0, 1)))
+            assert record["exact"]["grassmann"][str(k)]["geodesic"] == pytest.approx(
+                geodesic, rel=1e-4
+            )
+
+
+def test_random_masks_sit_at_chance_and_training_moves_the_overlap(tiny_run):
+    _, results = tiny_run
+    n = results["num_params"]
+    for record in results["checkpoints"]:
+        for k in KS:
+            rnd = record["exact"]["random"][str(k)]
+            assert len(rnd["values"]) == NUM_RANDOM
+            # E[overlap of a random k-mask with a fixed k-space] = k/n exactly.
+            assert abs(rnd["mean"] - k / n) < 4 * rnd["std"] / np.sqrt(NUM_RANDOM) + 1e-9
+            # The same random masks measured against the sketched basis.
+            assert record["sketch"]["random"][str(k)]["mean"] == pytest.approx(
+                rnd["mean"], abs=4 * rnd["std"] / np.sqrt(NUM_RANDOM)
+            )
+    first, last = (r["exact"]["overlap"]["20"] for r in results["checkpoints"])
+    assert first != last
+
+
+def test_sketch_agrees_with_exact_and_its_error_estimate_is_honest(tiny_run):
+    _, results = tiny_run
+    for record in results["checkpoints"]:
+        s, e = record["sketch"], record["exact"]
+        assert s["num_matvecs"] == 150 + 300 + 30
+        np.testing.assert_allclose(s["eigenvalues_top"][:3], e["eigenvalues_top"][:3], rtol=0.03)
+        assert s["eigenvalue_rel_error"]["top10_max"] < 0.05
+        assert s["subspace_overlap_with_exact"]["5"] > 0.95
+        for k in KS:  # sketched mask overlaps close to the exact ones
+            assert abs(s["overlap"][str(k)] - e["overlap"][str(k)]) < 0.02
+        assert s["optimal_relative_error"] <= s["true_relative_error"] + 1e-12
+        assert abs(s["error_estimate"] - s["true_relative_error"]) < max(
+            4 * s["error_stderr"], 0.1 * s["true_relative_error"]
+        )
+
+
+def test_sketch_vs_exact_true_error_is_the_frobenius_error():
+    rng = np.random.default_rng(0)
+    n, k = 30, 6
+    h = rng.normal(size=(n, n))
+    h = (h + h.T) / 2
+    lam, vec = np.linalg.eigh(h)
+    order = np.argsort(-np.abs(lam))
+    lam, vec = lam[order], vec[:, order]
+    # A perturbed, not quite orthonormal basis, and eigenvalues with errors.
+    vec_s = vec[:, :k] + 1e-2 * rng.normal(size=(n, k))
+    lam_s = lam[:k] * (1 + 1e-2 * rng.normal(size=k))
+    out = mask_overlap.sketch_vs_exact(h, lam, vec, lam_s, vec_s, [2, 6])
+    truth = np.linalg.norm(h - vec_s @ np.diag(lam_s) @ vec_s.T) / np.linalg.norm(h)
+    assert out["true_relative_error"] == pytest.approx(truth, rel=1e-10)
+    optimal = np.linalg.norm(h - vec[:, :k] @ np.diag(lam[:k]) @ vec[:, :k].T) / np.linalg.norm(h)
+    assert out["optimal_relative_error"] == pytest.approx(optimal, rel=1e-10)
+    np.testing.assert_allclose(
+        out["eigenvalue_rel_error"]["per_rank"], np.abs(lam_s / lam[:k] - 1), rtol=1e-10
+    )
+    # A pair +a, -a that swaps places when ranked by |λ| is no error; a wrong size is.
+    swapped = mask_overlap.eigenvalue_errors([2.0, -1.0, 1.0], [2.0, 1.0, -1.0])
+    np.testing.assert_allclose(swapped, 0.0)
+    np.testing.assert_allclose(mask_overlap.eigenvalue_errors([3.0, -1.0], [2.0, -1.0]), [0.5, 0])
+    q, _ = np.linalg.qr(vec_s)
+    assert out["subspace_overlap_with_exact"][6] < 1  # unnormalised: just below 1
+    assert out["subspace_overlap_with_exact"][2] == pytest.approx(
+        np.sum((vec_s[:, :2].T @ vec[:, :2]) ** 2) / 2, rel=1e-10
+    )
+    assert np.sum((q.T @ vec[:, :k]) ** 2) / k > 0.99
+
+
+def test_writes_results_figures_and_resumes(tiny_run):
+    workdir, first = tiny_run
+    for name in ("results.json", "spectra.npz", "mask_overlap.png", "sketch_accuracy.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    assert saved["checkpoints"] == first["checkpoints"]
+    spectra = np.load(os.path.join(workdir, "spectra.npz"))
+    assert spectra["exact_25"].shape == (first["num_params"],)
+    assert spectra["sketch_25"].shape == (40,)
+    # Same config again: both checkpoints are read back, not recomputed (equal timings too).
+    again = mask_overlap.run(_tiny_config(), workdir)
+    assert again["checkpoints"] == first["checkpoints"]
+    # One more checkpoint: the first two are reused, training continues from step 25.
+    longer = mask_overlap.run(_tiny_config((0, 25, 35)), workdir)
+    assert longer["checkpoints"][:2] == first["checkpoints"]
+    assert [h[0] for h in longer["train_history"]][-1] >= 25
+    assert longer["checkpoints"][2]["seconds"]["train"] > 0
+
+
+def test_resize_images_keeps_range_and_shape():
+    x = np.random.default_rng(0).uniform(size=(3, 28 * 28)).astype(np.float32)
+    x[0] = 0.25
+    out = mask_overlap.resize_images(x, 16)
+    assert out.shape == (3, 16, 16, 1) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], 0.25, rtol=1e-6)  # constant image stays constant
+    assert out.min() >= 0 and out.max() <= 1
+    assert abs(out[1:].mean() - x[1:].mean()) < 0.01  # bilinear averaging keeps the mean
+    assert mask_overlap.resize_images(x, 0).shape == (3, 28, 28, 1)
+
+
+def test_fan_in_uniform_mlp_of_the_paper():
+    config = get_config()
+    model = common.build_model(config.model, 10)
+    params = model.init(jax.random.key(1), jnp.zeros((1, 16, 16, 1)))
+    n = sum(a.size for a in jax.tree_util.tree_leaves(params))
+    assert n == 7030  # 256-20-20-20-20-20-10 with biases
+    layers = params["params"]
+    assert len(layers) == 6
+    for layer in layers.values():
+        bound = 1 / np.sqrt(layer["kernel"].shape[0])
+        for name in ("kernel", "bias"):
+            a = np.asarray(layer[name])
+            assert np.all(np.abs(a) <= bound), name
+            assert np.abs(a).max() > 0.5 * bound, name  # the whole range is used, bias too
+        # U(-b, b) has std b/√3 (LeCun-normal would give 1/√fan_in = b).
+        kernel = np.asarray(layer["kernel"])
+        if kernel.size >= 200:
+            assert np.std(kernel) == pytest.approx(bound / np.sqrt(3), rel=0.15)
+
+
+def test_large_preset_is_the_documented_conv_net():
+    c = get_config("large")
+    assert c.model.kind == "conv" and c.sketch.k == 1000 and not c.exact.enabled
+    assert 1000 in c.overlap.ks and c.data.resize == 0
+    model = common.build_model(c.model, 10)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(shapes)) == 962_314
+    assert mask_overlap.sketch_peak_bytes(962_314, 1000, 1500, 3000) < 141e9
+    with pytest.raises(ValueError, match="preset"):
+        get_config("huge")
