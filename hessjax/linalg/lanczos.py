@@ -264,7 +264,7 @@ def eigsh(
     which: Which = "LA",
     num_steps: int | None = None,
     tol: float | None = 1e-4,
-    check_every: int = 1,
+    check_every: int | None = None,
     v0: Array | None = None,
     max_restarts: int = 0,
 ) -> EigshResult:
@@ -278,11 +278,14 @@ def eigsh(
         (ceil(k/2) largest and floor(k/2) smallest).
       num_steps: maximum Krylov dimension m (k <= m <= n); default `default_num_steps(k, n)`.
         Memory is an (m, n) basis.
-      tol: stop as soon as every wanted Ritz residual estimate is <= tol · max|λ_wanted|,
-        checked every `check_every` steps (the check is an m×m eigh, negligible next to a
-        product); None runs all m steps. The eigenvalue error is then at most
-        min(r, r²/gap) and the eigenvector angle at most r/gap, with r the residual and gap
-        the distance to the rest of the spectrum. 1e-4 sits above float32 round-off.
+      tol: stop as soon as every wanted Ritz residual estimate is <= tol · max|λ_wanted|;
+        tol=None runs all m steps. The eigenvalue error is then at most min(r, r²/gap) and
+        the eigenvector angle at most r/gap, with r the residual and gap the distance to the
+        rest of the spectrum. 1e-4 sits above float32 round-off.
+      check_every: steps between convergence checks. A check is an m×m eigh, O(m³):
+        negligible next to a product for m up to ~100, not for m in the thousands. Default
+        max(1, m // 40): every step for the default m of k < 30, at most ~40 checks, at most
+        m/40 products past convergence.
       v0: optional (n,) start vector.
       max_restarts: 0 (default) runs one Krylov space of up to num_steps vectors. > 0 runs
         thick-restart Lanczos (`restart.py`) with a basis of exactly num_steps vectors: after
@@ -299,6 +302,7 @@ def eigsh(
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
     num_steps = default_num_steps(k, n) if num_steps is None else num_steps
     _checks.check_steps(num_steps, k, n)
+    check_every = max(1, num_steps // 40) if check_every is None else check_every
     _checks.check_positive(check_every, "check_every")
     if tol is not None and not tol > 0:
         raise ValueError(f"tol must be positive or None, got {tol!r}")
