@@ -548,9 +548,9 @@ def test_binary_parses_flags_and_rejects_unknown_strategy(tmp_path):
     c.strategies = ("finetune", "nope")
     with pytest.raises(ValueError, match="nope"):
         continual.run(c, str(tmp_path))
-    # tuple fields from the command line: ('a,b',) or 'a,b' or a tuple all give ('a', 'b')
-    for given in (("finetune,gpm",), "finetune, gpm", ("finetune", "gpm")):
-        c.strategies, c.seeds = given, "0,2"
+    # tuple fields from the command line arrive as ("a,b",): split into ("a", "b")
+    for given in (("finetune,gpm",), ("finetune, gpm",), ("finetune", "gpm")):
+        c.strategies, c.seeds = given, ("0,2",)
         resolved = continual.resolve_config(c)
         assert resolved.strategies == ("finetune", "gpm") and resolved.seeds == (0, 2)
 
