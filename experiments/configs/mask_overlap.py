@@ -14,9 +14,8 @@ Presets (the config string after the file name, `...mask_overlap.py:large`):
 
     python -m experiments.mask_overlap --config.data.dir=../shared/data/mnist
 
-  Default checkpoints (0, 20, 100, 400, 1500 SGD steps): on MNIST-1D 9.5 minutes measured
-  on 2 CPU cores shared with two other jobs (load ≈ 6; the sketch's 2,120 products took
-  26-62 s a checkpoint, far less on idle cores); on MNIST 16×16 each checkpoint costs
+  Default checkpoints (0, 20, 100, 400, 1500 SGD steps): on MNIST-1D 3.2 minutes on 2 CPU
+  cores (9.5 minutes when shared with two other jobs); on MNIST 16×16 each checkpoint costs
   1.7-2.3 minutes (measured 2026-11-28 on 2 shared CPU cores: numpy eigh of the
   7,030 × 7,030 float64 Hessian 83-113 s, the dense Hessian 13-18 s, the sketch 4-27 s),
   9-12 minutes for the five. The longer trajectory
