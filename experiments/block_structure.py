@@ -34,7 +34,7 @@ from absl import logging
 from experiments import common
 from hessjax import curvature, models, plotting, training
 from hessjax.analysis import blocks as analysis_blocks
-from hessjax.data import gaussian_mixture, load_dataset
+from hessjax.data import gaussian_mixture
 from hessjax.linalg import block_frobenius_sq, block_ratios
 
 LOSSES = {"ce": curvature.cross_entropy, "mse": curvature.mse}
@@ -224,14 +224,8 @@ def layerwise(config: ml_collections.ConfigDict, workdir: str, key: jax.Array) -
     """Train an MLP on config.data, then its layer block ratios and layer-wise top eigenvalues."""
     cfg = config.layerwise
     init_key, train_key, probe_key, eig_key = jax.random.split(key, 4)
-    ds = load_dataset(config.data)
-    logging.info(
-        "layer-wise: data %s, %d train / %d test, input %s, %d classes",
-        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], ds.num_classes,
-    )  # fmt: skip
-    model = common.build_model(config.model, ds.num_classes)
-    params = model.init(init_key, jnp.asarray(ds.x_train[:1]))
-    loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+    ds = common.load_data(config.data)
+    model, params, loss_fn = common.init_classifier(config.model, ds, init_key)
     fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train")}
     params, history = common.train_or_resume(
         workdir, "layerwise", fingerprint | {"seed": config.seed}, loss_fn, params,

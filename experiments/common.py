@@ -16,8 +16,8 @@ from absl import app, flags, logging
 from flax import serialization
 from ml_collections import config_flags
 
-from hessjax import models, training
-from hessjax.data import microbatches
+from hessjax import curvature, models, training
+from hessjax.data import Dataset, load_dataset, microbatches
 
 
 def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
@@ -49,6 +49,29 @@ def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
     if kind == "conv":
         return models.ConvNet(widths, num_classes, act=cfg.activation, param_init=init)
     raise ValueError(f"model.kind must be 'mlp' or 'conv', got {kind!r}")
+
+
+def load_data(cfg: ml_collections.ConfigDict) -> Dataset:
+    """hessjax.data.load_dataset(cfg), logged (name, sizes, input shape, classes)."""
+    ds = load_dataset(cfg)
+    logging.info(
+        "data %s: %d train / %d test, input %s, %d classes",
+        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], ds.num_classes,
+    )  # fmt: skip
+    return ds
+
+
+def init_classifier(cfg: ml_collections.ConfigDict, ds: Dataset, key: jax.Array):
+    """(model, params, loss_fn) for a model config on `ds`: `build_model` with
+    ds.num_classes outputs, initialised from `key` on one training input, and the mean
+    cross-entropy `curvature.MeanLoss(model.apply, cross_entropy)`. Logs the parameter count."""
+    model = build_model(cfg, ds.num_classes)
+    params = model.init(key, jnp.asarray(ds.x_train[:1]))
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    logging.info(
+        "model %s %s: %d parameters", cfg.get("kind", "mlp"), tuple(cfg.widths), num_params
+    )
+    return model, params, curvature.MeanLoss(model.apply, curvature.cross_entropy)
 
 
 def train_or_resume(

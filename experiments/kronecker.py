@@ -36,7 +36,7 @@ from absl import logging
 from experiments import common
 from hessjax import curvature, linalg, models, plotting, training
 from hessjax.analysis import kronecker as kron_analysis
-from hessjax.data import gaussian_mixture, load_dataset, microbatches
+from hessjax.data import gaussian_mixture, microbatches
 from hessjax.data.dataset import Dataset
 
 
@@ -268,12 +268,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.perf_counter()
     seconds: dict[str, float] = {}
 
-    ds = load_dataset(config.data)
+    ds = common.load_data(config.data)
     num_classes = ds.num_classes
-    logging.info(
-        "data %s: %d train / %d test, input %s, %d classes",
-        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], num_classes,
-    )  # fmt: skip
     top_k = int(h.top_k) or 3 * num_classes
     marks = _marks(num_classes, top_k)
     data_fp = config.data.to_dict()

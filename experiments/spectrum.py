@@ -18,14 +18,12 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from experiments import common
 from hessjax import curvature, linalg, plotting, training
-from hessjax.data import load_dataset
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -36,16 +34,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     k_init, k_train, k_eig, k_trace, k_slq = jax.random.split(key, 5)
     start = time.perf_counter()
 
-    ds = load_dataset(config.data)
-    logging.info(
-        "data %s: %d train / %d test, input %s, %d classes",
-        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], ds.num_classes,
-    )  # fmt: skip
-    model = common.build_model(config.model, ds.num_classes)
-    params = model.init(k_init, jnp.asarray(ds.x_train[:1]))
-    loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+    ds = common.load_data(config.data)
+    model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-    logging.info("model %s: %d parameters", config.model.kind, num_params)
 
     fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train")}
     (params, history), train_seconds = common.timed(

@@ -47,7 +47,6 @@ from scipy import stats
 from experiments import common
 from hessjax import curvature, linalg, plotting, training
 from hessjax.analysis import trajectory, weights
-from hessjax.data import load_dataset
 
 
 def _floats(values, digits: int = 6) -> list:
@@ -339,14 +338,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.perf_counter()
     seconds: dict[str, float] = {}
 
-    ds = load_dataset(config.data)
-    logging.info(
-        "data %s: %d train / %d test, input %s, %d classes",
-        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], ds.num_classes,
-    )  # fmt: skip
-    model = common.build_model(config.model, ds.num_classes)
-    params = model.init(k_init, jnp.asarray(ds.x_train[:1]))
-    loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+    ds = common.load_data(config.data)
+    model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
 
     (params, history, traj), seconds["train"] = common.timed(
         "training (recorded)", train_recorded, config, workdir, loss_fn, params, ds, k_train

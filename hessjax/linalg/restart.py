@@ -128,6 +128,4 @@ def eigsh_restarted_traced(
         scale = jnp.max(jnp.abs(theta[:k]))
         ok = residuals[:k] <= tol * scale
     vectors = c.basis.T @ y[:, :k].astype(dtype)
-    return EigshResult(
-        theta[:k].astype(dtype), vectors, residuals[:k].astype(dtype), ok, c.matvecs
-    )
+    return EigshResult(theta[:k].astype(dtype), vectors, residuals[:k].astype(dtype), ok, c.matvecs)
