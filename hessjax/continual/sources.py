@@ -28,6 +28,7 @@ from hessjax.analysis.trajectory import pca
 from hessjax.analysis.weights import kernel_slices, svd_directions, weight_svd
 from hessjax.continual.subspace import check_orthonormal, extend_basis
 from hessjax.curvature import dense_layer_io, hessian_operator, leaf_paths, make_layout
+from hessjax.curvature.layout import select_mask
 from hessjax.linalg import eigsh
 
 Array = jax.Array
@@ -197,8 +198,7 @@ def dense_inputs(
 
 
 def _has_bias(params: PyTree, layer: str) -> bool:
-    want = layer.strip("/").split("/") + ["bias"]
-    return any(p.split("/")[-len(want) :] == want for p in leaf_paths(params))
+    return any(select_mask(leaf_paths(params), f"{layer}/bias"))
 
 
 def _energy_rank(cumulative: np.ndarray, target: float, total: float) -> int:

@@ -37,6 +37,7 @@ import optax
 
 from hessjax.continual.subspace import check_orthonormal, project_vector
 from hessjax.curvature import leaf_paths, make_layout
+from hessjax.curvature.layout import select_mask
 
 Array = jax.Array
 PyTree = Any
@@ -142,8 +143,7 @@ class GpmState(NamedTuple):
 
 
 def _layer_leaf(paths: list[str], layer: str, name: str) -> int | None:
-    want = layer.strip("/").split("/") + [name]
-    hits = [i for i, p in enumerate(paths) if p.split("/")[-len(want) :] == want]
+    hits = [i for i, on in enumerate(select_mask(paths, f"{layer}/{name}")) if on]
     if len(hits) > 1:
         raise ValueError(f"layer {layer!r} matches several {name} leaves: {hits}")
     return hits[0] if hits else None
