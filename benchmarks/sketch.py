@@ -44,7 +44,7 @@ from hessjax.data import (
     load_mnist1d,
     microbatches,
 )
-from hessjax.linalg import apply_block, eigsh, sketch_eigh, subspace_overlap
+from hessjax.linalg import apply_block, eigsh, magnitude_errors, sketch_eigh, subspace_overlap
 from hessjax.models import MLP
 
 
@@ -123,21 +123,14 @@ def by_magnitude(values, vectors) -> tuple[np.ndarray, np.ndarray]:
     return values[order], np.asarray(vectors)[:, order]
 
 
-def magnitude_rel_error(values, reference) -> np.ndarray:
-    """Relative errors (m,) of |λ| rank by rank, both (m,) ranked by |λ|: signs are left to
-    the eigenspace overlap, since a pair +a, −b with a ≈ b swaps places at random (also at
-    the k-th place) and would show a spurious error near 2."""
-    return np.abs(np.abs(values) - np.abs(reference)) / np.abs(reference)
-
-
 def accuracy(values, vectors, ref_values, ref_vectors) -> dict:
     """Relative eigenvalue errors and eigenspace overlaps of k pairs (ranked by |λ|) against
     the reference's top k (eigenvalues compared with `magnitude_rel_error`)."""
     k = len(values)
     top = min(10, k)
     return {
-        "top10_max_rel_error": float(magnitude_rel_error(values[:top], ref_values[:top]).max()),
-        "all_max_rel_error": float((rel := magnitude_rel_error(values, ref_values[:k])).max()),
+        "top10_max_rel_error": float(magnitude_errors(values[:top], ref_values[:top]).max()),
+        "all_max_rel_error": float((rel := magnitude_errors(values, ref_values[:k])).max()),
         "all_median_rel_error": float(np.median(rel)),
         "overlap_top10": float(subspace_overlap(vectors[:, :top], ref_vectors[:, :top])),
         "overlap_all": float(subspace_overlap(vectors, ref_vectors[:, :k])),  # float32

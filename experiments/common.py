@@ -32,9 +32,33 @@ def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        run(config.value, workdir.value)
+        run(split_string_tuples(config.value), workdir.value)
 
     app.run(main)
+
+
+def as_tuple(value: Any, cast: Callable[[Any], Any] = str) -> tuple:
+    """A tuple from a tuple/list whose string items may hold comma-separated values, or from
+    one such string: ('ce,mse',) (what `--config.static.losses=ce,mse` gives for a tuple of
+    strings), 'ce,mse', ('ce', 'mse') all -> ('ce', 'mse'); items cast by `cast`."""
+    items = value if isinstance(value, list | tuple) else [value]
+    out = []
+    for item in items:
+        parts = item.strip("()[] ").split(",") if isinstance(item, str) else [item]
+        out += [cast(p.strip() if isinstance(p, str) else p) for p in parts]
+    return tuple(p for p in out if p != "")
+
+
+def split_string_tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with every tuple field holding strings split by `as_tuple`, in place: a
+    command-line override of a tuple of strings arrives as one comma-joined item (tuples of
+    numbers are parsed by ml_collections itself)."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            split_string_tuples(value)
+        elif isinstance(value, tuple) and any(isinstance(v, str) for v in value):
+            config[key] = as_tuple(value, str)
+    return config
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
@@ -74,6 +98,30 @@ def init_classifier(cfg: ml_collections.ConfigDict, ds: Dataset, key: jax.Array)
     return model, params, curvature.MeanLoss(model.apply, curvature.cross_entropy)
 
 
+def load_checkpoint(state_path: str, meta_path: str, fingerprint: str, target):
+    """(state, meta) written by `save_checkpoint` under the same `fingerprint` (a string of
+    everything that determines the result): state restored into the structure of `target`
+    (flax msgpack), meta the JSON dict. None when a file is missing or the fingerprint
+    differs."""
+    if not (os.path.exists(state_path) and os.path.exists(meta_path)):
+        return None
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta["fingerprint"] != fingerprint:
+        return None
+    with open(state_path, "rb") as f:
+        return serialization.from_bytes(target, f.read()), meta
+
+
+def save_checkpoint(state_path: str, meta_path: str, fingerprint: str, state, meta: dict):
+    """Write `state` (a pytree, flax msgpack) and `meta` | {fingerprint} (JSON)."""
+    os.makedirs(os.path.dirname(state_path) or ".", exist_ok=True)
+    with open(state_path, "wb") as f:
+        f.write(serialization.to_bytes(state))
+    with open(meta_path, "w") as f:
+        json.dump(meta | {"fingerprint": fingerprint}, f)
+
+
 def train_or_resume(
     workdir: str,
     tag: str,
@@ -93,14 +141,10 @@ def train_or_resume(
     fingerprint = json.dumps(fingerprint | {"steps": steps}, sort_keys=True, default=str)
     ckpt = os.path.join(workdir, f"params_{tag}.msgpack")
     meta = os.path.join(workdir, f"params_{tag}.json")
-    if os.path.exists(ckpt) and os.path.exists(meta):
-        with open(meta) as f:
-            saved = json.load(f)
-        if saved["fingerprint"] == fingerprint:
-            with open(ckpt, "rb") as f:
-                params = serialization.from_bytes(params, f.read())
-            logging.info("[%s] resumed trained params from %s", tag, ckpt)
-            return params, saved["history"]
+    loaded = load_checkpoint(ckpt, meta, fingerprint, params)
+    if loaded is not None:
+        logging.info("[%s] resumed trained params from %s", tag, ckpt)
+        return loaded[0], loaded[1]["history"]
     params, history = training.train(
         loss_fn,
         params,
@@ -113,11 +157,7 @@ def train_or_resume(
         log_every=train_cfg.log_every,
         log=lambda s, v: logging.info("[%s] train step %d/%d: loss %.4f", tag, s, steps, v),
     )
-    os.makedirs(workdir, exist_ok=True)
-    with open(ckpt, "wb") as f:
-        f.write(serialization.to_bytes(params))
-    with open(meta, "w") as f:
-        json.dump({"fingerprint": fingerprint, "history": history}, f)
+    save_checkpoint(ckpt, meta, fingerprint, params, {"history": history})
     return params, history
 
 

@@ -44,7 +44,6 @@ from experiments import common
 from hessjax import continual as cl
 from hessjax import curvature, plotting, training
 from hessjax.analysis import trajectory
-from hessjax.data import load_dataset
 
 # Values used for config fields left at 0 / (): (permuted) MNIST-1D by default, MNIST / Fashion.
 _SHARED_DEFAULTS: dict[str, Any] = {
@@ -67,18 +66,6 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 DATASET_DEFAULTS["fashion_mnist"] = DATASET_DEFAULTS["mnist"]
 
 
-def _as_tuple(value: Any, cast: Callable[[Any], Any]) -> tuple:
-    """A tuple from a tuple/list whose string items may hold comma-separated values, or from
-    one such string: ('finetune,gpm',) (what `--config.strategies=finetune,gpm` gives),
-    'finetune,gpm', ('finetune', 'gpm') all -> ('finetune', 'gpm'); items cast by `cast`."""
-    items = value if isinstance(value, list | tuple) else [value]
-    out = []
-    for item in items:
-        parts = item.strip("()[] ").split(",") if isinstance(item, str) else [item]
-        out += [cast(p.strip() if isinstance(p, str) else p) for p in parts]
-    return tuple(p for p in out if p != "")
-
-
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of config with the fields left at 0 / () set from DATASET_DEFAULTS."""
     config = ml_collections.ConfigDict(config.to_dict())
@@ -90,9 +77,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         current = config[section][key]
         if current == 0 or current == () or current is None:
             config[section][key] = value
-    config.strategies = _as_tuple(config.strategies, str)
-    config.seeds = _as_tuple(config.seeds, int)
-    config.model.widths = _as_tuple(config.model.widths, int)
+    config.strategies = common.as_tuple(config.strategies, str)
+    config.seeds = common.as_tuple(config.seeds, int)
+    config.model.widths = common.as_tuple(config.model.widths, int)
     unknown = set(config.strategies) - set(STRATEGY_NAMES)
     if unknown:
         raise ValueError(f"unknown strategies {sorted(unknown)}; choose from {STRATEGY_NAMES}")
@@ -515,13 +502,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.perf_counter()
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     events = _Events(os.path.join(workdir, "events.jsonl"), run_id)
-    dataset = load_dataset(config.data)
-    logging.info(
-        "data %s: %d train / %d test samples",
-        dataset.name,
-        len(dataset.y_train),
-        len(dataset.y_test),
-    )
+    dataset = common.load_data(config.data)
 
     matrices: dict[str, list[np.ndarray]] = {name: [] for name in config.strategies}
     per_seed: dict[str, list[dict]] = {name: [] for name in config.strategies}

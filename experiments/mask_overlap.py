@@ -42,7 +42,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import serialization
 
 from experiments import common
 from hessjax import curvature, linalg, plotting, training
@@ -80,13 +79,6 @@ def load_data(data_cfg: ml_collections.ConfigDict) -> Dataset:
     return ds._replace(
         x_train=resize_images(ds.x_train, size), x_test=resize_images(ds.x_test, size)
     )
-
-
-def build(config: ml_collections.ConfigDict, example_x, num_classes: int, key: jax.Array):
-    """(model, params, loss_fn) for the model config; example_x: (b, ...) inputs."""
-    model = common.build_model(config.model, num_classes)
-    params = model.init(key, jnp.asarray(example_x[:1]))
-    return model, params, curvature.MeanLoss(model.apply, curvature.cross_entropy)
 
 
 def sketch_peak_bytes(n: int, k: int, outer: int, inner: int, itemsize: int = 4) -> int:
@@ -133,17 +125,8 @@ def _dense_hessian(loss_fn, params, data, block_size: int) -> np.ndarray:
         params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
         data64 = (jnp.asarray(data[0], jnp.float64), data[1])
         op64 = curvature.hessian_operator(loss_fn, params64, data64)
-        eye = jnp.eye(op64.size, dtype=jnp.float64)
-        h = np.asarray(linalg.apply_block(op64, eye, block_size))
+        h = np.asarray(linalg.to_dense(op64, block_size))
     return (h + h.T) / 2
-
-
-def eigenvalue_errors(approx, exact) -> np.ndarray:
-    """Relative errors (m,) of |λ| rank by rank, both (m,) ranked by |λ|. Signs are left to
-    the eigenspace overlaps: a pair +a, −b with a ≈ b swaps places at random (also at the
-    m-th place, where the two top-m sets then differ) and would show a spurious error near 2."""
-    a, e = np.abs(np.asarray(approx, np.float64)), np.abs(np.asarray(exact, np.float64))
-    return np.abs(a - e) / e
 
 
 def sketch_vs_exact(h, lam, vec, lam_s, vec_s, ks) -> dict:
@@ -151,7 +134,7 @@ def sketch_vs_exact(h, lam, vec, lam_s, vec_s, ks) -> dict:
     its eigenvalues ranked by |λ|, vec (n, >= max ks): the matching eigenvectors; lam_s (k,),
     vec_s (n, k): the sketch's, ranked by |λ|. True error ‖H − V_s Λ_s V_sᵀ‖_F / ‖H‖_F (exact
     for any V_s, orthonormal or not), the optimal rank-k error, relative eigenvalue errors of
-    the top 10 and of all k (`eigenvalue_errors`), and the overlap of the sketched and exact
+    the top 10 and of all k (`linalg.magnitude_errors`), and the overlap of the sketched and exact
     top-k eigenspaces for each k in ks (<= k)."""
     k_s = lam_s.shape[0]
     fro2 = float(np.sum(lam**2))
@@ -159,7 +142,8 @@ def sketch_vs_exact(h, lam, vec, lam_s, vec_s, ks) -> dict:
     approx2 = float(np.sum(lam_s[:, None] * lam_s[None, :] * gram**2))  # ‖V Λ Vᵀ‖²_F
     cross = float(np.sum(lam_s * np.einsum("ij,ij->j", vec_s, h @ vec_s)))  # tr(H V Λ Vᵀ)
     top = min(10, k_s)
-    rel_top, rel = eigenvalue_errors(lam_s[:top], lam[:top]), eigenvalue_errors(lam_s, lam[:k_s])
+    rel_top = linalg.magnitude_errors(lam_s[:top], lam[:top])
+    rel = linalg.magnitude_errors(lam_s, lam[:k_s])
     return {
         "true_relative_error": float(np.sqrt(max(fro2 - 2 * cross + approx2, 0.0) / fro2)),
         "optimal_relative_error": float(np.sqrt(np.sum(lam[k_s:] ** 2) / fro2)),
@@ -269,28 +253,26 @@ def _fingerprint(config, checkpoints_so_far) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
+def _checkpoint_paths(workdir, step) -> tuple[str, str]:
+    return (
+        os.path.join(workdir, f"state_{step}.msgpack"),
+        os.path.join(workdir, f"checkpoint_{step}.json"),
+    )
+
+
 def _load_checkpoint(workdir, step, fingerprint, target):
-    meta = os.path.join(workdir, f"checkpoint_{step}.json")
-    state = os.path.join(workdir, f"state_{step}.msgpack")
-    if not (os.path.exists(meta) and os.path.exists(state)):
+    loaded = common.load_checkpoint(*_checkpoint_paths(workdir, step), fingerprint, target)
+    if loaded is None:
         return None
-    with open(meta) as f:
-        saved = json.load(f)
-    if saved["fingerprint"] != fingerprint:
-        return None
-    with open(state, "rb") as f:
-        restored = serialization.from_bytes(target, f.read())
+    restored, saved = loaded
     spectra = {name: np.asarray(saved["spectra"][name]) for name in ("exact", "sketch")}
     return restored, saved["record"], saved["history"], spectra
 
 
 def _save_checkpoint(workdir, step, fingerprint, state, record, history, lam, lam_s):
-    with open(os.path.join(workdir, f"state_{step}.msgpack"), "wb") as f:
-        f.write(serialization.to_bytes(state))
     spectra = {"exact": [] if lam is None else lam.tolist(), "sketch": lam_s.tolist()}
-    blob = {"fingerprint": fingerprint, "record": record, "history": history, "spectra": spectra}
-    with open(os.path.join(workdir, f"checkpoint_{step}.json"), "w") as f:
-        json.dump(blob, f)
+    meta = {"record": record, "history": history, "spectra": spectra}
+    common.save_checkpoint(*_checkpoint_paths(workdir, step), fingerprint, state, meta)
 
 
 def _keyed(d):
@@ -306,13 +288,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     k_init, k_train, k_masks, k_sketch = jax.random.split(key, 4)
 
     ds = load_data(config.data)
-    model, params, loss_fn = build(config, ds.x_train, ds.num_classes, k_init)
-    n = sum(x.size for x in jax.tree_util.tree_leaves(params))
     logging.info(
-        "data %s: %d train / %d test, input %s; %s %s: %d parameters",
-        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], config.model.kind,
-        tuple(config.model.widths), n,
+        "data %s: %d train / %d test, input %s",
+        ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:],
     )  # fmt: skip
+    model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
+    n = sum(x.size for x in jax.tree_util.tree_leaves(params))
 
     h = config.hessian
     if h.num_samples % ds.num_classes:

@@ -41,7 +41,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import serialization
 from scipy import stats
 
 from experiments import common
@@ -67,16 +66,12 @@ def train_recorded(config, workdir: str, loss_fn, params, ds, key):
     ckpt = os.path.join(workdir, "params_weights.msgpack")
     meta = os.path.join(workdir, "params_weights.json")
     snaps = os.path.join(workdir, "trajectory_weights.npz")
-    if all(os.path.exists(p) for p in (ckpt, meta, snaps)):
-        with open(meta) as f:
-            saved = json.load(f)
-        if saved["fingerprint"] == fingerprint:
-            with open(ckpt, "rb") as f:
-                params = serialization.from_bytes(params, f.read())
-            with np.load(snaps) as z:
-                traj = trajectory.Trajectory(z["steps"], z["params"], z["updates"])
-            logging.info("resumed trained params and %d snapshots from %s", len(traj.steps), ckpt)
-            return params, saved["history"], traj
+    loaded = common.load_checkpoint(ckpt, meta, fingerprint, params)
+    if loaded is not None and os.path.exists(snaps):
+        with np.load(snaps) as z:
+            traj = trajectory.Trajectory(z["steps"], z["params"], z["updates"])
+        logging.info("resumed trained params and %d snapshots from %s", len(traj.steps), ckpt)
+        return loaded[0], loaded[1]["history"], traj
 
     optimizer = optax.chain(
         training.make_optimizer(t.optimizer, t.learning_rate),
@@ -89,11 +84,8 @@ def train_recorded(config, workdir: str, loss_fn, params, ds, key):
         log=lambda s, v: logging.info("train step %d/%d: loss %.4f", s, t.steps, v),
     )  # fmt: skip
     traj = trajectory.read_snapshots(opt_state)
-    with open(ckpt, "wb") as f:
-        f.write(serialization.to_bytes(params))
     np.savez(snaps, steps=traj.steps, params=traj.params, updates=traj.updates)
-    with open(meta, "w") as f:
-        json.dump({"fingerprint": fingerprint, "history": history}, f)
+    common.save_checkpoint(ckpt, meta, fingerprint, params, {"history": history})
     return params, history, traj
 
 

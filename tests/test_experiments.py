@@ -107,3 +107,17 @@ def test_binaries_parse_their_flags(binary):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "no_such_field" in bad.stderr
+
+
+def test_string_tuple_overrides_are_split():
+    """--config.static.losses=ce,mse reaches the binary as ('ce,mse',); run_binary splits every
+    tuple-of-strings field, nested sections included, and leaves numeric tuples alone."""
+    from experiments import common
+    from experiments.configs.block_structure import get_config as block_config
+
+    c = block_config()
+    c.static.losses = ("ce,mse",)
+    widths = c.model.widths
+    out = common.split_string_tuples(c)
+    assert out.static.losses == ("ce", "mse") and out.model.widths == widths
+    assert common.as_tuple("0, 2", int) == (0, 2)

@@ -29,7 +29,12 @@ from hessjax.linalg.operator import (
     to_dense,
 )
 from hessjax.linalg.power import power_iteration
-from hessjax.linalg.sketch import SketchResult, random_test_matrix, sketch_eigh
+from hessjax.linalg.sketch import (
+    SketchResult,
+    magnitude_errors,
+    random_test_matrix,
+    sketch_eigh,
+)
 from hessjax.linalg.slq import SpectralQuadrature, density_on_grid, slq, spectral_density
 from hessjax.linalg.subspace import (
     GrassmannDistances,
@@ -51,6 +56,7 @@ __all__ = [
     "SketchResult",
     "random_test_matrix",
     "sketch_eigh",
+    "magnitude_errors",
     "GrassmannDistances",
     "as_basis",
     "grassmann_distances",

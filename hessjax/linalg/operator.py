@@ -80,10 +80,11 @@ def dense_operator(matrix: Array) -> Operator:
     return Operator(_dense_product, (matrix,), int(matrix.shape[0]), np.dtype(matrix.dtype))
 
 
-def to_dense(op: LinearOperatorLike) -> Array:
-    """Materialise the (size, size) matrix of `op` column by column (small operators only)."""
+def to_dense(op: LinearOperatorLike, block_size: int | None = None) -> Array:
+    """Materialise the (size, size) matrix of `op` column by column (small operators only),
+    `block_size` products at a time (see `apply_block`)."""
     eye = jnp.eye(op.size, dtype=op.dtype)
-    return apply_block(op, eye)
+    return apply_block(op, eye, block_size)
 
 
 def is_traceable(op: LinearOperatorLike) -> bool:

@@ -143,3 +143,14 @@ def _relative_error(ag: Array, g: Array, lam: Array, vecs: Array) -> tuple[Array
     var = (cov[0, 0] - 2 * ratio * cov[0, 1] + ratio**2 * cov[1, 1]) / (p * jnp.mean(a) ** 2)
     rel = jnp.sqrt(ratio)
     return rel, jnp.sqrt(jnp.maximum(var, 0)) / (2 * jnp.maximum(rel, 1e-30))
+
+
+def magnitude_errors(approx, reference) -> np.ndarray:
+    """Relative errors (m,) of |λ| rank by rank, ||approx_i| − |ref_i|| / |ref_i|, for two
+    (m,) eigenvalue lists ranked by |λ| (as `sketch_eigh` and `eigsh(which="LM")` return them).
+    Signs are left to eigenspace overlaps: a pair +a, −b with a ≈ b swaps places at random
+    (also at the m-th place, where the two top-m sets then differ) and would show a spurious
+    error near 2."""
+    a = np.abs(np.asarray(approx, np.float64))
+    r = np.abs(np.asarray(reference, np.float64))
+    return np.abs(a - r) / r
