@@ -100,12 +100,10 @@ def main(argv=None) -> dict:
 
     def batched(o):
         diagonal = layer_block_diagonal(o, part)
-        return block_eigsh(
-            o, part.block_ids, part.num_blocks, 1, key=solve_key, tol=TOL, block_diagonal=diagonal
-        )
+        return block_eigsh(o, part, 1, key=solve_key, tol=TOL, block_diagonal=diagonal)
 
     def batched_masked(o):
-        return block_eigsh(o, part.block_ids, part.num_blocks, 1, key=solve_key, tol=TOL)
+        return block_eigsh(o, part, 1, key=solve_key, tol=TOL)
 
     def masked_one(o, mask, v0):
         masked = Operator(_masked_product, (o, mask), o.size, o.dtype)

@@ -124,7 +124,7 @@ def _layer_norms(loss_fn, params, data, num_probes, key) -> dict:
     op = curvature.hessian_operator(loss_fn, params, data)
     part = curvature.partition_by_layer(op.layout)
     w, v = part.index("Dense_0"), part.index("Dense_1")
-    norms = block_frobenius_sq(op, part.block_ids, part.num_blocks, num_probes=num_probes, key=key)
+    norms = block_frobenius_sq(op, part, num_probes=num_probes, key=key)
     sq, se = np.asarray(norms.sq, np.float64), np.asarray(norms.stderr, np.float64)
     out = {"num_hvps": int(norms.num_matvecs)}
     for name, (i, j) in {"WV": (w, v), "WW": (w, w), "VV": (v, v)}.items():
@@ -238,9 +238,7 @@ def layerwise(config: ml_collections.ConfigDict, workdir: str, key: jax.Array) -
     op = curvature.hessian_operator(loss_fn, params, data)
     part = curvature.partition_by_layer(op.layout)
     num_probes = _num_probes(cfg, op.size)
-    norms = block_frobenius_sq(
-        op, part.block_ids, part.num_blocks, num_probes=num_probes, key=probe_key
-    )
+    norms = block_frobenius_sq(op, part, num_probes=num_probes, key=probe_key)
     ratios = np.asarray(block_ratios(norms.sq), np.float64)
     logging.info(
         "layer-wise: block ratios r_ij = ‖H_ij‖²/‖H_ii‖² (%s, %d HVPs):\n%s",

@@ -249,7 +249,7 @@ def svd_part(config, loss_fn, params, data, op, vectors, values, h, key):
     block_vectors = None
     if k_l >= 1:
         res = linalg.block_eigsh(
-            kop, part.block_ids, part.num_blocks, k_l, key=k_eig, tol=h.tol,
+            kop, part, k_l, key=k_eig, tol=h.tol,
             num_steps=max(4 * k_l, linalg.default_num_steps(k_l, max(sizes))),
             block_diagonal=diag,
         )  # fmt: skip

@@ -16,7 +16,7 @@ from hessjax.curvature.blocks import (
     partition_by_neuron,
     partition_from_labels,
 )
-from hessjax.linalg import dense_operator, eigsh, to_dense
+from hessjax.linalg import Partition, dense_operator, eigsh, to_dense
 from hessjax.linalg.blocks import (
     Block,
     block_eigsh,
@@ -30,6 +30,15 @@ from hessjax.models import MLP
 
 N, NB = 24, 3
 KEY = jax.random.key(0)
+PART = Partition.from_ids(np.arange(N) % NB)  # strided: not contiguous
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64():
+    """This module compares against float64 oracles, so it runs in float64 (module scope: the
+    module fixtures build their arrays inside it). Float32 paths: tests/test_float32.py."""
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -47,28 +56,29 @@ def test_block_operator_matches_dense_slices(sym):
     a, op, ids = sym
     for i in range(NB):
         ri = np.flatnonzero(ids == i)
-        diag = block_operator(op, ids, NB, i)
+        diag = block_operator(op, PART, i)
         np.testing.assert_allclose(diag @ jnp.eye(ri.size), a[np.ix_(ri, ri)], atol=1e-12)
         for j in range(NB):
             if j == i:
                 continue
             cj = np.flatnonzero(ids == j)
-            off = block_operator(op, ids, NB, i, j)
+            off = block_operator(op, PART, i, j)
             assert isinstance(off, Block) and off.shape == (ri.size, cj.size)
             np.testing.assert_allclose(off @ jnp.eye(cj.size), a[np.ix_(ri, cj)], atol=1e-12)
             np.testing.assert_allclose(
                 off.transpose @ jnp.eye(ri.size), a[np.ix_(cj, ri)], atol=1e-12
             )
-            np.testing.assert_allclose(dense_block(op, ids, NB, i, j), a[np.ix_(ri, cj)])
-        np.testing.assert_allclose(dense_block(op, ids, NB, i), a[np.ix_(ri, ri)], atol=1e-12)
+            np.testing.assert_allclose(dense_block(op, PART, i, j), a[np.ix_(ri, cj)])
+        np.testing.assert_allclose(dense_block(op, PART, i), a[np.ix_(ri, ri)], atol=1e-12)
 
 
 @pytest.mark.parametrize("which", ["LA", "SA", "BE"])
 def test_block_eigsh_matches_each_block(sym, which):
     a, op, ids = sym
-    res = block_eigsh(op, ids, NB, 2, key=KEY, which=which, num_steps=8, tol=None)
+    res = block_eigsh(op, PART, 2, key=KEY, which=which, num_steps=8, tol=None)
     assert res.eigenvalues.shape == (NB, 2) and res.eigenvectors.shape == (N, 2)
-    np.testing.assert_array_equal(res.num_matvecs, 8)
+    np.testing.assert_array_equal(res.num_steps, 8)
+    assert res.num_matvecs == 8 and isinstance(res.num_matvecs, int)
     for i in range(NB):
         ri = np.flatnonzero(ids == i)
         w, v = np.linalg.eigh(a[np.ix_(ri, ri)])
@@ -87,24 +97,25 @@ def test_block_eigsh_unequal_blocks_and_custom_diagonal():
     q, _ = np.linalg.qr(rng.normal(size=(32, 32)))
     a = (q * np.linspace(-2, 6, 32)) @ q.T
     ids = rng.permutation(np.repeat([0, 1, 2], [3, 9, 20]))
-    res = block_eigsh(dense_operator(jnp.asarray(a)), ids, 3, 2, key=KEY, num_steps=20, tol=None)
-    np.testing.assert_array_equal(res.num_matvecs, [3, 9, 20])
+    part = Partition.from_ids(ids)
+    res = block_eigsh(dense_operator(jnp.asarray(a)), part, 2, key=KEY, num_steps=20, tol=None)
+    np.testing.assert_array_equal(res.num_steps, [3, 9, 20])
     d = np.zeros_like(a)
     for i in range(3):
         ri = np.flatnonzero(ids == i)
         d[np.ix_(ri, ri)] = a[np.ix_(ri, ri)]
         want = np.linalg.eigvalsh(a[np.ix_(ri, ri)])[::-1][:2]
         np.testing.assert_allclose(res.eigenvalues[i], want, rtol=1e-9)
-    same = block_eigsh(dense_operator(jnp.asarray(a)), ids, 3, 2, key=KEY, num_steps=20,
+    same = block_eigsh(dense_operator(jnp.asarray(a)), part, 2, key=KEY, num_steps=20,
                        tol=None, block_diagonal=dense_operator(jnp.asarray(d)))  # fmt: skip
     np.testing.assert_allclose(same.eigenvalues, res.eigenvalues, rtol=1e-10)
 
 
 def test_block_eigsh_stops_on_tol(sym):
     _, op, ids = sym
-    res = block_eigsh(op, ids, NB, 1, key=KEY, num_steps=8, tol=1e-6)
+    res = block_eigsh(op, PART, 1, key=KEY, num_steps=8, tol=1e-6)
     assert np.all(np.asarray(res.converged))
-    assert np.all(np.asarray(res.num_matvecs) <= 8)
+    assert np.all(np.asarray(res.num_steps) <= 8) and res.num_matvecs <= 8
 
 
 def test_frobenius_exact_and_ratios(sym):
@@ -113,12 +124,12 @@ def test_frobenius_exact_and_ratios(sym):
     for i in range(NB):
         for j in range(NB):
             want[i, j] = np.sum(a[np.ix_(ids == i, ids == j)] ** 2)
-    exact = block_frobenius_sq(op, ids, NB)
+    exact = block_frobenius_sq(op, PART)
     np.testing.assert_allclose(exact.sq, want, rtol=1e-12)
     np.testing.assert_array_equal(exact.stderr, 0)
     assert exact.num_matvecs == N
-    np.testing.assert_allclose(dense_block_frobenius_sq(a, ids, NB), want, rtol=1e-12)
-    some = block_frobenius_sq(op, ids, NB, columns=[2])
+    np.testing.assert_allclose(dense_block_frobenius_sq(a, PART), want, rtol=1e-12)
+    some = block_frobenius_sq(op, PART, columns=[2])
     np.testing.assert_allclose(some.sq[:, 0], want[:, 2], rtol=1e-12)
     r = block_ratios(some.sq, some.columns)
     np.testing.assert_allclose(r, (want[2] / want[2, 2])[None], rtol=1e-12)
@@ -127,8 +138,8 @@ def test_frobenius_exact_and_ratios(sym):
 
 def test_frobenius_estimate_is_unbiased(sym):
     a, op, ids = sym
-    exact = dense_block_frobenius_sq(a, ids, NB)
-    est = block_frobenius_sq(op, ids, NB, num_probes=400, key=KEY)
+    exact = dense_block_frobenius_sq(a, PART)
+    est = block_frobenius_sq(op, PART, num_probes=400, key=KEY)
     z = np.abs(np.asarray(est.sq) - exact) / np.asarray(est.stderr)
     assert np.all(np.asarray(est.stderr) > 0)
     assert np.all(z < 4.5), z  # 9 entries within 4.5 standard errors (P(fail) < 1e-4)
@@ -138,20 +149,49 @@ def test_frobenius_estimate_is_unbiased(sym):
 
 def test_block_errors(sym):
     _, op, ids = sym
-    with pytest.raises(ValueError, match="shape"):
-        block_operator(op, ids[:-1], NB, 0)
+    with pytest.raises(ValueError, match="covers 23 indices"):
+        block_operator(op, Partition.from_ids(ids[:-1]), 0)
     with pytest.raises(ValueError, match="no index"):
-        block_operator(op, np.zeros(N, int), 2, 0)
+        Partition(("a", "b"), np.zeros(N, int))
     with pytest.raises(ValueError, match="lie in"):
-        block_operator(op, ids, 2, 0)
+        Partition(("a", "b"), ids)
+    with pytest.raises(ValueError, match="integer"):
+        Partition.from_ids(ids.astype(float))
+    with pytest.raises(TypeError, match="Partition"):
+        block_operator(op, ids, 0)
     with pytest.raises(ValueError, match="out of range"):
-        block_operator(op, ids, NB, 5)
+        block_operator(op, PART, 5)
     with pytest.raises(ValueError, match="every block"):
-        block_eigsh(op, ids, NB, 8, key=KEY)
+        block_eigsh(op, PART, 8, key=KEY)
     with pytest.raises(ValueError, match="num_probes"):
-        block_frobenius_sq(op, ids, NB, num_probes=1, key=KEY)
+        block_frobenius_sq(op, PART, num_probes=1, key=KEY)
     with pytest.raises(ValueError, match="key"):
-        block_frobenius_sq(op, ids, NB, num_probes=10)
+        block_frobenius_sq(op, PART, num_probes=10)
+    with pytest.raises(ValueError, match="block_size"):
+        block_frobenius_sq(op, PART, block_size=0)
+
+
+@pytest.mark.parametrize("which", ["XX", "la", None])
+def test_block_eigsh_rejects_unknown_which(sym, which):
+    """Today's code ran "both ends" for any unknown value."""
+    _, op, _ = sym
+    with pytest.raises(ValueError, match="which must be one of"):
+        block_eigsh(op, PART, 1, key=KEY, which=which)
+
+
+def test_block_eigsh_rejects_full_operator_as_block_diagonal(sym):
+    """Passing A itself as D = Σ P_i A P_i couples the blocks and gave wrong per-block values;
+    the probe check catches it, and accepts the true block-diagonal part."""
+    a, op, ids = sym
+    with pytest.raises(ValueError, match="couples different blocks"):
+        block_eigsh(op, PART, 1, key=KEY, block_diagonal=op)
+    d = np.where(ids[:, None] == ids[None, :], a, 0)
+    res = block_eigsh(op, PART, 1, key=KEY, block_diagonal=dense_operator(jnp.asarray(d)))
+    for i in range(NB):
+        ri = np.flatnonzero(ids == i)
+        np.testing.assert_allclose(
+            res.eigenvalues[i, 0], np.linalg.eigvalsh(a[np.ix_(ri, ri)])[-1], rtol=1e-4
+        )
 
 
 # ----------------------------------------------------------------------------- networks
@@ -217,7 +257,7 @@ def test_layerwise_top_eigenvalues_against_dense(mlp):
 def test_block_ratio_matrix_against_dense(mlp):
     op, dense, *_ = mlp
     part = partition_by_layer(op.layout)
-    sq = dense_block_frobenius_sq(dense, part.block_ids, part.num_blocks)
+    sq = dense_block_frobenius_sq(dense, part)
     got = analysis_blocks.block_ratio_matrix(op, part)
     np.testing.assert_allclose(got, np.asarray(sq) / np.diag(sq)[:, None], rtol=1e-10)
     # and the whole-network eigsh agrees with the block-diagonal part being dominant
@@ -242,8 +282,8 @@ def test_layer_block_diagonal_restricted_products(mlp):
         ri = np.flatnonzero(part.block_ids == i)
         want[np.ix_(ri, ri)] = dense[np.ix_(ri, ri)]
     np.testing.assert_allclose(to_dense(d), want, rtol=0, atol=1e-12 * np.abs(dense).max())
-    fast = block_eigsh(op, part.block_ids, 3, 2, key=KEY, tol=None, num_steps=15, block_diagonal=d)
-    slow = block_eigsh(op, part.block_ids, 3, 2, key=KEY, tol=None, num_steps=15)
+    fast = block_eigsh(op, part, 2, key=KEY, tol=None, num_steps=15, block_diagonal=d)
+    slow = block_eigsh(op, part, 2, key=KEY, tol=None, num_steps=15)
     np.testing.assert_allclose(fast.eigenvalues, slow.eigenvalues, rtol=1e-10)
     with pytest.raises(ValueError, match="whole leaves"):
         layer_block_diagonal(op, partition_by_neuron(op.layout))

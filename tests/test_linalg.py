@@ -16,8 +16,10 @@ import pytest
 from hessjax.linalg import (
     EigshResult,
     Operator,
+    Partition,
     SpectralQuadrature,
     apply_block,
+    block_eigsh,
     default_num_steps,
     dense_operator,
     density_on_grid,
@@ -27,6 +29,7 @@ from hessjax.linalg import (
     lanczos_tridiag,
     power_iteration,
     probes,
+    sketch_eigh,
     slq,
     spectral_density,
     to_dense,
@@ -51,6 +54,14 @@ LOW_RANK = np.concatenate([[5.0, 3.0, -2.0, 1.0, -4.0], np.zeros(N - 5)])
 POWER = np.concatenate([[10.0, -8.0, 6.0, -4.5], np.linspace(-2, 2, N - 4)])
 # Decaying PSD spectrum: Hutch++ should beat Hutchinson at equal products.
 DECAYING = 10.0 * 0.7 ** np.arange(N)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64():
+    """This module compares against float64 oracles, so it runs in float64 (module scope: the
+    module fixtures build their arrays inside it). Float32 paths: tests/test_float32.py."""
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -522,7 +533,7 @@ def test_density_integrates_and_moments(slq_run):
 # Error paths
 # ---------------------------------------------------------------------------------------------
 
-SMALL = dense_operator(jnp.eye(8))
+SMALL = dense_operator(jnp.eye(8, dtype=jnp.float32))
 KEY = jax.random.key(0)
 QUAD = SpectralQuadrature(jnp.zeros((2, 3)), jnp.full((2, 3), 1 / 3))
 
@@ -534,16 +545,46 @@ VALUE_ERRORS = {
     "steps>n": (lambda: eigsh(SMALL, 3, key=KEY, num_steps=9), "cannot exceed"),
     "steps float": (lambda: eigsh(SMALL, 3, key=KEY, num_steps=5.0), "must be an integer"),
     "which": (lambda: eigsh(SMALL, 2, key=KEY, which="XX"), "which must be one of"),
-    "tol=0": (lambda: eigsh(SMALL, 2, key=KEY, tol=0.0), "tol must be positive"),
-    "tol<0": (lambda: eigsh(SMALL, 2, key=KEY, tol=-1e-3), "tol must be positive"),
+    "tol=0": (lambda: eigsh(SMALL, 2, key=KEY, tol=0.0), r"tol must be a number in \(0, 1\)"),
+    "tol<0": (lambda: eigsh(SMALL, 2, key=KEY, tol=-1e-3), r"tol must be a number in \(0, 1\)"),
+    "tol=10": (lambda: eigsh(SMALL, 2, key=KEY, tol=10), r"tol must be a number in \(0, 1\)"),
+    "tol nan": (lambda: eigsh(SMALL, 2, key=KEY, tol=float("nan")), "tol must be a number"),
+    "v0 zero": (lambda: eigsh(SMALL, 2, key=KEY, v0=jnp.zeros(8, jnp.float32)), "v0 is the zero"),
+    "v0 nan": (
+        lambda: eigsh(SMALL, 2, key=KEY, v0=jnp.full(8, jnp.nan, jnp.float32)),
+        "non-finite",
+    ),
+    "tridiag v0 zero": (
+        lambda: lanczos_tridiag(SMALL, jnp.zeros(8, jnp.float32), 4, key=KEY),
+        "zero",
+    ),
+    "power tol nan": (lambda: power_iteration(SMALL, 2, key=KEY, tol=float("nan")), "tol must"),
+    "power tol 2": (lambda: power_iteration(SMALL, 2, key=KEY, tol=2.0), "tol must"),
+    "block tol 10": (
+        lambda: block_eigsh(SMALL, Partition.from_ids(np.arange(8) % 2), 1, key=KEY, tol=10),
+        "tol must",
+    ),
+    "sketch block 0": (lambda: sketch_eigh(SMALL, 2, key=KEY, block_size=0), "block_size"),
+    "sketch block -1": (lambda: sketch_eigh(SMALL, 2, key=KEY, block_size=-1), "block_size"),
+    "hutchpp block 0": (lambda: hutchpp(SMALL, 6, key=KEY, block_size=0), "block_size"),
+    "bfloat16": (
+        lambda: eigsh(dense_operator(jnp.eye(8, dtype=jnp.bfloat16)), 2, key=KEY),
+        "bfloat16 is not supported",
+    ),
+    "float16 slq": (
+        lambda: slq(
+            dense_operator(jnp.eye(8, dtype=jnp.float16)), num_probes=2, num_steps=4, key=KEY
+        ),
+        "float16 is not supported",
+    ),
     "check_every": (lambda: eigsh(SMALL, 2, key=KEY, check_every=0), "check_every"),
     "key int": (lambda: eigsh(SMALL, 2, key=0), "PRNG key"),
     "key shape": (lambda: eigsh(SMALL, 2, key=jnp.zeros(3, jnp.uint32)), "PRNG key"),
     "key float": (lambda: eigsh(SMALL, 2, key=jnp.zeros(2)), "PRNG key"),
     "v0 shape": (lambda: eigsh(SMALL, 2, key=KEY, v0=jnp.ones(9)), r"v0 must have shape \(8,\)"),
     "v0 dtype": (
-        lambda: eigsh(SMALL, 2, key=KEY, v0=jnp.ones(8, jnp.float32)),
-        "v0 has dtype float32",
+        lambda: eigsh(SMALL, 2, key=KEY, v0=np.ones(8, np.float64)),
+        "v0 has dtype float64",
     ),
     "tridiag steps": (lambda: lanczos_tridiag(SMALL, jnp.ones(8), 9, key=KEY), "cannot exceed"),
     "tridiag steps 0": (lambda: lanczos_tridiag(SMALL, jnp.ones(8), 0, key=KEY), "num_steps"),

@@ -18,6 +18,13 @@ N = 300
 KINDS = ["gaussian", "rademacher", "srtt"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _float64():
+    """Oracle comparisons in float64 (module scope: module fixtures build arrays inside it)."""
+    with jax.enable_x64(True):
+        yield
+
+
 def spectrum_matrix(lam, seed=0):
     q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(lam), len(lam))))
     return (q * lam) @ q.T

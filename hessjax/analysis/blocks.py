@@ -58,7 +58,7 @@ def layerwise_top_eigenvalues(
     except ValueError:  # blocks split leaves (neurons): masked full products
         diagonal = None
     blocks = block_eigsh(
-        op, partition.block_ids, partition.num_blocks, 1, key=block_key, tol=tol,
+        op, partition, 1, key=block_key, tol=tol,
         block_diagonal=diagonal,
     )  # fmt: skip
     whole = eigsh(op, 1, key=whole_key, tol=tol)
@@ -67,7 +67,7 @@ def layerwise_top_eigenvalues(
         sizes=partition.sizes,
         block_top=np.asarray(blocks.eigenvalues[:, 0], np.float64),
         whole_top=float(whole.eigenvalues[0]),
-        num_matvecs=int(np.sum(blocks.num_matvecs)) + int(whole.num_matvecs),
+        num_matvecs=blocks.num_matvecs + whole.num_matvecs,
     )
 
 
@@ -76,9 +76,7 @@ def block_ratio_matrix(
 ) -> np.ndarray:
     """(b, b) r_ij = ‖H_ij‖²_F / ‖H_ii‖²_F; exact with num_probes None (n products), else a
     Gaussian-probe estimate (b · num_probes products)."""
-    norms = block_frobenius_sq(
-        op, partition.block_ids, partition.num_blocks, num_probes=num_probes, key=key
-    )
+    norms = block_frobenius_sq(op, partition, num_probes=num_probes, key=key)
     return np.asarray(block_ratios(norms.sq), np.float64)
 
 
@@ -91,7 +89,7 @@ def neuron_block_ratio(
     if members.size < 2:
         raise ValueError(f"layer {layer!r} needs at least two neuron blocks, got {members.size}")
     chosen = np.sort(jax.random.choice(key, members, (min(probed, members.size),), replace=False))
-    norms = block_frobenius_sq(op, partition.block_ids, partition.num_blocks, columns=chosen)
+    norms = block_frobenius_sq(op, partition, columns=chosen)
     r = np.asarray(block_ratios(norms.sq, norms.columns), np.float64)  # (c, b)
     others = np.isin(np.arange(partition.num_blocks), members)[None, :] & (
         np.arange(partition.num_blocks)[None, :] != chosen[:, None]

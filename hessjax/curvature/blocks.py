@@ -1,8 +1,8 @@
 """Partitions of the (selected) parameters into blocks: by layer, by neuron, or by labels.
 
-A `Partition` gives every entry of an operator's flat vector a block id, so the generic block
-tools of `hessjax.linalg.blocks` (block operators, batched block eigenpairs, block Frobenius
-norms) apply to network parameters. Build it from the operator's `layout`.
+They build a `linalg.Partition` (every entry of an operator's flat vector gets a block id) from
+the operator's `layout`, so the generic block tools of `hessjax.linalg.blocks` (block
+operators, batched block eigenpairs, block Frobenius norms) apply to network parameters.
 `layer_block_diagonal` gives the block-diagonal part of a curvature operator with restricted
 (cheaper) products when blocks are whole leaves.
 """
@@ -18,30 +18,9 @@ import numpy as np
 
 from hessjax.curvature.layout import ParamLayout, PyTree
 from hessjax.curvature.operators import CurvatureOperator
+from hessjax.linalg.partition import Partition
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Partition:
-    """names: (b,) block names; block_ids: (n,) int32 block of every flat index."""
-
-    names: tuple[str, ...]
-    block_ids: np.ndarray
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.names)
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """(b,) number of parameters in each block."""
-        return np.bincount(self.block_ids, minlength=self.num_blocks)
-
-    def index(self, name: str) -> int:
-        if name not in self.names:
-            raise ValueError(f"no block named {name!r}; blocks are {list(self.names)}")
-        return self.names.index(name)
 
 
 def _selected(layout: ParamLayout) -> list[tuple[str, tuple[int, ...]]]:

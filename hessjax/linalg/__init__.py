@@ -3,12 +3,14 @@ blocks of an operator under a partition of its indices, subspace geometry and ma
 
 from hessjax.linalg.blocks import (
     Block,
+    BlockEigshResult,
     BlockNorms,
     block_diagonal_operator,
     block_eigsh,
     block_frobenius_sq,
     block_operator,
     block_ratios,
+    check_block_diagonal,
     dense_block,
     dense_block_frobenius_sq,
 )
@@ -28,6 +30,7 @@ from hessjax.linalg.operator import (
     is_traceable,
     to_dense,
 )
+from hessjax.linalg.partition import Partition
 from hessjax.linalg.power import power_iteration
 from hessjax.linalg.sketch import (
     SketchResult,
@@ -68,7 +71,10 @@ __all__ = [
     "random_mask",
     "top_magnitude_mask",
     "Block",
+    "BlockEigshResult",
     "BlockNorms",
+    "Partition",
+    "check_block_diagonal",
     "EigshResult",
     "block_diagonal_operator",
     "block_eigsh",

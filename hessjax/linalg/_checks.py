@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -38,3 +39,52 @@ def check_vector(v: jax.Array, n: int, dtype: np.dtype, name: str = "v0") -> Non
         raise ValueError(f"{name} must have shape ({n},), got {v.shape}")
     if v.dtype != dtype:
         raise ValueError(f"{name} has dtype {v.dtype}, the operator works in {dtype}")
+    if is_concrete(v):
+        if not bool(jnp.all(jnp.isfinite(v))):
+            raise ValueError(f"{name} has non-finite entries")
+        if not bool(jnp.any(v != 0)):
+            raise ValueError(f"{name} is the zero vector")
+
+
+def is_concrete(x) -> bool:
+    """False for values traced by an outer `jit` / `vmap` (no host checks possible)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_dtype(dtype) -> None:
+    """Solvers work in float32 or float64; half precision is not supported yet."""
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(
+            f"operator dtype {np.dtype(dtype)} is not supported: Krylov solvers need float32 or "
+            "float64 (cast bfloat16/float16 params and data to float32)"
+        )
+
+
+def check_tol(tol, name: str = "tol", allow_none: bool = False) -> None:
+    """tol must lie in (0, 1): a relative threshold; 0, NaN or >= 1 would stop at once."""
+    if tol is None and allow_none:
+        return
+    if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating) or not 0 < tol < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {tol!r}")
+
+
+def check_block_size(block_size) -> None:
+    """None (all columns at once) or a positive integer."""
+    if block_size is not None:
+        check_positive(block_size, "block_size")
+
+
+def raise_if_nonfinite(bad, solver: str) -> None:
+    """Raise when the solver saw a non-finite product (`bad` >= 0 is its index)."""
+    if is_concrete(bad) and int(bad) >= 0:
+        raise FloatingPointError(
+            f"{solver}: operator product {int(bad) + 1} returned NaN or inf. The loss or its "
+            "derivatives are not finite for these parameters and data (a NaN or inf in some "
+            "microbatch, an overflow, a log of 0?); check them with a plain jax.grad first"
+        )
+
+
+def concrete_matvecs(result):
+    """`result` with num_matvecs as a Python int (unchanged under an outer trace)."""
+    n = result.num_matvecs
+    return result._replace(num_matvecs=int(n)) if is_concrete(n) else result

@@ -1,12 +1,13 @@
 """Blocks of a symmetric operator under a partition of its indices.
 
-A partition is given as `block_ids`, an integer (n,) array assigning every index of the flat
-vector to one of `num_blocks` blocks (any pattern: contiguous layers, strided neurons, user
-labels). A_ij is the block with rows in block i and columns in block j.
+A `Partition` assigns every index of the flat vector to one of b blocks (any pattern:
+contiguous layers, strided neurons, user labels). A_ij is the block with rows in block i and
+columns in block j.
 
 * `block_operator`: A_ii as an `Operator` of its own size, or A_ij as a rectangular `Block`;
   `dense_block` materialises either (small models).
-* `block_eigsh`: eigenpairs of every diagonal block A_ii in one compiled, vmapped Lanczos.
+* `block_eigsh`: eigenpairs of every diagonal block A_ii in one compiled Lanczos (the kernel
+  of `krylov.py` with b lockstep recurrences on the packed, ragged layout).
 * `block_frobenius_sq`: ‖A_ij‖²_F, exact (unit probes of block j) or estimated without bias
   from Gaussian probes, ‖A_ij‖²_F = E‖A_ij v‖², with standard errors.
 """
@@ -21,31 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessjax.linalg import _checks
-from hessjax.linalg.lanczos import EigshResult, Which, _converged, _ritz, default_num_steps
+from hessjax.linalg import _checks, krylov
+from hessjax.linalg.lanczos import Which, default_num_steps
 from hessjax.linalg.operator import Operator, is_traceable
+from hessjax.linalg.partition import Partition, as_partition
 
 Array = jax.Array
-
-
-def check_block_ids(block_ids, num_blocks: int, n: int) -> np.ndarray:
-    """(n,) int32 copy of block_ids; every block must be non-empty."""
-    ids = np.asarray(block_ids)
-    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"block_ids must be an integer array of shape ({n},), got {ids.shape}")
-    _checks.check_positive(num_blocks, "num_blocks")
-    if ids.min() < 0 or ids.max() >= num_blocks:
-        raise ValueError(f"block_ids must lie in [0, {num_blocks}), got [{ids.min()}, {ids.max()}]")
-    empty = np.flatnonzero(np.bincount(ids, minlength=num_blocks) == 0)
-    if empty.size:
-        raise ValueError(f"blocks {empty.tolist()} have no index")
-    return ids.astype(np.int32)
-
-
-def _block_index(ids: np.ndarray, i: int, num_blocks: int) -> np.ndarray:
-    if not 0 <= i < num_blocks:
-        raise ValueError(f"block index {i} out of range [0, {num_blocks})")
-    return np.flatnonzero(ids == i).astype(np.int32)
 
 
 def _sub_product(v: Array, op: Operator, rows: Array, cols: Array) -> Array:
@@ -87,188 +69,88 @@ def _block_matmul(block: Block, x: Array) -> Array:
     return block.matvec(x) if x.ndim == 1 else block.matmat(x)
 
 
-def block_operator(
-    op: Operator, block_ids, num_blocks: int, i: int, j: int | None = None
-) -> Operator | Block:
+def _in_memory(op, name: str, partition) -> Partition:
+    if not is_traceable(op):
+        raise ValueError(f"{name} needs an in-memory Operator (data=, not batches=)")
+    partition = as_partition(partition)
+    partition.check_size(op.size)
+    return partition
+
+
+def block_operator(op: Operator, partition: Partition, i: int, j: int | None = None):
     """A_ii (j None or j == i) as a square `Operator` of size n_i, usable by every solver; or
     A_ij as a rectangular `Block`. Indices are numbered in increasing flat order."""
-    if not is_traceable(op):
-        raise ValueError("block_operator needs an in-memory Operator (data=, not batches=)")
-    ids = check_block_ids(block_ids, num_blocks, op.size)
-    rows = _block_index(ids, i, num_blocks)
-    cols = rows if j is None or j == i else _block_index(ids, j, num_blocks)
+    partition = _in_memory(op, "block_operator", partition)
+    rows = partition.indices(i)
+    cols = rows if j is None or j == i else partition.indices(j)
     args = (op, jnp.asarray(rows), jnp.asarray(cols))
     if cols is rows:
         return Operator(_sub_product, args, int(rows.size), op.dtype)
     return Block(args, (int(rows.size), int(cols.size)))
 
 
-def dense_block(op: Operator, block_ids, num_blocks: int, i: int, j: int | None = None) -> Array:
+def dense_block(op: Operator, partition: Partition, i: int, j: int | None = None) -> Array:
     """A_ij (default A_ii) as a dense (n_i, n_j) array, from n_j products (small models)."""
-    block = block_operator(op, block_ids, num_blocks, i, j)
+    block = block_operator(op, partition, i, j)
     cols = block.size if isinstance(block, Operator) else block.shape[1]
     return block @ jnp.eye(cols, dtype=op.dtype)
 
 
 # ----------------------------------------------------------------------------- eigenpairs
-#
-# Block-diagonal Lanczos: the b diagonal blocks are disjoint, so b independent recurrences run
-# in lockstep on a padded (b, n_max) layout (block i's vector in row i, zeros past n_i), with
-# dense row-wise inner products. A step costs one product with the block-diagonal operator
-# D = Σ_i P_i A P_i on the packed n-vector holding all b Lanczos vectors.
 
 
-class _BlockState(NamedTuple):
-    """basis (m, b, n_max) padded Lanczos vectors; alpha, beta (m, b); q (b, n_max); j () steps
-    done; norm (b,) ‖A_ii‖ estimates; key; valid (b, n_max) 0/1 padding mask; sizes (b,)."""
+class BlockEigshResult(NamedTuple):
+    """k eigenpairs of each of the b diagonal blocks A_ii.
 
-    basis: Array
-    alpha: Array
-    beta: Array
-    q: Array
-    j: Array
-    norm: Array
-    key: Array
-    valid: Array
-    sizes: Array
+    eigenvalues, residuals, converged: (b, k), ordered within a block as `EigshResult`;
+    eigenvectors: (n, k) PACKED: the rows of block i hold block i's k eigenvectors (each of
+    unit norm within its block); num_steps: (b,) int32 Lanczos steps of every block;
+    num_matvecs: int, products with the block-diagonal operator (one per lockstep step).
+    """
 
-
-class _View(NamedTuple):
-    """One block's tridiagonal, in the fields `lanczos._ritz` / `_converged` read."""
-
-    alpha: Array
-    beta: Array
-    j: Array
-
-
-_ORTHO_ROWS = 8  # basis rows per orthogonalisation block
-
-
-def _block_orthogonalise(basis: Array, w: Array, num_rows: Array) -> Array:
-    """Gram-Schmidt of each row of w (b, n_max) against its block's basis vectors
-    0..num_rows-1, 8 at a time; a second pass when any block lost most of its norm (DGKS)."""
-    m = basis.shape[0]
-    size = min(_ORTHO_ROWS, m)
-
-    def chunk(i, w):
-        start = jnp.minimum(i * size, m - size)
-        rows = jax.lax.dynamic_slice_in_dim(basis, start, size, 0)  # (size, b, n_max)
-        idx = start + jnp.arange(size)
-        coef = jnp.einsum("rbn,bn->rb", rows, w)
-        coef = jnp.where(((idx >= i * size) & (idx < num_rows))[:, None], coef, 0)
-        return w - jnp.einsum("rbn,rb->bn", rows, coef)
-
-    def one_pass(w):
-        return jax.lax.fori_loop(0, (num_rows + size - 1) // size, chunk, w)
-
-    before = jnp.sum(w * w, axis=1)
-    w = one_pass(w)
-    again = jnp.any(jnp.sum(w * w, axis=1) < before / 2)
-    return jax.lax.cond(again, one_pass, lambda w: w, w)
-
-
-def _unit_rows(w: Array) -> tuple[Array, Array]:
-    norms = jnp.linalg.norm(w, axis=1)
-    return w / jnp.where(norms > 0, norms, 1)[:, None], norms
-
-
-def _block_step(state: _BlockState, w: Array) -> _BlockState:
-    """One lockstep Lanczos step of every block given w = D q in padded form (b, n_max)."""
-    basis, alpha, beta, q, j, norm, key, valid, sizes = state
-    eps, tiny = jnp.finfo(w.dtype).eps, jnp.finfo(w.dtype).tiny
-    active = j < sizes  # blocks still below their dimension
-    w = w * active[:, None]
-    a = jnp.sum(q * w, axis=1)
-    w, nrm = _unit_rows(_block_orthogonalise(basis, w, j + 1))
-    norm = jnp.maximum(norm, jnp.sqrt(a * a + nrm * nrm))
-    breakdown = nrm <= 100 * eps * jnp.maximum(norm, tiny)
-    # Invariant subspace: a block with room left restarts from a random in-block vector
-    # orthogonal to its basis (beta = 0); an exhausted block (j + 1 = n_i) gets zeros and stops.
-    restart = active & breakdown & (j + 1 < sizes)
-
-    def fresh(w):
-        r = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype) * valid
-        r = _unit_rows(_block_orthogonalise(basis, r, j + 1))[0]
-        return jnp.where(restart[:, None], r, w)
-
-    w = jnp.where((active & ~breakdown)[:, None], w, 0)
-    q_next = jax.lax.cond(jnp.any(restart), fresh, lambda w: w, w)
-    return state._replace(
-        basis=basis.at[j + 1].set(q_next, mode="drop"),
-        alpha=alpha.at[j].set(jnp.where(active, a, 0)),
-        beta=beta.at[j].set(jnp.where(active & ~breakdown, nrm, 0)),
-        q=q_next,
-        j=j + 1,
-        norm=norm,
-    )
-
-
-def _views(state: _BlockState) -> _View:
-    """Per-block tridiagonals, batched over blocks: alpha, beta (b, m), j (b,)."""
-    return _View(state.alpha.T, state.beta.T, jnp.minimum(state.j, state.sizes))
+    eigenvalues: Array
+    eigenvectors: Array
+    residuals: Array
+    converged: Array
+    num_steps: Array
+    num_matvecs: int | Array
 
 
 @functools.partial(jax.jit, static_argnames=("k", "which", "num_steps", "tol"))
-def _block_eigsh(diag_op, pos, gather, valid, sizes, v0, key, k, which, num_steps, tol):
-    """pos (n,): padded flat position of every index; gather (b·n_max,): index into the packed
-    vector (n for padding, which reads a zero) of every padded slot."""
-    nb, n_max = valid.shape
-    dtype = v0.dtype
-
-    def unpack(v):
-        return jnp.concatenate([v, jnp.zeros((1,), dtype)])[gather].reshape(nb, n_max)
-
-    def pack(x):
-        return x.reshape(-1, *x.shape[2:])[pos]
-
-    q = _unit_rows(unpack(v0))[0]
-    zeros = jnp.zeros((num_steps, nb), dtype)
-    state = _BlockState(
-        basis=jnp.zeros((num_steps, nb, n_max), dtype).at[0].set(q),
-        alpha=zeros,
-        beta=zeros,
-        q=q,
-        j=jnp.int32(0),
-        norm=jnp.zeros((nb,), dtype),
-        key=key,
-        valid=valid,
-        sizes=sizes,
-    )
-
-    def all_converged(state):
-        ok = jax.vmap(lambda v: _converged(v, k, which, tol))(_views(state))
-        return jnp.all((state.j >= state.sizes) | ok)
+def _block_eigsh(diag_op, ids, sizes, v0, key, k, which, num_steps, tol):
+    state = krylov.init(v0, num_steps, key, ids, sizes)
 
     def cond(carry):
         state, done = carry
         return (state.j < num_steps) & ~done
 
     def body(carry):
-        state = carry[0]
-        state = _block_step(state, unpack(diag_op.matvec(pack(state.q))))
-        return state, jnp.bool_(False) if tol is None else all_converged(state)
+        state = krylov.step(carry[0], diag_op.matvec(carry[0].q))
+        done = state.bad >= 0
+        if tol is not None:
+            done = done | krylov.converged(state, k, which, tol)
+        return state, done
 
     state, _ = jax.lax.while_loop(cond, body, (state, jnp.bool_(False)))
-    views = _views(state)
-    final_tol = tol if tol is not None else float(np.sqrt(np.finfo(dtype).eps))
-    with jax.enable_x64(True):  # the small tridiagonal eigenproblems in float64
-        views64 = _View(views.alpha.astype(jnp.float64), views.beta.astype(jnp.float64), views.j)
-        theta, s, residuals, scale = jax.vmap(lambda v: _ritz(v, k, which))(views64)
-        if which == "BE":
-            order = jnp.argsort(-theta, axis=1)
-            theta = jnp.take_along_axis(theta, order, 1)
-            residuals = jnp.take_along_axis(residuals, order, 1)
-            s = jnp.take_along_axis(s, order[:, None, :], 2)
-        converged = residuals <= final_tol * scale[:, None]
-        theta, s, residuals = theta.astype(dtype), s.astype(dtype), residuals.astype(dtype)
-    vectors = jnp.einsum("rbn,brk->bnk", state.basis, s)  # (b, n_max, k)
-    return EigshResult(theta, pack(vectors), residuals, converged, views.j)
+    r = krylov.final_ritz(state, k, which)
+    bad = state.bad >= 0
+    final_tol = krylov.default_tol(v0.dtype) if tol is None else tol
+    with jax.enable_x64(True):
+        converged = (r.residuals <= final_tol * r.scale[:, None]) & ~bad
+    result = BlockEigshResult(
+        eigenvalues=jnp.where(bad, jnp.nan, r.values),
+        eigenvectors=krylov.ritz_vectors(state, r.vectors),
+        residuals=r.residuals,
+        converged=converged,
+        num_steps=krylov.block_steps(state),
+        num_matvecs=state.matvecs,
+    )
+    return result, state.bad
 
 
 def block_eigsh(
     op: Operator,
-    block_ids,
-    num_blocks: int,
+    partition: Partition,
     k: int = 1,
     *,
     key: Array,
@@ -276,65 +158,90 @@ def block_eigsh(
     num_steps: int | None = None,
     tol: float | None = 1e-4,
     block_diagonal: Operator | None = None,
-) -> EigshResult:
+) -> BlockEigshResult:
     """k eigenpairs of every diagonal block A_ii, all blocks in one compiled Lanczos.
 
     The blocks are disjoint, so b independent Lanczos recurrences (full reorthogonalisation)
-    run in lockstep on a padded (b, max_i n_i) layout: a step is one product with the
-    block-diagonal operator D = Σ_i P_i A P_i (P_i the 0/1 mask of block i) and dense
-    row-wise orthogonalisation; memory is an (m, b, max_i n_i) basis. D is
-    built from `op` with one masked product per block (vmapped), or passed as `block_diagonal`
-    when a cheaper product exists (e.g. `curvature.layer_block_diagonal`, which differentiates
-    each layer only w.r.t. its own parameters). The loop stops when every block meets `tol`
-    (as in `eigsh`) or after `num_steps`; block i takes at most n_i steps.
+    run in lockstep on the packed vector: a step is one product with the block-diagonal
+    operator D = Σ_i P_i A P_i (P_i the 0/1 mask of block i) and per-block inner products;
+    memory is one (m, n) basis (ragged: no padding to the largest block). D is built from `op`
+    with one masked product per block (vmapped), or passed as `block_diagonal` when a cheaper
+    product exists (e.g. `curvature.layer_block_diagonal`, which differentiates each layer
+    only w.r.t. its own parameters); a passed D is checked with 2⌈log2 b⌉ probe products to
+    have no coupling between blocks. The loop stops when every block meets `tol` (in (0, 1),
+    as in `eigsh`) or after `num_steps`; block i takes at most n_i steps. num_steps defaults
+    to max_i default_num_steps(k, n_i).
 
-    Returns an `EigshResult` over blocks: eigenvalues (b, k), residuals (b, k), converged
-    (b, k), num_matvecs (b,) Lanczos steps per block (each step of the loop costs one product
-    with D), and eigenvectors (n, k) PACKED: rows of block i hold block i's k eigenvectors
-    (each of unit norm within its block). num_steps defaults to max_i default_num_steps(k, n_i).
+    Raises FloatingPointError when a product is not finite (see `eigsh`).
     """
-    if not is_traceable(op):
-        raise ValueError("block_eigsh needs an in-memory Operator (data=, not batches=)")
-    ids = check_block_ids(block_ids, num_blocks, op.size)
-    sizes = np.bincount(ids, minlength=num_blocks)
+    partition = _in_memory(op, "block_eigsh", partition)
+    _checks.check_dtype(op.dtype)
+    krylov.check_which(which)
+    sizes = partition.sizes
     _checks.check_k(k, int(sizes.min()), "k (every block needs more than k indices)")
     if num_steps is None:
         num_steps = max(default_num_steps(k, int(s)) for s in sizes)
     _checks.check_steps(num_steps, k, int(sizes.max()))
-    if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be positive or None, got {tol!r}")
+    _checks.check_tol(tol, allow_none=True)
     _checks.check_key(key)
     if block_diagonal is None:
-        block_diagonal = block_diagonal_operator(op, ids, num_blocks)
-    elif block_diagonal.size != op.size:
-        raise ValueError(f"block_diagonal has size {block_diagonal.size}, op has {op.size}")
+        block_diagonal = block_diagonal_operator(op, partition)
+    else:
+        if block_diagonal.size != op.size:
+            raise ValueError(f"block_diagonal has size {block_diagonal.size}, op has {op.size}")
+        check_block_diagonal(block_diagonal, partition, key)
     key, start_key = jax.random.split(key)
     v0 = jax.random.normal(start_key, (op.size,), op.dtype)
-    n_max = int(sizes.max())
-    order = np.argsort(ids, kind="stable")
-    rank = np.empty(op.size, np.int64)
-    rank[order] = np.arange(op.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    pos = ids.astype(np.int64) * n_max + rank
-    gather = np.full(num_blocks * n_max, op.size, np.int64)
-    gather[pos] = np.arange(op.size)
-    valid = (np.arange(n_max)[None, :] < sizes[:, None]).astype(op.dtype)
-    return _block_eigsh(
-        block_diagonal, jnp.asarray(pos, jnp.int32), jnp.asarray(gather, jnp.int32),
-        jnp.asarray(valid), jnp.asarray(sizes, jnp.int32), v0, key, k, which,
+    ids = None if partition.num_blocks == 1 else jnp.asarray(partition.block_ids)
+    result, bad = _block_eigsh(
+        block_diagonal, ids, jnp.asarray(sizes, jnp.int32), v0, key, k, which,
         int(num_steps), tol,
     )  # fmt: skip
+    _checks.raise_if_nonfinite(bad, "block_eigsh")
+    return _checks.concrete_matvecs(result)
 
 
 def _block_diagonal_product(v: Array, op: Operator, masks: Array) -> Array:
     return jnp.sum(jax.vmap(lambda m: m * op.matvec(m * v))(masks), axis=0)
 
 
-def block_diagonal_operator(op: Operator, block_ids, num_blocks: int) -> Operator:
+def block_diagonal_operator(op: Operator, partition: Partition) -> Operator:
     """D = Σ_i P_i A P_i: the block-diagonal part of A, one masked product per block (vmapped,
     so memory grows with b · n for the tangents)."""
-    ids = check_block_ids(block_ids, num_blocks, op.size)
-    masks = jnp.asarray(ids[None, :] == np.arange(num_blocks)[:, None], op.dtype)
+    partition = _in_memory(op, "block_diagonal_operator", partition)
+    ids = partition.block_ids
+    masks = jnp.asarray(ids[None, :] == np.arange(partition.num_blocks)[:, None], op.dtype)
     return Operator(_block_diagonal_product, (op, masks), op.size, op.dtype)
+
+
+@jax.jit
+def _leakage(op: Operator, probes: Array, support: Array) -> Array:
+    out = jax.vmap(op.matvec)(probes)
+    return jnp.sqrt(jnp.sum((out * (1 - support)) ** 2) / jnp.maximum(jnp.sum(out**2), 1e-300))
+
+
+def check_block_diagonal(block_diagonal: Operator, partition: Partition, key: Array) -> None:
+    """Raise unless `block_diagonal` maps every block into itself.
+
+    Probes: for every bit t of the block index, a random vector on the blocks whose bit t is 0
+    and one on the others; any two blocks differ in some bit, so a coupling A_ij, i != j,
+    puts mass outside some probe's support. Costs 2⌈log2 b⌉ products (none for b = 1)."""
+    b = partition.num_blocks
+    if b == 1 or not _checks.is_concrete(key):
+        return
+    ids = partition.block_ids
+    bits = int(np.ceil(np.log2(b)))
+    support = np.stack([((ids >> t) & 1) == side for t in range(bits) for side in (0, 1)])
+    support = jnp.asarray(support, block_diagonal.dtype)
+    g = jax.random.normal(jax.random.fold_in(key, 7), support.shape, block_diagonal.dtype)
+    leak = float(_leakage(block_diagonal, g * support, support))
+    tol = 100 * float(jnp.finfo(block_diagonal.dtype).eps) ** 0.5
+    if not leak <= tol:
+        raise ValueError(
+            f"block_diagonal couples different blocks (relative leakage {leak:.2e} > {tol:.1e}):"
+            " pass the block-diagonal part (curvature.layer_block_diagonal or "
+            "linalg.block_diagonal_operator), not the full operator"
+        )
 
 
 # ----------------------------------------------------------------------------- norms
@@ -351,26 +258,25 @@ class BlockNorms(NamedTuple):
     num_matvecs: int
 
 
-@functools.partial(jax.jit, static_argnames=("num_blocks", "batch_size"))
-def _column_sq(op, probes, ids, num_blocks, batch_size):
+@functools.partial(jax.jit, static_argnames=("num_blocks", "block_size"))
+def _column_sq(op, probes, ids, num_blocks, block_size):
     """Per-probe squared norms of each row block of A @ probes: (p, n) probes -> (p, b)."""
 
     def one(v):
         w = op.matvec(v)
         return jax.ops.segment_sum(w * w, ids, num_segments=num_blocks)
 
-    return jax.lax.map(one, probes, batch_size=batch_size)
+    return jax.lax.map(one, probes, batch_size=block_size)
 
 
 def block_frobenius_sq(
     op: Operator,
-    block_ids,
-    num_blocks: int,
+    partition: Partition,
     *,
     columns=None,
     num_probes: int | None = None,
     key: Array | None = None,
-    batch_size: int | None = None,
+    block_size: int | None = None,
 ) -> BlockNorms:
     """‖A_ij‖²_F for all row blocks i and the column blocks j in `columns` (default all).
 
@@ -378,15 +284,15 @@ def block_frobenius_sq(
     num_probes None: exact, v runs over the n_j unit vectors of block j (n_j products).
     Otherwise `num_probes` Gaussian vectors on block j: an unbiased estimate with standard
     error std/√num_probes (needs `key`). With all columns and probes, the estimate is averaged
-    with its transpose (‖A_ij‖ = ‖A_ji‖), which halves its variance. `batch_size` products are
+    with its transpose (‖A_ij‖ = ‖A_ji‖), which halves its variance. `block_size` products are
     vmapped at a time (default all probes of a block).
     """
-    if not is_traceable(op):
-        raise ValueError("block_frobenius_sq needs an in-memory Operator (data=, not batches=)")
-    ids = check_block_ids(block_ids, num_blocks, op.size)
-    cols = np.arange(num_blocks) if columns is None else np.asarray(columns, np.int32).ravel()
+    partition = _in_memory(op, "block_frobenius_sq", partition)
+    _checks.check_block_size(block_size)
+    num_blocks, ids = partition.num_blocks, partition.block_ids
+    cols = np.arange(num_blocks) if columns is None else np.asarray(columns).ravel()
     for j in cols:
-        _block_index(ids, int(j), num_blocks)
+        partition.indices(int(j))
     if num_probes is not None:
         _checks.check_positive(num_probes, "num_probes")
         if num_probes < 2:
@@ -401,7 +307,7 @@ def block_frobenius_sq(
         else:
             g = jax.random.normal(jax.random.fold_in(key, int(j)), (num_probes, idx.size))
             probes = jnp.zeros((num_probes, op.size), op.dtype).at[:, idx].set(g.astype(op.dtype))
-        per_probe = _column_sq(op, probes, ids_dev, num_blocks, batch_size)
+        per_probe = _column_sq(op, probes, ids_dev, num_blocks, block_size)
         spent += probes.shape[0]
         if num_probes is None:
             sq.append(per_probe.sum(0))
@@ -415,11 +321,11 @@ def block_frobenius_sq(
     return BlockNorms(sq, se, cols, spent)
 
 
-def dense_block_frobenius_sq(matrix: Array, block_ids, num_blocks: int) -> Array:
+def dense_block_frobenius_sq(matrix: Array, partition: Partition) -> Array:
     """Exact (b, b) ‖A_ij‖²_F of a dense (n, n) matrix."""
     matrix = jnp.asarray(matrix)
-    ids = check_block_ids(block_ids, num_blocks, matrix.shape[0])
-    onehot = jax.nn.one_hot(ids, num_blocks, dtype=matrix.dtype)
+    as_partition(partition).check_size(matrix.shape[0])
+    onehot = jax.nn.one_hot(partition.block_ids, partition.num_blocks, dtype=matrix.dtype)
     return onehot.T @ (matrix * matrix) @ onehot
 
 

@@ -94,6 +94,8 @@ def is_traceable(op: LinearOperatorLike) -> bool:
 
 def apply_block(op: LinearOperatorLike, vs: Array, block_size: int | None = None) -> Array:
     """A @ vs for (size, p) vs, `block_size` columns at a time (all at once by default)."""
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
     if is_traceable(op):
         return _apply_block_traced(op, vs, block_size)
     return jnp.stack([op.matvec(v) for v in vs.T], axis=1)

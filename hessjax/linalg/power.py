@@ -31,7 +31,8 @@ def _power_traced(op: Operator, key: Array, k: int, max_iters: int, tol: float) 
         def cond(c):
             _, lam, lam_prev, it, _ = c
             change = jnp.abs(lam - lam_prev) / (jnp.abs(lam_prev) + 1e-6)
-            return (it < max_iters) & ((it < 2) | (change >= tol))
+            stop = (change < tol) | ~jnp.isfinite(lam)
+            return (it < max_iters) & ((it < 2) | ~stop)
 
         def body(c):
             v, lam, _, it, _ = c
@@ -39,7 +40,15 @@ def _power_traced(op: Operator, key: Array, k: int, max_iters: int, tol: float) 
             w = op.matvec(v)
             new_lam = jnp.vdot(v, w)
             res = jnp.linalg.norm(w - new_lam * v)
-            return w / jnp.linalg.norm(w), new_lam, lam, it + 1, res
+            norm = jnp.linalg.norm(w)
+            # A v = 0: v is an eigenvector with λ = 0; keep it (w / 0 would be NaN)
+            return (
+                jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1), v),
+                new_lam,
+                lam,
+                it + 1,
+                res,
+            )
 
         inf = jnp.asarray(jnp.inf, dtype)
         v, lam, _, it, res = lax.while_loop(cond, body, (v, inf, inf, 0, inf))
@@ -53,7 +62,8 @@ def _power_traced(op: Operator, key: Array, k: int, max_iters: int, tol: float) 
 
     init = (found, jnp.zeros((k,), dtype), jnp.zeros((k,), dtype), jnp.zeros((k,), jnp.int32))
     found, values, residuals, iters = lax.fori_loop(0, k, one_pair, init)
-    return EigshResult(values, found.T, residuals, iters < max_iters, jnp.sum(iters))
+    ok = (iters < max_iters) & jnp.isfinite(values)
+    return EigshResult(values, found.T, residuals, ok, jnp.sum(iters))
 
 
 def power_iteration(
@@ -64,11 +74,22 @@ def power_iteration(
     Each pair iterates v <- A v / ‖A v‖ (v kept orthogonal to the pairs already found) until the
     Rayleigh quotient changes by less than `tol` relative, or `max_iters` products. Eigenvalues
     (k,) come in the order found (roughly descending |λ|); residuals are ‖A v - λ v‖ from the
-    last iteration, `converged` is False for pairs that hit `max_iters`.
+    last iteration, `converged` is False for pairs that hit `max_iters`. tol must lie in
+    (0, 1). On a zero operator every pair has λ = 0 and residual 0.
     """
     if not isinstance(op, Operator):
         raise TypeError("power_iteration needs a traceable Operator (data as a pytree of arrays)")
+    _checks.check_dtype(op.dtype)
     _checks.check_k(k, op.size)
     _checks.check_positive(max_iters, "max_iters")
+    _checks.check_tol(tol)
     _checks.check_key(key)
-    return _power_traced(op, key, int(k), int(max_iters), float(tol))
+    result = _power_traced(op, key, int(k), int(max_iters), float(tol))
+    if _checks.is_concrete(result.eigenvalues) and not bool(
+        jnp.all(jnp.isfinite(result.eigenvalues))
+    ):
+        raise FloatingPointError(
+            "power_iteration: a product returned NaN or inf (the loss or its derivatives are "
+            "not finite for these parameters and data)"
+        )
+    return _checks.concrete_matvecs(result)

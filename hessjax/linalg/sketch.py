@@ -103,8 +103,10 @@ def sketch_eigh(
         of a block is block_size tangents.
     """
     n = op.size
+    _checks.check_dtype(op.dtype)
     _checks.check_key(key)
     _checks.check_positive(k, "k")
+    _checks.check_block_size(block_size)
     outer = 2 * k if outer is None else outer
     inner = 2 * outer if inner is None else inner
     _checks.check_positive(outer, "outer")

@@ -13,8 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hessjax.linalg import _checks
-from hessjax.linalg.lanczos import _init, _run, _run_host, tridiag_eigh
+from hessjax.linalg import _checks, krylov
+from hessjax.linalg.lanczos import tridiag_eigh
 from hessjax.linalg.operator import LinearOperatorLike, is_traceable
 from hessjax.linalg.trace import probes
 
@@ -44,11 +44,12 @@ def _quadrature(alpha: Array, beta: Array) -> tuple[Array, Array]:
 @functools.partial(jax.jit, static_argnames=("num_steps",))
 def _slq_traced(op, vs, key, num_steps):
     def one(v, key):
-        state = _run(op, _init(v, num_steps, key), num_steps)
-        return _quadrature(state.alpha, state.beta)
+        state = krylov.run(op, krylov.init(v, num_steps, key), num_steps)
+        return (*_quadrature(state.alpha[0], state.beta[0]), state.bad)
 
     keys = jax.random.split(key, vs.shape[1])
-    return jax.vmap(one, in_axes=(1, 0))(vs, keys)
+    nodes, weights, bad = jax.vmap(one, in_axes=(1, 0))(vs, keys)
+    return nodes, weights, jnp.max(bad)
 
 
 def slq(
@@ -56,20 +57,25 @@ def slq(
 ) -> SpectralQuadrature:
     """SLQ with `num_probes` Rademacher probes and `num_steps` Lanczos steps each.
 
-    Traceable operators batch all probes in one vmapped, jitted Lanczos run.
+    Traceable operators batch all probes in one vmapped, jitted Lanczos run. Raises
+    FloatingPointError when a product is not finite (see `eigsh`).
     """
+    _checks.check_dtype(op.dtype)
     _checks.check_positive(num_probes, "num_probes")
     _checks.check_steps(num_steps, 1, op.size)
     _checks.check_key(key)
     k_probe, k_run = jax.random.split(key)
     vs = probes(k_probe, op.size, num_probes, op.dtype)
     if is_traceable(op):
-        nodes, weights = _slq_traced(op, vs, k_run, int(num_steps))
+        nodes, weights, bad = _slq_traced(op, vs, k_run, int(num_steps))
+        _checks.raise_if_nonfinite(bad, "slq")
         return SpectralQuadrature(nodes, weights)
     out = []
     for p in range(num_probes):
-        state = _run_host(op, _init(vs[:, p], num_steps, jax.random.fold_in(k_run, p)), num_steps)
-        out.append(jax.jit(_quadrature)(state.alpha, state.beta))
+        state = krylov.init(vs[:, p], num_steps, jax.random.fold_in(k_run, p))
+        state = krylov.run_host(op, state, num_steps)
+        _checks.raise_if_nonfinite(state.bad, "slq")
+        out.append(jax.jit(_quadrature)(state.alpha[0], state.beta[0]))
     nodes, weights = (jnp.stack(x) for x in zip(*out, strict=True))
     return SpectralQuadrature(nodes, weights)
 

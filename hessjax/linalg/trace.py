@@ -6,6 +6,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hessjax.linalg import _checks
 from hessjax.linalg.operator import LinearOperatorLike, apply_block
@@ -16,7 +17,7 @@ Probe = Literal["rademacher", "gaussian"]
 
 class TraceEstimate(NamedTuple):
     """estimate: () trace estimate; stderr: () its standard error from the probe sample
-    (of the stochastic part, for Hutch++); num_matvecs: () products spent."""
+    (of the stochastic part, for Hutch++); num_matvecs: int, products spent."""
 
     estimate: Array
     stderr: Array
@@ -50,11 +51,13 @@ def hutchinson(
 
     Products are taken `block_size` probes at a time (all at once by default).
     """
+    _checks.check_dtype(op.dtype)
     _checks.check_positive(num_probes, "num_probes")
+    _checks.check_block_size(block_size)
     _checks.check_key(key)
     vs = probes(key, op.size, num_probes, op.dtype, probe)
     samples = jnp.sum(vs * apply_block(op, vs, block_size), axis=0)
-    return TraceEstimate(*_mean_and_stderr(samples), num_probes)
+    return TraceEstimate(*_mean_and_stderr(samples), int(num_probes))
 
 
 def hutchpp(
@@ -65,10 +68,12 @@ def hutchpp(
     Uses num_matvecs (a multiple of 3, >= 3) products: num_matvecs/3 to sketch the range,
     num_matvecs/3 for the trace on it, num_matvecs/3 Rademacher probes for the remainder.
     """
-    if not isinstance(num_matvecs, int) or num_matvecs < 3 or num_matvecs % 3:
+    _checks.check_dtype(op.dtype)
+    _checks.check_block_size(block_size)
+    if not isinstance(num_matvecs, int | np.integer) or num_matvecs < 3 or num_matvecs % 3:
         raise ValueError(f"num_matvecs must be a positive multiple of 3, got {num_matvecs!r}")
     _checks.check_key(key)
-    m = num_matvecs // 3
+    m = int(num_matvecs) // 3
     if m >= op.size:
         raise ValueError(f"num_matvecs/3 = {m} must be smaller than the operator size {op.size}")
     k_sketch, k_probe = jax.random.split(key)
@@ -77,4 +82,4 @@ def hutchpp(
     g = probes(k_probe, op.size, m, op.dtype)
     g = g - q @ (q.T @ g)
     rest, stderr = _mean_and_stderr(jnp.sum(g * apply_block(op, g, block_size), axis=0))
-    return TraceEstimate(top + rest, stderr, num_matvecs)
+    return TraceEstimate(top + rest, stderr, int(num_matvecs))
