@@ -31,8 +31,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from hessjax import curvature, models, plotting, training
+from experiments import common, figures
+from hessjax import curvature, models, training
 from hessjax.analysis import blocks as analysis_blocks
 from hessjax.data import gaussian_mixture
 from hessjax.linalg import block_frobenius_sq, block_ratios
@@ -282,7 +282,7 @@ def _static_figure(res: dict, cfg: ml_collections.ConfigDict, workdir: str) -> N
                for b, f in per_block.items()}
         for loss, per_block in res["slopes"].items()
     }  # fmt: skip
-    plotting.plot_static_force(
+    figures.plot_static_force(
         res["num_classes"],
         res["ratios"],
         fits,
@@ -300,14 +300,13 @@ def _dynamic_figure(res: dict, cfg: ml_collections.ConfigDict, workdir: str) -> 
     def series(suffix):
         return {lab: [r[f"norm_{k}{suffix}"] for r in recs] for k, lab in labels.items()}
 
-    plotting.plot_dynamic_force(
+    figures.plot_dynamic_force(
         [r["step"] for r in recs],
         [r["loss"] for r in recs],
         series(""),
         os.path.join(workdir, "dynamic_force.png"),
         cross=labels["WV"],
         stderr=None if res["norms"] == "exact" else series("_stderr"),
-        log_steps=cfg.spacing == "log",
         title=f"dynamic force: {cfg.loss}, {cfg.optimizer} lr {cfg.learning_rate}, Gaussian "
         f"mixture C={cfg.num_classes}, d={cfg.dim}, width={cfg.width} ({res['norms']} norms)",
     )
@@ -316,14 +315,14 @@ def _dynamic_figure(res: dict, cfg: ml_collections.ConfigDict, workdir: str) -> 
 def _layerwise_figures(res: dict, cfg: ml_collections.ConfigDict, workdir: str) -> None:
     m = res["model"]
     arch = f"{res['dataset']}, {m['kind']} {tuple(m['widths'])} {m['activation']}"
-    plotting.plot_block_ratios(
+    figures.plot_block_ratios(
         res["block_ratios"],
         res["block_names"],
         os.path.join(workdir, "block_ratios.png"),
         title=f"{arch}: log10 ‖H_ij‖²_F / ‖H_ii‖²_F ({res['norms']})",
     )
     blocks, whole = res["top_eigenvalues"][:-1], res["top_eigenvalues"][-1]
-    plotting.plot_layerwise_top(
+    figures.plot_layerwise_top(
         [r["block"] for r in blocks],
         [r["top_eigenvalue"] for r in blocks],
         whole["top_eigenvalue"],

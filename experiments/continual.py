@@ -40,9 +40,9 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from experiments import common
+from experiments import common, figures
 from hessjax import continual as cl
-from hessjax import curvature, plotting, training
+from hessjax import curvature, training
 from hessjax.analysis import trajectory
 
 # Values used for config fields left at 0 / (): (permuted) MNIST-1D by default, MNIST / Fashion.
@@ -568,7 +568,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     curves = {name: np.stack(ms)[:, :, 0] for name, ms in matrices.items()}
-    plotting.plot_first_task_accuracy(
+    figures.plot_first_task_accuracy(
         curves,
         os.path.join(workdir, "first_task_accuracy.png"),
         title=f"{seq.name}, {config.model.kind} {tuple(config.model.widths)}, "

@@ -33,8 +33,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from hessjax import curvature, linalg, models, plotting, training
+from experiments import common, figures
+from hessjax import curvature, linalg, models, training
 from hessjax.analysis import kronecker as kron_analysis
 from hessjax.data import gaussian_mixture, microbatches
 from hessjax.data.dataset import Dataset
@@ -354,7 +354,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         json.dump(results, f, indent=1)
 
     title = f"{ds.name}, MLP {tuple(config.model.widths)}+{num_classes} {config.model.activation}"
-    plotting.plot_overlap_curves(
+    figures.plot_overlap_curves(
         {n: per_layer[n]["overlap_exact_vs_kron"] for n in layers},
         os.path.join(workdir, "overlap_vs_k.png"),
         title=f"exact layer Hessian vs Kronecker approximation\n{title}",
@@ -363,14 +363,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reference_label="at init",
     )
     if cross:
-        plotting.plot_overlap_curves(
+        figures.plot_overlap_curves(
             {n: cross[n]["exact"] for n in layers},
             os.path.join(workdir, "cross_seed_overlap.png"),
             title=f"top layer-Hessian eigenspaces, seed {config.seed} vs seed {seed_b}\n{title}",
             marks=(num_classes, 2 * num_classes),
         )
     if outliers is not None:
-        plotting.plot_outliers_vs_classes(
+        figures.plot_outliers_vs_classes(
             outliers["runs"],
             os.path.join(workdir, "outliers_vs_classes.png"),
             title=f"Gaussian mixtures (dim {config.outliers.dim}), "

@@ -43,8 +43,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from hessjax import curvature, linalg, plotting, training
+from experiments import common, figures
+from hessjax import curvature, linalg, training
 from hessjax.data import Dataset, class_balanced_subset, load_dataset, microbatches
 
 NUM_TOP = 20  # eigenvalues by |λ| written to results.json per checkpoint (all in spectra.npz)
@@ -426,13 +426,13 @@ def _plot(results, spectra, workdir, config) -> None:
         if all(v is not None for v in values):
             rnd[k] = ([v["mean"] for v in values], [v["std"] for v in values])
     name = f"{results['dataset']}, {config.model.kind} {tuple(config.model.widths)}"
-    plotting.plot_mask_overlap(
+    figures.plot_mask_overlap(
         steps, exact, sketch, {k: results["chance"][str(k)] for k in ks}, rnd,
         os.path.join(workdir, "mask_overlap.png"),
         title=f"{name}, {results['num_params']} params: top-k |θ| mask vs top-k |λ| eigenspace",
         layerwise=series("exact", "layerwise_overlap") or series("sketch", "layerwise_overlap"),
     )  # fmt: skip
-    plotting.plot_sketch_accuracy(
+    figures.plot_sketch_accuracy(
         steps,
         [None if len(v) == 0 else v for v in spectra["exact"]],
         spectra["sketch"],

@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from hessjax import curvature, linalg, plotting, training
+from experiments import common, figures
+from hessjax import curvature, linalg, training
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -118,7 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    plotting.plot_spectrum(
+    figures.plot_spectrum(
         grid,
         density,
         top.eigenvalues,

@@ -43,8 +43,8 @@ import optax
 from absl import logging
 from scipy import stats
 
-from experiments import common
-from hessjax import curvature, linalg, plotting, training
+from experiments import common, figures
+from hessjax import curvature, linalg, training
 from hessjax.analysis import trajectory, weights
 
 
@@ -426,37 +426,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     title = (f"{ds.name}, {config.model.kind} {tuple(config.model.widths)} "
              f"{config.model.activation}, {config.train.optimizer} η={config.train.learning_rate}, "
              f"{n} params")  # fmt: skip
-    plotting.plot_overlap_curves(
+    figures.plot_overlap_curves(
         {"PCA of weights": pca_out["weights"]["overlap"],
          "PCA of updates": pca_out["updates"]["overlap"]},
         os.path.join(workdir, "pca_vs_hessian_overlap.png"),
         title=f"top-k PCA subspace vs top-k Hessian eigenspace, steps {traj.steps[0]}.."
         f"{traj.steps[-1]}\n{title}",
     )  # fmt: skip
-    plotting.plot_drift_mode(
+    figures.plot_drift_mode(
         drift.steps, drift.coordinates, pca_fits["weights"].explained_variance_ratio,
         pca_fits["updates"].explained_variance_ratio,
         os.path.join(workdir, "drift_mode.png"),
         title=f"drift mode: {100 * drift.explained_variance_ratio:.1f}% of the weight variance, "
         f"dᵀHd = {drift_out['curvature']:.3g} (λ₁ = {values[0]:.3g})\n{title}",
     )  # fmt: skip
-    plotting.plot_quadratic_fit(
+    figures.plot_quadratic_fit(
         probe.steps[:-1], qfit.coordinates[1:] - qfit.coordinates[:-1], qfit.decay.ratio,
         qfit.decay.log_amplitude, qfit.eigenvalues, qfit.fitted,
         os.path.join(workdir, "quadratic_fit.png"),
         title=f"quadratic model along the top eigenvectors, GD probe η={fit_out['learning_rate']}"
         f"\n{title}",
     )  # fmt: skip
-    plotting.plot_weight_alignment(
+    figures.plot_weight_alignment(
         align.eigenvalues, align.global_cos, dict(zip(align.names, align.layer_cos, strict=True)),
         align.global_chance, os.path.join(workdir, "weight_alignment.png"),
         title=f"eigenvector alignment with the weights\n{title}",
     )  # fmt: skip
-    plotting.plot_svd_overlap(
+    figures.plot_svd_overlap(
         svd_mats, os.path.join(workdir, "svd_overlap.png"),
         title=f"|<u_i v_iᵀ, e_j>|² per kernel\n{title}",
     )  # fmt: skip
-    plotting.plot_svd_curvature(
+    figures.plot_svd_curvature(
         {name: v[0] for name, v in svd_curv.items()},
         {name: v[1] for name, v in svd_curv.items()},
         {name: v[2] for name, v in svd_curv.items()},
