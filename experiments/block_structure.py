@@ -15,13 +15,14 @@ Three parts, each switched by config.<part>.enabled:
   c. layer-wise structure of a trained MLP (config.data): the layer block-ratio matrix and
      each layer's top eigenvalue beside the whole network's.
 
-Writes into the workdir: results.json, static_force.png, dynamic_force.png, block_ratios.png
-and layerwise_top.png (figures of the enabled parts).
+Writes into the workdir the figures of the enabled parts (static_force.png,
+dynamic_force.png, block_ratios.png, layerwise_top.png) and, last, results.json; the previous
+run's copies are deleted first. params_layerwise.ckpt (part c's trained params) is reused when
+the same data/model/train config is run again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -38,6 +39,87 @@ from hessjax.data import gaussian_mixture
 from hessjax.linalg import block_frobenius_sq, block_ratios
 
 LOSSES = {"ce": curvature.cross_entropy, "mse": curvature.mse}
+OUTPUTS = (
+    "results.json", "static_force.png", "dynamic_force.png", "block_ratios.png",
+    "layerwise_top.png",
+)  # fmt: skip
+NORMS = ("exact", "estimate", "auto")
+_MIXTURE_TRAIN = "at most the mixture's training samples (80 % of dynamic.num_samples)"
+RULES = (
+    common.DATA_RULES
+    | common.MODEL_RULES
+    | common.TRAIN_RULES
+    | {
+        "seed": common.ANY_INT,
+        "static.enabled": common.BOOL,
+        "static.num_classes": common.Rule(
+            lambda v: common.ints_at_least(2).test(v) and len(v) >= 2,
+            "a tuple of >= 2 class counts, each >= 2 (for a slope)",
+        ),
+        "static.losses": common.subset_of(("ce", "mse")),
+        "static.input_dim": common.POSITIVE_INT,
+        "static.width": common.POSITIVE_INT,
+        "static.num_samples": common.POSITIVE_INT,
+        "static.probed": common.POSITIVE_INT,
+        "dynamic.enabled": common.BOOL,
+        "dynamic.loss": common.one_of("ce", "mse"),
+        "dynamic.num_classes": common.int_at_least(2),
+        "dynamic.dim": common.POSITIVE_INT,
+        "dynamic.width": common.POSITIVE_INT,
+        "dynamic.num_samples": common.int_at_least(2),
+        "dynamic.separation": common.POSITIVE,
+        "dynamic.optimizer": common.one_of("adam", "sgd"),
+        "dynamic.learning_rate": common.POSITIVE,
+        "dynamic.steps": common.POSITIVE_INT,
+        "dynamic.batch_size": common.POSITIVE_INT,
+        "dynamic.num_checkpoints": common.int_at_least(2),
+        "dynamic.spacing": common.one_of("log", "linear"),
+        "dynamic.hessian_samples": common.POSITIVE_INT,
+        "dynamic.microbatch_size": common.POSITIVE_INT,
+        "dynamic.norms": common.one_of(*NORMS),
+        "dynamic.exact_max_params": common.POSITIVE_INT,
+        "dynamic.num_probes": common.int_at_least(2),
+        "layerwise.enabled": common.BOOL,
+        "layerwise.hessian_samples": common.POSITIVE_INT,
+        "layerwise.microbatch_size": common.POSITIVE_INT,
+        "layerwise.norms": common.one_of(*NORMS),
+        "layerwise.exact_max_params": common.POSITIVE_INT,
+        "layerwise.num_probes": common.int_at_least(2),
+        "layerwise.tol": common.POSITIVE,
+    }
+)
+RELATIONS = (
+    common.Relation(
+        "dynamic.hessian_samples",
+        lambda c: c.dynamic.hessian_samples <= round(0.8 * c.dynamic.num_samples),
+        _MIXTURE_TRAIN,
+    ),
+    common.Relation(
+        "dynamic.batch_size",
+        lambda c: c.dynamic.batch_size <= round(0.8 * c.dynamic.num_samples),
+        _MIXTURE_TRAIN,
+    ),
+    common.Relation(
+        "dynamic.microbatch_size",
+        lambda c: c.dynamic.microbatch_size <= c.dynamic.hessian_samples,
+        "at most dynamic.hessian_samples",
+    ),
+    common.Relation(
+        "layerwise.hessian_samples",
+        lambda c: c.layerwise.hessian_samples <= common.num_train_samples(c.data),
+        "at most the number of training samples",
+    ),
+    common.Relation(
+        "layerwise.microbatch_size",
+        lambda c: c.layerwise.microbatch_size <= c.layerwise.hessian_samples,
+        "at most layerwise.hessian_samples",
+    ),
+    common.Relation(
+        "train.batch_size",
+        lambda c: c.train.batch_size <= common.num_train_samples(c.data),
+        "at most the number of training samples",
+    ),
+)
 THEORY_SLOPES = {"ce": {"output": -2.0, "hidden": -1.0}, "mse": {"output": "exactly zero"}}
 
 
@@ -333,7 +415,8 @@ def _layerwise_figures(res: dict, cfg: ml_collections.ConfigDict, workdir: str) 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run the enabled parts; returns the results dict that is also written to results.json."""
-    os.makedirs(workdir, exist_ok=True)
+    common.validate(config, RULES, RELATIONS)
+    common.prepare_workdir(workdir, OUTPUTS)
     static_key, dynamic_key, layer_key = jax.random.split(jax.random.key(config.seed), 3)
     results: dict = {"config": config.to_dict(), "seconds": {}}
     start = time.perf_counter()
@@ -353,8 +436,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("part %s done in %.1f s", name, results["seconds"][name])
 
     results["seconds"]["total"] = time.perf_counter() - start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info(
         "wrote results.json and figures to %s (%.1f s)", workdir, results["seconds"]["total"]
     )

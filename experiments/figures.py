@@ -12,13 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.common import write_atomic  # noqa: E402
+
 
 def _save(fig, path: str, title: str = "") -> None:
-    """Title (if any), tight layout, write `path` as PNG at 120 dpi, close the figure."""
+    """Title (if any), tight layout, write `path` as PNG at 120 dpi (atomically), close the
+    figure."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 

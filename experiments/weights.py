@@ -22,16 +22,15 @@ the weights θ_t and the updates Δ_t. Then, at the trained params:
   kernel block's own eigenvectors, and every eigenvector's alignment |cos(e_j, θ)| (globally
   and per layer) vs its eigenvalue.
 
-Writes into the workdir: results.json, pca_vs_hessian_overlap.png, drift_mode.png,
-quadratic_fit.png, weight_alignment.png, svd_overlap.png, svd_curvature.png, and
-params_weights.msgpack/.json + trajectory_weights.npz (reused when the same
-data/model/train/record config is run again).
+Writes into the workdir: pca_vs_hessian_overlap.png, drift_mode.png, quadratic_fit.png,
+weight_alignment.png, svd_overlap.png, svd_curvature.png and, last, results.json (the previous
+run's copies are deleted first), and the checkpoint params_weights.ckpt of the trained params
+and snapshots (reused when the same data/model/train/record config is run again).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 
@@ -47,6 +46,59 @@ from experiments import common, figures
 from hessjax import curvature, linalg, training
 from hessjax.analysis import trajectory, weights
 
+OUTPUTS = (
+    "results.json", "pca_vs_hessian_overlap.png", "drift_mode.png", "quadratic_fit.png",
+    "weight_alignment.png", "svd_overlap.png", "svd_curvature.png",
+)  # fmt: skip
+RULES = (
+    common.DATA_RULES
+    | common.MODEL_RULES
+    | common.TRAIN_RULES
+    | {
+        "seed": common.ANY_INT,
+        "record.capacity": common.int_at_least(2),
+        "record.every": common.POSITIVE_INT,
+        "hessian.num_samples": common.POSITIVE_INT,
+        "hessian.microbatch_size": common.POSITIVE_INT,
+        "hessian.top_k": common.POSITIVE_INT,
+        "hessian.bottom_k": common.NONNEGATIVE_INT,
+        "hessian.num_steps": common.NONNEGATIVE_INT,
+        "hessian.tol": common.POSITIVE,
+        "hessian.layer_k": common.NONNEGATIVE_INT,
+        "pca.k": common.POSITIVE_INT,
+        "pca.ks": common.ints_at_least(1),
+        "fit.num_directions": common.POSITIVE_INT,
+        "fit.steps": common.int_at_least(3),
+        "fit.learning_rate": common.real_in(0.0, closed=True),
+        "fit.rel_floor": common.PROBABILITY,
+        "svd.num_show": common.POSITIVE_INT,
+        "svd.num_top": common.POSITIVE_INT,
+        "svd.trace_probes": common.int_at_least(2),
+    }
+)
+RELATIONS = (
+    common.Relation(
+        "hessian.num_samples",
+        lambda c: c.hessian.num_samples <= common.num_train_samples(c.data),
+        "at most the number of training samples",
+    ),
+    common.Relation(
+        "hessian.microbatch_size",
+        lambda c: c.hessian.microbatch_size <= c.hessian.num_samples,
+        "at most hessian.num_samples",
+    ),
+    common.Relation(
+        "train.batch_size",
+        lambda c: c.train.batch_size <= common.num_train_samples(c.data),
+        "at most the number of training samples",
+    ),
+    common.Relation(
+        "record.every",
+        lambda c: 2 * c.record.every <= c.train.steps,
+        "at most train.steps / 2 (PCA needs >= 2 snapshots)",
+    ),
+)
+
 
 def _floats(values, digits: int = 6) -> list:
     return [None if not np.isfinite(v) else round(float(v), digits) for v in np.ravel(values)]
@@ -57,21 +109,17 @@ def train_recorded(config, workdir: str, loss_fn, params, ds, key):
     history and snapshots from the workdir when they were written under the same config.
     Returns (params, history, Trajectory)."""
     t, r = config.train, config.record
-    fingerprint = json.dumps(
-        {k: config[k].to_dict() for k in ("data", "model", "train", "record")}
-        | {"seed": config.seed},
-        sort_keys=True,
-        default=str,
-    )
-    ckpt = os.path.join(workdir, "params_weights.msgpack")
-    meta = os.path.join(workdir, "params_weights.json")
-    snaps = os.path.join(workdir, "trajectory_weights.npz")
-    loaded = common.load_checkpoint(ckpt, meta, fingerprint, params)
-    if loaded is not None and os.path.exists(snaps):
-        with np.load(snaps) as z:
-            traj = trajectory.Trajectory(z["steps"], z["params"], z["updates"])
+    fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train", "record")}
+    fingerprint |= {"seed": config.seed}
+    ckpt = os.path.join(workdir, "params_weights.ckpt")
+    empty = np.zeros(0)  # snapshot arrays are restored whatever their shape
+    target = {"params": params, "trajectory": {"steps": empty, "params": empty, "updates": empty}}
+    loaded = common.load_checkpoint(ckpt, fingerprint, target)
+    if loaded is not None:
+        state, meta = loaded
+        traj = trajectory.Trajectory(**state["trajectory"])
         logging.info("resumed trained params and %d snapshots from %s", len(traj.steps), ckpt)
-        return loaded[0], loaded[1]["history"], traj
+        return state["params"], meta["history"], traj
 
     optimizer = optax.chain(
         training.make_optimizer(t.optimizer, t.learning_rate),
@@ -84,8 +132,8 @@ def train_recorded(config, workdir: str, loss_fn, params, ds, key):
         log=lambda s, v: logging.info("train step %d/%d: loss %.4f", s, t.steps, v),
     )  # fmt: skip
     traj = trajectory.read_snapshots(opt_state)
-    np.savez(snaps, steps=traj.steps, params=traj.params, updates=traj.updates)
-    common.save_checkpoint(ckpt, meta, fingerprint, params, {"history": history})
+    state = {"params": params, "trajectory": traj._asdict()}
+    common.save_checkpoint(ckpt, fingerprint, state, {"history": history})
     return params, history, traj
 
 
@@ -323,7 +371,8 @@ def svd_part(config, loss_fn, params, data, op, vectors, values, h, key):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run the whole job; returns the results dict that is also written to results.json."""
-    os.makedirs(workdir, exist_ok=True)
+    common.validate(config, RULES, RELATIONS)
+    common.prepare_workdir(workdir, OUTPUTS)
     h = config.hessian
     key = jax.random.key(config.seed)
     k_init, k_train, k_top, k_bottom, k_layer, k_trace = jax.random.split(key, 6)
@@ -465,8 +514,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )  # fmt: skip
     seconds["figures"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json and figures to %s (%.1f s)", workdir, seconds["total"])
     return results
 
