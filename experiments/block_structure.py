@@ -44,81 +44,57 @@ OUTPUTS = (
     "layerwise_top.png",
 )  # fmt: skip
 NORMS = ("exact", "estimate", "auto")
-_MIXTURE_TRAIN = "at most the mixture's training samples (80 % of dynamic.num_samples)"
-RULES = (
-    common.DATA_RULES
-    | common.MODEL_RULES
-    | common.TRAIN_RULES
-    | {
-        "seed": common.ANY_INT,
-        "static.enabled": common.BOOL,
-        "static.num_classes": common.Rule(
-            lambda v: common.ints_at_least(2).test(v) and len(v) >= 2,
-            "a tuple of >= 2 class counts, each >= 2 (for a slope)",
-        ),
-        "static.losses": common.subset_of(("ce", "mse")),
-        "static.input_dim": common.POSITIVE_INT,
-        "static.width": common.POSITIVE_INT,
-        "static.num_samples": common.POSITIVE_INT,
-        "static.probed": common.POSITIVE_INT,
-        "dynamic.enabled": common.BOOL,
-        "dynamic.loss": common.one_of("ce", "mse"),
-        "dynamic.num_classes": common.int_at_least(2),
-        "dynamic.dim": common.POSITIVE_INT,
-        "dynamic.width": common.POSITIVE_INT,
-        "dynamic.num_samples": common.int_at_least(2),
-        "dynamic.separation": common.POSITIVE,
-        "dynamic.optimizer": common.one_of("adam", "sgd"),
-        "dynamic.learning_rate": common.POSITIVE,
-        "dynamic.steps": common.POSITIVE_INT,
-        "dynamic.batch_size": common.POSITIVE_INT,
-        "dynamic.num_checkpoints": common.int_at_least(2),
-        "dynamic.spacing": common.one_of("log", "linear"),
-        "dynamic.hessian_samples": common.POSITIVE_INT,
-        "dynamic.microbatch_size": common.POSITIVE_INT,
-        "dynamic.norms": common.one_of(*NORMS),
-        "dynamic.exact_max_params": common.POSITIVE_INT,
-        "dynamic.num_probes": common.int_at_least(2),
-        "layerwise.enabled": common.BOOL,
-        "layerwise.hessian_samples": common.POSITIVE_INT,
-        "layerwise.microbatch_size": common.POSITIVE_INT,
-        "layerwise.norms": common.one_of(*NORMS),
-        "layerwise.exact_max_params": common.POSITIVE_INT,
-        "layerwise.num_probes": common.int_at_least(2),
-        "layerwise.tol": common.POSITIVE,
-    }
-)
+_MIXTURE_TRAIN = "the mixture's training samples (80 % of dynamic.num_samples)"
+
+
+def _mixture_train(c: ml_collections.ConfigDict) -> int:
+    return round(0.8 * c.dynamic.num_samples)
+
+
+RULES = common.SHARED_RULES | {
+    "static.enabled": common.BOOL,
+    "static.num_classes": common.Rule(
+        lambda v: common.ints_at_least(2).test(v) and len(v) >= 2,
+        "a tuple of >= 2 class counts, each >= 2 (for a slope)",
+    ),
+    "static.losses": common.subset_of(("ce", "mse")),
+    "static.input_dim": common.POSITIVE_INT,
+    "static.width": common.POSITIVE_INT,
+    "static.num_samples": common.POSITIVE_INT,
+    "static.probed": common.POSITIVE_INT,
+    "dynamic.enabled": common.BOOL,
+    "dynamic.loss": common.one_of("ce", "mse"),
+    "dynamic.num_classes": common.int_at_least(2),
+    "dynamic.dim": common.POSITIVE_INT,
+    "dynamic.width": common.POSITIVE_INT,
+    "dynamic.num_samples": common.int_at_least(2),
+    "dynamic.separation": common.POSITIVE,
+    "dynamic.optimizer": common.one_of("adam", "sgd"),
+    "dynamic.learning_rate": common.POSITIVE,
+    "dynamic.steps": common.POSITIVE_INT,
+    "dynamic.batch_size": common.POSITIVE_INT,
+    "dynamic.num_checkpoints": common.int_at_least(2),
+    "dynamic.spacing": common.one_of("log", "linear"),
+    "dynamic.hessian_samples": common.POSITIVE_INT,
+    "dynamic.microbatch_size": common.POSITIVE_INT,
+    "dynamic.norms": common.one_of(*NORMS),
+    "dynamic.exact_max_params": common.POSITIVE_INT,
+    "dynamic.num_probes": common.int_at_least(2),
+    "layerwise.enabled": common.BOOL,
+    "layerwise.hessian_samples": common.POSITIVE_INT,
+    "layerwise.microbatch_size": common.POSITIVE_INT,
+    "layerwise.norms": common.one_of(*NORMS),
+    "layerwise.exact_max_params": common.POSITIVE_INT,
+    "layerwise.num_probes": common.int_at_least(2),
+    "layerwise.tol": common.POSITIVE,
+}
 RELATIONS = (
-    common.Relation(
-        "dynamic.hessian_samples",
-        lambda c: c.dynamic.hessian_samples <= round(0.8 * c.dynamic.num_samples),
-        _MIXTURE_TRAIN,
-    ),
-    common.Relation(
-        "dynamic.batch_size",
-        lambda c: c.dynamic.batch_size <= round(0.8 * c.dynamic.num_samples),
-        _MIXTURE_TRAIN,
-    ),
-    common.Relation(
-        "dynamic.microbatch_size",
-        lambda c: c.dynamic.microbatch_size <= c.dynamic.hessian_samples,
-        "at most dynamic.hessian_samples",
-    ),
-    common.Relation(
-        "layerwise.hessian_samples",
-        lambda c: c.layerwise.hessian_samples <= common.num_train_samples(c.data),
-        "at most the number of training samples",
-    ),
-    common.Relation(
-        "layerwise.microbatch_size",
-        lambda c: c.layerwise.microbatch_size <= c.layerwise.hessian_samples,
-        "at most layerwise.hessian_samples",
-    ),
-    common.Relation(
-        "train.batch_size",
-        lambda c: c.train.batch_size <= common.num_train_samples(c.data),
-        "at most the number of training samples",
-    ),
+    common.at_most("dynamic.hessian_samples", _mixture_train, _MIXTURE_TRAIN),
+    common.at_most("dynamic.batch_size", _mixture_train, _MIXTURE_TRAIN),
+    common.at_most("dynamic.microbatch_size", "dynamic.hessian_samples"),
+    common.at_most_train_samples("layerwise.hessian_samples"),
+    common.at_most("layerwise.microbatch_size", "layerwise.hessian_samples"),
+    common.at_most_train_samples("train.batch_size"),
 )
 THEORY_SLOPES = {"ce": {"output": -2.0, "hidden": -1.0}, "mse": {"output": "exactly zero"}}
 

@@ -174,6 +174,10 @@ MODEL_RULES: dict[str, Rule] = {
 }
 
 
+# Every binary's RULES extend these (rules for fields a config lacks are skipped).
+SHARED_RULES: dict[str, Rule] = DATA_RULES | TRAIN_RULES | MODEL_RULES | {"seed": ANY_INT}
+
+
 @dataclasses.dataclass(frozen=True)
 class Relation:
     """A check across fields: test(config) must hold; reported under `field`."""
@@ -181,6 +185,29 @@ class Relation:
     field: str
     test: Callable[[ml_collections.ConfigDict], bool]
     demand: str
+
+
+def field_value(config: ml_collections.ConfigDict, field: str) -> Any:
+    """config's value at a dotted `field` ('hessian.num_samples')."""
+    for key in field.split("."):
+        config = config[key]
+    return config
+
+
+def at_most(
+    field: str, bound: str | Callable[[ml_collections.ConfigDict], int], what: str = ""
+) -> Relation:
+    """Relation config.<field> <= bound: another dotted field, or bound(config) described by
+    `what`."""
+    if isinstance(bound, str):
+        what, other = what or bound, bound
+        bound = lambda c: field_value(c, other)  # noqa: E731
+    return Relation(field, lambda c: field_value(c, field) <= bound(c), f"at most {what}")
+
+
+def at_most_train_samples(field: str, data: Callable = lambda c: c.data) -> Relation:
+    """Relation config.<field> <= `num_train_samples(data(config))`."""
+    return at_most(field, lambda c: num_train_samples(data(c)), "the number of training samples")
 
 
 def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

@@ -455,50 +455,41 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
     )
 
 
-RULES = (
-    common.DATA_RULES
-    | common.MODEL_RULES
-    | common.TRAIN_RULES
-    | {
-        "seeds": common.ints_at_least(0),
-        "strategies": common.subset_of(STRATEGY_NAMES),
-        "data.name": common.one_of(*DATASET_DEFAULTS),
-        "tasks.kind": common.one_of("permuted", "split"),
-        "tasks.num_tasks": common.int_at_least(2),
-        "tasks.pairs": common.Rule(
-            lambda v: (
-                isinstance(v, tuple | list)
-                and all(common.ints_at_least(0).test(p) and len(p) == 2 for p in v)
-            ),
-            "a tuple of (class, class) pairs (empty: (0, 1), (2, 3), ...)",
+RULES = common.SHARED_RULES | {
+    "seeds": common.ints_at_least(0),
+    "strategies": common.subset_of(STRATEGY_NAMES),
+    "data.name": common.one_of(*DATASET_DEFAULTS),
+    "tasks.kind": common.one_of("permuted", "split"),
+    "tasks.num_tasks": common.int_at_least(2),
+    "tasks.pairs": common.Rule(
+        lambda v: (
+            isinstance(v, tuple | list)
+            and all(common.ints_at_least(0).test(p) and len(p) == 2 for p in v)
         ),
-        "tasks.remap": common.BOOL,
-        "tasks.train_size": common.NONNEGATIVE_INT,
-        "tasks.test_size": common.NONNEGATIVE_INT,
-        "train.reset_optimizer": common.BOOL,
-        "memory.num_samples": common.POSITIVE_INT,
-        "memory.microbatch_size": common.POSITIVE_INT,
-        "ewc.strength": common.POSITIVE,
-        "ogd.num_samples": common.POSITIVE_INT,
-        "gpm.num_samples": common.POSITIVE_INT,
-        "gpm.threshold": common.PROBABILITY,
-        "gpm.threshold_increment": common.real_in(0.0, 1.0, closed=True),
-        "hessian.k": common.POSITIVE_INT,
-        "hessian.num_steps": common.NONNEGATIVE_INT,
-        "hessian.tol": common.POSITIVE,
-        "hessian.penalty_strength": common.POSITIVE,
-        "weight_svd.k": common.POSITIVE_INT,
-        "update_pca.k": common.POSITIVE_INT,
-        "update_pca.num_records": common.POSITIVE_INT,
-        "checkpoint": common.BOOL,
-    }
-)
-RELATIONS = (
-    common.Relation(
-        "memory.microbatch_size",
-        lambda c: c.memory.microbatch_size <= c.memory.num_samples,
-        "at most memory.num_samples",
+        "a tuple of (class, class) pairs (empty: (0, 1), (2, 3), ...)",
     ),
+    "tasks.remap": common.BOOL,
+    "tasks.train_size": common.NONNEGATIVE_INT,
+    "tasks.test_size": common.NONNEGATIVE_INT,
+    "train.reset_optimizer": common.BOOL,
+    "memory.num_samples": common.POSITIVE_INT,
+    "memory.microbatch_size": common.POSITIVE_INT,
+    "ewc.strength": common.POSITIVE,
+    "ogd.num_samples": common.POSITIVE_INT,
+    "gpm.num_samples": common.POSITIVE_INT,
+    "gpm.threshold": common.PROBABILITY,
+    "gpm.threshold_increment": common.real_in(0.0, 1.0, closed=True),
+    "hessian.k": common.POSITIVE_INT,
+    "hessian.num_steps": common.NONNEGATIVE_INT,
+    "hessian.tol": common.POSITIVE,
+    "hessian.penalty_strength": common.POSITIVE,
+    "weight_svd.k": common.POSITIVE_INT,
+    "update_pca.k": common.POSITIVE_INT,
+    "update_pca.num_records": common.POSITIVE_INT,
+    "checkpoint": common.BOOL,
+}
+RELATIONS = (
+    common.at_most("memory.microbatch_size", "memory.num_samples"),
     common.Relation(
         "update_pca.num_records",
         lambda c: (

@@ -40,41 +40,31 @@ from hessjax.data import gaussian_mixture, microbatches
 from hessjax.data.dataset import Dataset
 
 OUTPUTS = ("results.json", "overlap_vs_k.png", "cross_seed_overlap.png", "outliers_vs_classes.png")
-RULES = (
-    common.DATA_RULES
-    | common.MODEL_RULES
-    | common.TRAIN_RULES
-    | {
-        "seed": common.ANY_INT,
-        "hessian.num_samples": common.POSITIVE_INT,
-        "hessian.chunk_size": common.POSITIVE_INT,
-        "hessian.top_k": common.NONNEGATIVE_INT,
-        "hessian.dense_max_size": common.POSITIVE_INT,
-        "hessian.microbatch_size": common.POSITIVE_INT,
-        "hessian.tol": common.POSITIVE,
-        "hessian.num_lowrank": common.POSITIVE_INT,
-        "hessian.at_init": common.BOOL,
-        "cross_seed.enabled": common.BOOL,
-        "cross_seed.offset": common.Rule(
-            lambda v: common.ANY_INT.test(v) and v != 0, "a nonzero integer"
-        ),
-        "outliers.enabled": common.BOOL,
-        "outliers.num_classes": common.ints_at_least(2),
-        "outliers.num_samples": common.int_at_least(2),
-        "outliers.dim": common.POSITIVE_INT,
-        "outliers.separation": common.POSITIVE,
-        "outliers.steps": common.POSITIVE_INT,
-        "outliers.top_factor": common.POSITIVE_INT,
-        "outliers.min_top": common.POSITIVE_INT,
-        "outliers.rel_floor": common.PROBABILITY,
-    }
-)
-RELATIONS = (
-    common.Relation(
-        "hessian.num_samples",
-        lambda c: c.hessian.num_samples <= common.num_train_samples(c.data),
-        "at most the number of training samples",
+RULES = common.SHARED_RULES | {
+    "hessian.num_samples": common.POSITIVE_INT,
+    "hessian.chunk_size": common.POSITIVE_INT,
+    "hessian.top_k": common.NONNEGATIVE_INT,
+    "hessian.dense_max_size": common.POSITIVE_INT,
+    "hessian.microbatch_size": common.POSITIVE_INT,
+    "hessian.tol": common.POSITIVE,
+    "hessian.num_lowrank": common.POSITIVE_INT,
+    "hessian.at_init": common.BOOL,
+    "cross_seed.enabled": common.BOOL,
+    "cross_seed.offset": common.Rule(
+        lambda v: common.ANY_INT.test(v) and v != 0, "a nonzero integer"
     ),
+    "outliers.enabled": common.BOOL,
+    "outliers.num_classes": common.ints_at_least(2),
+    "outliers.num_samples": common.int_at_least(2),
+    "outliers.dim": common.POSITIVE_INT,
+    "outliers.separation": common.POSITIVE,
+    "outliers.steps": common.POSITIVE_INT,
+    "outliers.top_factor": common.POSITIVE_INT,
+    "outliers.min_top": common.POSITIVE_INT,
+    "outliers.rel_floor": common.PROBABILITY,
+}
+RELATIONS = (
+    common.at_most_train_samples("hessian.num_samples"),
     common.Relation(
         "train.batch_size",
         lambda c: (

@@ -55,45 +55,29 @@ from hessjax.data import (
 )
 
 OUTPUTS = ("results.json", "spectra.npz", "mask_overlap.png", "sketch_accuracy.png")
-RULES = (
-    common.DATA_RULES
-    | common.MODEL_RULES
-    | common.TRAIN_RULES
-    | {
-        "seed": common.ANY_INT,
-        "data.name": common.one_of("auto", *DATASET_NAMES),
-        "data.resize": common.NONNEGATIVE_INT,
-        "train.steps": common.Rule(
-            lambda v: v == 0, "0 (unused: config.checkpoints are the steps)"
-        ),
-        "checkpoints": common.ints_at_least(0),
-        "hessian.num_samples": common.POSITIVE_INT,
-        "hessian.microbatch_size": common.POSITIVE_INT,
-        "overlap.ks": common.ints_at_least(1),
-        "overlap.num_random_masks": common.POSITIVE_INT,
-        "overlap.layerwise": common.BOOL,
-        "exact.enabled": common.BOOL,
-        "exact.max_params": common.POSITIVE_INT,
-        "exact.block_size": common.POSITIVE_INT,
-        "sketch.k": common.POSITIVE_INT,
-        "sketch.outer": common.NONNEGATIVE_INT,
-        "sketch.inner": common.NONNEGATIVE_INT,
-        "sketch.test_matrix": common.one_of("gaussian", "rademacher", "srtt"),
-        "sketch.error_probes": common.POSITIVE_INT,
-        "sketch.block_size": common.NONNEGATIVE_INT,
-    }
-)
+RULES = common.SHARED_RULES | {
+    "data.name": common.one_of("auto", *DATASET_NAMES),
+    "data.resize": common.NONNEGATIVE_INT,
+    "train.steps": common.Rule(lambda v: v == 0, "0 (unused: config.checkpoints are the steps)"),
+    "checkpoints": common.ints_at_least(0),
+    "hessian.num_samples": common.POSITIVE_INT,
+    "hessian.microbatch_size": common.POSITIVE_INT,
+    "overlap.ks": common.ints_at_least(1),
+    "overlap.num_random_masks": common.POSITIVE_INT,
+    "overlap.layerwise": common.BOOL,
+    "exact.enabled": common.BOOL,
+    "exact.max_params": common.POSITIVE_INT,
+    "exact.block_size": common.POSITIVE_INT,
+    "sketch.k": common.POSITIVE_INT,
+    "sketch.outer": common.NONNEGATIVE_INT,
+    "sketch.inner": common.NONNEGATIVE_INT,
+    "sketch.test_matrix": common.one_of("gaussian", "rademacher", "srtt"),
+    "sketch.error_probes": common.POSITIVE_INT,
+    "sketch.block_size": common.NONNEGATIVE_INT,
+}
 RELATIONS = (
-    common.Relation(
-        "hessian.num_samples",
-        lambda c: c.hessian.num_samples <= common.num_train_samples(_resolved_data(c.data)),
-        "at most the number of training samples",
-    ),
-    common.Relation(
-        "hessian.microbatch_size",
-        lambda c: c.hessian.microbatch_size <= c.hessian.num_samples,
-        "at most hessian.num_samples",
-    ),
+    common.at_most_train_samples("hessian.num_samples", lambda c: _resolved_data(c.data)),
+    common.at_most("hessian.microbatch_size", "hessian.num_samples"),
     common.Relation(
         "sketch.outer",
         lambda c: c.sketch.outer == 0 or c.sketch.outer >= c.sketch.k,

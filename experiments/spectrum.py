@@ -24,47 +24,29 @@ from experiments import common, figures
 from hessjax import curvature, linalg, training
 
 OUTPUTS = ("results.json", "eigenvectors.npy", "spectrum.png")
-RULES = (
-    common.DATA_RULES
-    | common.MODEL_RULES
-    | common.TRAIN_RULES
-    | {
-        "seed": common.ANY_INT,
-        "hessian.num_samples": common.POSITIVE_INT,
-        "hessian.microbatch_size": common.POSITIVE_INT,
-        "hessian.top_k": common.POSITIVE_INT,
-        "hessian.num_steps": common.NONNEGATIVE_INT,
-        "hessian.tol": common.POSITIVE,
-        "hessian.per_layer": common.BOOL,
-        "hessian.trace_matvecs": common.Rule(
-            lambda v: common.POSITIVE_INT.test(v) and v % 3 == 0, "a positive multiple of 3"
-        ),
-        "hessian.slq_probes": common.POSITIVE_INT,
-        "hessian.slq_steps": common.POSITIVE_INT,
-        "hessian.sigma_ratio": common.POSITIVE,
-    }
-)
+RULES = common.SHARED_RULES | {
+    "hessian.num_samples": common.POSITIVE_INT,
+    "hessian.microbatch_size": common.POSITIVE_INT,
+    "hessian.top_k": common.POSITIVE_INT,
+    "hessian.num_steps": common.NONNEGATIVE_INT,
+    "hessian.tol": common.POSITIVE,
+    "hessian.per_layer": common.BOOL,
+    "hessian.trace_matvecs": common.Rule(
+        lambda v: common.POSITIVE_INT.test(v) and v % 3 == 0, "a positive multiple of 3"
+    ),
+    "hessian.slq_probes": common.POSITIVE_INT,
+    "hessian.slq_steps": common.POSITIVE_INT,
+    "hessian.sigma_ratio": common.POSITIVE,
+}
 RELATIONS = (
-    common.Relation(
-        "hessian.num_samples",
-        lambda c: c.hessian.num_samples <= common.num_train_samples(c.data),
-        "at most the number of training samples",
-    ),
-    common.Relation(
-        "hessian.microbatch_size",
-        lambda c: c.hessian.microbatch_size <= c.hessian.num_samples,
-        "at most hessian.num_samples",
-    ),
+    common.at_most_train_samples("hessian.num_samples"),
+    common.at_most("hessian.microbatch_size", "hessian.num_samples"),
     common.Relation(
         "hessian.num_steps",
         lambda c: c.hessian.num_steps == 0 or c.hessian.num_steps >= c.hessian.top_k,
         "0 (default) or at least hessian.top_k",
     ),
-    common.Relation(
-        "train.batch_size",
-        lambda c: c.train.batch_size <= common.num_train_samples(c.data),
-        "at most the number of training samples",
-    ),
+    common.at_most_train_samples("train.batch_size"),
 )
 
 

@@ -50,48 +50,30 @@ OUTPUTS = (
     "results.json", "pca_vs_hessian_overlap.png", "drift_mode.png", "quadratic_fit.png",
     "weight_alignment.png", "svd_overlap.png", "svd_curvature.png",
 )  # fmt: skip
-RULES = (
-    common.DATA_RULES
-    | common.MODEL_RULES
-    | common.TRAIN_RULES
-    | {
-        "seed": common.ANY_INT,
-        "record.capacity": common.int_at_least(2),
-        "record.every": common.POSITIVE_INT,
-        "hessian.num_samples": common.POSITIVE_INT,
-        "hessian.microbatch_size": common.POSITIVE_INT,
-        "hessian.top_k": common.POSITIVE_INT,
-        "hessian.bottom_k": common.NONNEGATIVE_INT,
-        "hessian.num_steps": common.NONNEGATIVE_INT,
-        "hessian.tol": common.POSITIVE,
-        "hessian.layer_k": common.NONNEGATIVE_INT,
-        "pca.k": common.POSITIVE_INT,
-        "pca.ks": common.ints_at_least(1),
-        "fit.num_directions": common.POSITIVE_INT,
-        "fit.steps": common.int_at_least(3),
-        "fit.learning_rate": common.real_in(0.0, closed=True),
-        "fit.rel_floor": common.PROBABILITY,
-        "svd.num_show": common.POSITIVE_INT,
-        "svd.num_top": common.POSITIVE_INT,
-        "svd.trace_probes": common.int_at_least(2),
-    }
-)
+RULES = common.SHARED_RULES | {
+    "record.capacity": common.int_at_least(2),
+    "record.every": common.POSITIVE_INT,
+    "hessian.num_samples": common.POSITIVE_INT,
+    "hessian.microbatch_size": common.POSITIVE_INT,
+    "hessian.top_k": common.POSITIVE_INT,
+    "hessian.bottom_k": common.NONNEGATIVE_INT,
+    "hessian.num_steps": common.NONNEGATIVE_INT,
+    "hessian.tol": common.POSITIVE,
+    "hessian.layer_k": common.NONNEGATIVE_INT,
+    "pca.k": common.POSITIVE_INT,
+    "pca.ks": common.ints_at_least(1),
+    "fit.num_directions": common.POSITIVE_INT,
+    "fit.steps": common.int_at_least(3),
+    "fit.learning_rate": common.real_in(0.0, closed=True),
+    "fit.rel_floor": common.PROBABILITY,
+    "svd.num_show": common.POSITIVE_INT,
+    "svd.num_top": common.POSITIVE_INT,
+    "svd.trace_probes": common.int_at_least(2),
+}
 RELATIONS = (
-    common.Relation(
-        "hessian.num_samples",
-        lambda c: c.hessian.num_samples <= common.num_train_samples(c.data),
-        "at most the number of training samples",
-    ),
-    common.Relation(
-        "hessian.microbatch_size",
-        lambda c: c.hessian.microbatch_size <= c.hessian.num_samples,
-        "at most hessian.num_samples",
-    ),
-    common.Relation(
-        "train.batch_size",
-        lambda c: c.train.batch_size <= common.num_train_samples(c.data),
-        "at most the number of training samples",
-    ),
+    common.at_most_train_samples("hessian.num_samples"),
+    common.at_most("hessian.microbatch_size", "hessian.num_samples"),
+    common.at_most_train_samples("train.batch_size"),
     common.Relation(
         "record.every",
         lambda c: 2 * c.record.every <= c.train.steps,
