@@ -15,13 +15,14 @@ Three parts, each switched by config.<part>.enabled:
   c. layer-wise structure of a trained MLP (config.data): the layer block-ratio matrix and
      each layer's top eigenvalue beside the whole network's.
 
-Writes into the workdir: results.json, static_force.png, dynamic_force.png, block_ratios.png
-and layerwise_top.png (figures of the enabled parts).
+Writes into the workdir the figures of the enabled parts (static_force.png,
+dynamic_force.png, block_ratios.png, layerwise_top.png) and, last, results.json; the previous
+run's copies are deleted first. params_layerwise.ckpt (part c's trained params) is reused when
+the same data/model/train config is run again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -31,13 +32,70 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from hessjax import curvature, models, plotting, training
+from experiments import common, figures
+from hessjax import curvature, models, training
 from hessjax.analysis import blocks as analysis_blocks
 from hessjax.data import gaussian_mixture
 from hessjax.linalg import block_frobenius_sq, block_ratios
 
 LOSSES = {"ce": curvature.cross_entropy, "mse": curvature.mse}
+OUTPUTS = (
+    "results.json", "static_force.png", "dynamic_force.png", "block_ratios.png",
+    "layerwise_top.png",
+)  # fmt: skip
+NORMS = ("exact", "estimate", "auto")
+_MIXTURE_TRAIN = "the mixture's training samples (80 % of dynamic.num_samples)"
+
+
+def _mixture_train(c: ml_collections.ConfigDict) -> int:
+    return round(0.8 * c.dynamic.num_samples)
+
+
+RULES = common.SHARED_RULES | {
+    "static.enabled": common.BOOL,
+    "static.num_classes": common.Rule(
+        lambda v: common.ints_at_least(2).test(v) and len(v) >= 2,
+        "a tuple of >= 2 class counts, each >= 2 (for a slope)",
+    ),
+    "static.losses": common.subset_of(("ce", "mse")),
+    "static.input_dim": common.POSITIVE_INT,
+    "static.width": common.POSITIVE_INT,
+    "static.num_samples": common.POSITIVE_INT,
+    "static.probed": common.POSITIVE_INT,
+    "dynamic.enabled": common.BOOL,
+    "dynamic.loss": common.one_of("ce", "mse"),
+    "dynamic.num_classes": common.int_at_least(2),
+    "dynamic.dim": common.POSITIVE_INT,
+    "dynamic.width": common.POSITIVE_INT,
+    "dynamic.num_samples": common.int_at_least(2),
+    "dynamic.separation": common.POSITIVE,
+    "dynamic.optimizer": common.one_of("adam", "sgd"),
+    "dynamic.learning_rate": common.POSITIVE,
+    "dynamic.steps": common.POSITIVE_INT,
+    "dynamic.batch_size": common.POSITIVE_INT,
+    "dynamic.num_checkpoints": common.int_at_least(2),
+    "dynamic.spacing": common.one_of("log", "linear"),
+    "dynamic.hessian_samples": common.POSITIVE_INT,
+    "dynamic.microbatch_size": common.POSITIVE_INT,
+    "dynamic.norms": common.one_of(*NORMS),
+    "dynamic.exact_max_params": common.POSITIVE_INT,
+    "dynamic.num_probes": common.int_at_least(2),
+    "layerwise.enabled": common.BOOL,
+    "layerwise.hessian_samples": common.POSITIVE_INT,
+    "layerwise.microbatch_size": common.POSITIVE_INT,
+    "layerwise.norms": common.one_of(*NORMS),
+    "layerwise.exact_max_params": common.POSITIVE_INT,
+    "layerwise.num_probes": common.int_at_least(2),
+    "layerwise.tol": common.POSITIVE,
+}
+RELATIONS = (
+    common.at_most("dynamic.hessian_samples", _mixture_train, _MIXTURE_TRAIN),
+    common.at_most("dynamic.batch_size", _mixture_train, _MIXTURE_TRAIN),
+    common.at_most("dynamic.microbatch_size", "dynamic.hessian_samples"),
+    common.at_most_train_samples("layerwise.hessian_samples"),
+    common.at_most("layerwise.microbatch_size", "layerwise.hessian_samples"),
+    common.at_most_train_samples("train.batch_size"),
+)
 THEORY_SLOPES = {"ce": {"output": -2.0, "hidden": -1.0}, "mse": {"output": "exactly zero"}}
 
 
@@ -280,7 +338,7 @@ def _static_figure(res: dict, cfg: ml_collections.ConfigDict, workdir: str) -> N
                for b, f in per_block.items()}
         for loss, per_block in res["slopes"].items()
     }  # fmt: skip
-    plotting.plot_static_force(
+    figures.plot_static_force(
         res["num_classes"],
         res["ratios"],
         fits,
@@ -298,14 +356,13 @@ def _dynamic_figure(res: dict, cfg: ml_collections.ConfigDict, workdir: str) -> 
     def series(suffix):
         return {lab: [r[f"norm_{k}{suffix}"] for r in recs] for k, lab in labels.items()}
 
-    plotting.plot_dynamic_force(
+    figures.plot_dynamic_force(
         [r["step"] for r in recs],
         [r["loss"] for r in recs],
         series(""),
         os.path.join(workdir, "dynamic_force.png"),
         cross=labels["WV"],
         stderr=None if res["norms"] == "exact" else series("_stderr"),
-        log_steps=cfg.spacing == "log",
         title=f"dynamic force: {cfg.loss}, {cfg.optimizer} lr {cfg.learning_rate}, Gaussian "
         f"mixture C={cfg.num_classes}, d={cfg.dim}, width={cfg.width} ({res['norms']} norms)",
     )
@@ -314,14 +371,14 @@ def _dynamic_figure(res: dict, cfg: ml_collections.ConfigDict, workdir: str) -> 
 def _layerwise_figures(res: dict, cfg: ml_collections.ConfigDict, workdir: str) -> None:
     m = res["model"]
     arch = f"{res['dataset']}, {m['kind']} {tuple(m['widths'])} {m['activation']}"
-    plotting.plot_block_ratios(
+    figures.plot_block_ratios(
         res["block_ratios"],
         res["block_names"],
         os.path.join(workdir, "block_ratios.png"),
         title=f"{arch}: log10 ‖H_ij‖²_F / ‖H_ii‖²_F ({res['norms']})",
     )
     blocks, whole = res["top_eigenvalues"][:-1], res["top_eigenvalues"][-1]
-    plotting.plot_layerwise_top(
+    figures.plot_layerwise_top(
         [r["block"] for r in blocks],
         [r["top_eigenvalue"] for r in blocks],
         whole["top_eigenvalue"],
@@ -332,7 +389,8 @@ def _layerwise_figures(res: dict, cfg: ml_collections.ConfigDict, workdir: str) 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run the enabled parts; returns the results dict that is also written to results.json."""
-    os.makedirs(workdir, exist_ok=True)
+    common.validate(config, RULES, RELATIONS)
+    common.prepare_workdir(workdir, OUTPUTS)
     static_key, dynamic_key, layer_key = jax.random.split(jax.random.key(config.seed), 3)
     results: dict = {"config": config.to_dict(), "seconds": {}}
     start = time.perf_counter()
@@ -352,8 +410,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("part %s done in %.1f s", name, results["seconds"][name])
 
     results["seconds"]["total"] = time.perf_counter() - start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info(
         "wrote results.json and figures to %s (%.1f s)", workdir, results["seconds"]["total"]
     )

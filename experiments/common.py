@@ -1,13 +1,29 @@
 """Pieces shared by the experiment binaries: command line, model, training with resume,
-Hessian data, timing."""
+checkpoints and atomic writes, Hessian data, timing.
+
+Outputs: every file a binary writes (results, arrays, figures, checkpoints) is written
+atomically by `write_atomic` (a temporary file in the same directory, fsync, `os.replace`), so
+a killed run never leaves a partial file. `prepare_workdir` deletes the binary's previous
+results and figures when it starts and each binary writes results.json last: a workdir holds
+one run's outputs, complete when results.json exists, never a mix of two runs. Checkpoints
+(`save_checkpoint`) are kept across runs: each records the hash of the config that produced it
+and a SHA-256 of its state, and one that is truncated, corrupted or of another config is
+reported with a warning and recomputed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
+import math
 import os
+import sys
+import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +33,7 @@ from flax import serialization
 from ml_collections import config_flags
 
 from hessjax import curvature, models, training
-from hessjax.data import Dataset, load_dataset, microbatches
+from hessjax.data import DATASET_NAMES, SOURCES, Dataset, load_dataset, microbatches
 
 
 def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
@@ -32,7 +48,10 @@ def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        run(split_string_tuples(config.value), workdir.value)
+        try:
+            run(split_string_tuples(config.value), workdir.value)
+        except ConfigError as err:
+            sys.exit(f"{err}")  # message on stderr, exit status 1, before any work
 
     app.run(main)
 
@@ -59,6 +78,183 @@ def split_string_tuples(config: ml_collections.ConfigDict) -> ml_collections.Con
         elif isinstance(value, tuple) and any(isinstance(v, str) for v in value):
             config[key] = as_tuple(value, str)
     return config
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class ConfigError(ValueError):
+    """Invalid config fields; the message names each field and its value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A check of one config value and what it demands ("a positive integer")."""
+
+    test: Callable[[Any], bool]
+    demand: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def int_at_least(low: int) -> Rule:
+    """An integer >= low."""
+    return Rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
+
+
+def real_in(low: float, high: float = math.inf, closed: bool = False) -> Rule:
+    """A finite number in (low, high) ([low, high] if closed)."""
+    inside = (lambda v: low <= v <= high) if closed else (lambda v: low < v < high)
+    brackets = "[]" if closed else "()"
+    return Rule(
+        lambda v: _is_real(v) and inside(v), f"a number in {brackets[0]}{low}, {high}{brackets[1]}"
+    )
+
+
+def one_of(*choices: Any) -> Rule:
+    """One of `choices`."""
+    return Rule(lambda v: v in choices, f"one of {', '.join(map(repr, choices))}")
+
+
+def ints_at_least(low: int, allow_empty: bool = False) -> Rule:
+    """A tuple of integers >= low (non-empty unless allow_empty)."""
+    return Rule(
+        lambda v: (
+            isinstance(v, tuple | list)
+            and (allow_empty or len(v) > 0)
+            and all(_is_int(x) and x >= low for x in v)
+        ),
+        f"a {'' if allow_empty else 'non-empty '}tuple of integers >= {low}",
+    )
+
+
+def subset_of(choices: Sequence[str]) -> Rule:
+    """A non-empty tuple of distinct items of `choices`."""
+    return Rule(
+        lambda v: isinstance(v, tuple | list) and 0 < len(v) == len(set(v)) <= len(choices)
+        and set(v) <= set(choices),
+        f"a non-empty tuple of distinct names from {', '.join(choices)}",
+    )  # fmt: skip
+
+
+POSITIVE_INT = int_at_least(1)
+NONNEGATIVE_INT = int_at_least(0)
+ANY_INT = Rule(_is_int, "an integer")
+POSITIVE = real_in(0.0)
+PROBABILITY = real_in(0.0, 1.0)
+BOOL = Rule(lambda v: isinstance(v, bool), "True or False")
+STRING = Rule(lambda v: isinstance(v, str), "a string")
+
+# Rules for the sections the configs share (experiments/configs/common.py and model sections).
+DATA_RULES: dict[str, Rule] = {
+    "data.name": one_of(*DATASET_NAMES),
+    "data.dir": STRING,
+    "data.source": one_of(*SOURCES),
+    "data.num_samples": int_at_least(10),
+    "data.seed": ANY_INT,
+}
+TRAIN_RULES: dict[str, Rule] = {
+    "train.optimizer": one_of("adam", "sgd"),
+    "train.learning_rate": POSITIVE,
+    "train.steps": POSITIVE_INT,
+    "train.batch_size": POSITIVE_INT,
+    "train.log_every": POSITIVE_INT,
+}
+MODEL_RULES: dict[str, Rule] = {
+    "model.kind": one_of("mlp", "conv"),
+    "model.widths": ints_at_least(1),
+    "model.activation": one_of(*sorted(models.ACTIVATIONS)),
+    "model.param_init": one_of(*models.INITS),
+}
+
+
+# Every binary's RULES extend these (rules for fields a config lacks are skipped).
+SHARED_RULES: dict[str, Rule] = DATA_RULES | TRAIN_RULES | MODEL_RULES | {"seed": ANY_INT}
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    """A check across fields: test(config) must hold; reported under `field`."""
+
+    field: str
+    test: Callable[[ml_collections.ConfigDict], bool]
+    demand: str
+
+
+def field_value(config: ml_collections.ConfigDict, field: str) -> Any:
+    """config's value at a dotted `field` ('hessian.num_samples')."""
+    for key in field.split("."):
+        config = config[key]
+    return config
+
+
+def at_most(
+    field: str, bound: str | Callable[[ml_collections.ConfigDict], int], what: str = ""
+) -> Relation:
+    """Relation config.<field> <= bound: another dotted field, or bound(config) described by
+    `what`."""
+    if isinstance(bound, str):
+        what, other = what or bound, bound
+        bound = lambda c: field_value(c, other)  # noqa: E731
+    return Relation(field, lambda c: field_value(c, field) <= bound(c), f"at most {what}")
+
+
+def at_most_train_samples(field: str, data: Callable = lambda c: c.data) -> Relation:
+    """Relation config.<field> <= `num_train_samples(data(config))`."""
+    return at_most(field, lambda c: num_train_samples(data(c)), "the number of training samples")
+
+
+def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def validate(
+    config: ml_collections.ConfigDict,
+    rules: dict[str, Rule],
+    relations: Sequence[Relation] = (),
+) -> None:
+    """Check every field of `config` against `rules` (dotted field -> Rule; rules for absent
+    fields are skipped, a field without a rule is an error), then, when all pass, the
+    `relations`. Raises ConfigError listing each failing field with its value."""
+    values = _leaves(config)
+    errors = [
+        f"config.{f} = {values[f]!r} has no validation rule" for f in values if f not in rules
+    ]
+    errors += [
+        f"config.{f} = {v!r}: must be {rules[f].demand}"
+        for f, v in values.items()
+        if f in rules and not rules[f].test(v)
+    ]
+    if not errors:
+        errors = [
+            f"config.{r.field} = {values[r.field]!r}: must be {r.demand}"
+            for r in relations
+            if not r.test(config)
+        ]
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def num_train_samples(data: ml_collections.ConfigDict) -> int:
+    """Training samples of a data config without loading it: the generators' 80 % split of
+    num_samples (mnist1d keeps 10·⌊num_samples / 10⌋), 60,000 for (Fashion-)MNIST."""
+    if data.name == "mnist1d":
+        return int(10 * (data.num_samples // 10) * 0.8)
+    if data.name == "gaussian_mixture":
+        return round(data.num_samples * 0.8)
+    return 60000
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
@@ -98,28 +294,95 @@ def init_classifier(cfg: ml_collections.ConfigDict, ds: Dataset, key: jax.Array)
     return model, params, curvature.MeanLoss(model.apply, curvature.cross_entropy)
 
 
-def load_checkpoint(state_path: str, meta_path: str, fingerprint: str, target):
-    """(state, meta) written by `save_checkpoint` under the same `fingerprint` (a string of
-    everything that determines the result): state restored into the structure of `target`
-    (flax msgpack), meta the JSON dict. None when a file is missing or the fingerprint
-    differs."""
-    if not (os.path.exists(state_path) and os.path.exists(meta_path)):
-        return None
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta["fingerprint"] != fingerprint:
-        return None
-    with open(state_path, "rb") as f:
-        return serialization.from_bytes(target, f.read()), meta
+def write_atomic(path: str, data: bytes | Callable[[BinaryIO], Any]) -> None:
+    """Write `data` (bytes, or a function writing to a binary file object, e.g.
+    `lambda f: np.save(f, x)`) to `path` atomically: a temporary file in the same directory,
+    flushed and fsynced, then `os.replace`d over `path`. Readers see the old file or the new
+    one, never a partial one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
-def save_checkpoint(state_path: str, meta_path: str, fingerprint: str, state, meta: dict):
-    """Write `state` (a pytree, flax msgpack) and `meta` | {fingerprint} (JSON)."""
-    os.makedirs(os.path.dirname(state_path) or ".", exist_ok=True)
-    with open(state_path, "wb") as f:
-        f.write(serialization.to_bytes(state))
-    with open(meta_path, "w") as f:
-        json.dump(meta | {"fingerprint": fingerprint}, f)
+def write_json(path: str, obj: Any) -> None:
+    """`obj` as indented JSON, written atomically (`write_atomic`)."""
+    write_atomic(path, json.dumps(obj, indent=1).encode())
+
+
+def prepare_workdir(workdir: str, outputs: Sequence[str]) -> None:
+    """Create `workdir` and delete the previous run's `outputs` (file names in it), so that a
+    run that fails leaves only its own outputs, never a mix with an earlier run's."""
+    os.makedirs(workdir, exist_ok=True)
+    for name in outputs:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(workdir, name))
+
+
+CHECKPOINT_FORMAT = "hessjax-experiments-checkpoint-1"
+
+
+def config_hash(fingerprint: Any) -> str:
+    """SHA-256 (hex) of the sorted-key JSON of `fingerprint` (a JSON-able value holding
+    everything that determines a result)."""
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_checkpoint(path: str, fingerprint: Any, state: Any, meta: dict | None = None) -> None:
+    """Write one checkpoint file atomically: a JSON header line {format, fingerprint
+    (`config_hash`), num_bytes and sha256 of the state bytes, meta (JSON-able dict)}, then
+    `state` (a pytree of arrays, flax msgpack)."""
+    body = serialization.to_bytes(state)
+    header = {
+        "format": CHECKPOINT_FORMAT,
+        "fingerprint": config_hash(fingerprint),
+        "num_bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "meta": meta or {},
+    }
+    write_atomic(path, json.dumps(header).encode() + b"\n" + body)
+
+
+def load_checkpoint(path: str, fingerprint: Any, target: Any) -> tuple[Any, dict] | None:
+    """(state, meta) of a `save_checkpoint` file written under the same `fingerprint`, the
+    state restored into the structure of `target`. None when the file is absent, and None
+    with a logged warning naming the file when it is truncated, corrupted, not a checkpoint
+    or written under another config: the caller then recomputes (and overwrites) it."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            head, newline, body = f.read().partition(b"\n")
+        header = json.loads(head)
+        if not newline or not isinstance(header, dict):
+            raise ValueError("no checkpoint header")
+        if header.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {header.get('format')!r}, not {CHECKPOINT_FORMAT!r}")
+        if header["fingerprint"] != config_hash(fingerprint):
+            logging.warning("checkpoint %s was written under another config; recomputing", path)
+            return None
+        if len(body) != header["num_bytes"]:
+            raise ValueError(f"truncated: {len(body)} of {header['num_bytes']} state bytes")
+        if hashlib.sha256(body).hexdigest() != header["sha256"]:
+            raise ValueError("corrupted: SHA-256 of the state differs from the recorded one")
+        state = serialization.from_bytes(target, body)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logging.warning("checkpoint %s is unreadable (%s); recomputing it", path, err)
+        return None
+    return state, header["meta"]
 
 
 def train_or_resume(
@@ -135,13 +398,12 @@ def train_or_resume(
     num_steps: int | None = None,
 ):
     """Train with train_cfg (optimizer, learning_rate, steps, batch_size, log_every), or load
-    <workdir>/params_<tag>.msgpack when it was written under the same `fingerprint` (a JSON-able
-    dict of everything that determines the result). Returns (params, history)."""
+    the checkpoint <workdir>/params_<tag>.ckpt when it was written under the same `fingerprint`
+    (a JSON-able dict of everything that determines the result). Returns (params, history)."""
     steps = int(train_cfg.steps if num_steps is None else num_steps)
-    fingerprint = json.dumps(fingerprint | {"steps": steps}, sort_keys=True, default=str)
-    ckpt = os.path.join(workdir, f"params_{tag}.msgpack")
-    meta = os.path.join(workdir, f"params_{tag}.json")
-    loaded = load_checkpoint(ckpt, meta, fingerprint, params)
+    fingerprint = fingerprint | {"steps": steps}
+    ckpt = os.path.join(workdir, f"params_{tag}.ckpt")
+    loaded = load_checkpoint(ckpt, fingerprint, params)
     if loaded is not None:
         logging.info("[%s] resumed trained params from %s", tag, ckpt)
         return loaded[0], loaded[1]["history"]
@@ -157,7 +419,7 @@ def train_or_resume(
         log_every=train_cfg.log_every,
         log=lambda s, v: logging.info("[%s] train step %d/%d: loss %.4f", tag, s, steps, v),
     )
-    save_checkpoint(ckpt, meta, fingerprint, params, {"history": history})
+    save_checkpoint(ckpt, fingerprint, params, {"history": history})
     return params, history
 
 

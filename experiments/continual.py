@@ -12,20 +12,20 @@ optimiser and a `hessjax.continual` transformation whose memory (protected basis
 Fisher) lives in the optimiser state and grows after each task from that task's data.
 All strategies of one seed start from the same initial params and see the same minibatches.
 
-Writes into the workdir: results.json (accuracy matrices, per-seed metrics, mean ± std table,
-timings, the record of trained tasks), accuracy_matrices.npz ({strategy: (seeds, T, T)}),
-first_task_accuracy.png, events.jsonl (one line per task started / checkpointed) and
-checkpoints/seed_<s>/<strategy>/<task>: an orbax checkpoint after each completed task (params,
-optimizer state with the memories, RNG, the accuracy rows so far). A killed run restarted
-with the same config and workdir resumes after the last completed task of every
-(seed, strategy); a changed config raises rather than mixing results.
+Writes into the workdir: accuracy_matrices.npz ({strategy: (seeds, T, T)}),
+first_task_accuracy.png and, last, results.json (accuracy matrices, per-seed metrics,
+mean ± std table, timings, the record of trained tasks); the previous run's copies are deleted
+first. Also events.jsonl (appended: one line per task started / checkpointed) and
+checkpoints/seed_<s>/<strategy>.ckpt, rewritten atomically after each completed task (params,
+optimizer state with the memories, RNG, the accuracy rows so far). A killed run restarted with
+the same config and workdir resumes after the last completed task of every (seed, strategy);
+a checkpoint of another config, or a damaged one, is reported and that run starts afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging as pylogging
 import os
 import time
 import uuid
@@ -37,13 +37,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 
-from experiments import common
+from experiments import common, figures
 from hessjax import continual as cl
-from hessjax import curvature, plotting, training
+from hessjax import curvature, training
 from hessjax.analysis import trajectory
+
+OUTPUTS = ("results.json", "accuracy_matrices.npz", "first_task_accuracy.png")
 
 # Values used for config fields left at 0 / (): (permuted) MNIST-1D by default, MNIST / Fashion.
 _SHARED_DEFAULTS: dict[str, Any] = {
@@ -71,7 +72,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config = ml_collections.ConfigDict(config.to_dict())
     name = config.data.name
     if name not in DATASET_DEFAULTS:
-        raise ValueError(f"no continual defaults for dataset {name!r}: {list(DATASET_DEFAULTS)}")
+        raise common.ConfigError(
+            f"config.data.name = {name!r}: must be one of {', '.join(DATASET_DEFAULTS)}"
+        )
     for field, value in DATASET_DEFAULTS[name].items():
         section, key = field.split(".")
         current = config[section][key]
@@ -80,12 +83,14 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config.strategies = common.as_tuple(config.strategies, str)
     config.seeds = common.as_tuple(config.seeds, int)
     config.model.widths = common.as_tuple(config.model.widths, int)
-    unknown = set(config.strategies) - set(STRATEGY_NAMES)
-    if unknown:
-        raise ValueError(f"unknown strategies {sorted(unknown)}; choose from {STRATEGY_NAMES}")
-    if not config.strategies or not config.seeds:
-        raise ValueError("config.strategies and config.seeds must not be empty")
     return config
+
+
+def _num_update_records(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(records, every) of update_pca_project: num_records windows of `every` steps."""
+    steps, wanted = int(config.train.steps), int(config.update_pca.num_records)
+    every = max(1, steps // wanted)
+    return min(wanted, steps // every), every
 
 
 # ------------------------------------------------------------------------------ strategies
@@ -267,12 +272,8 @@ def _weight_svd_project(ctx: Context) -> Strategy:
 
 
 def _update_pca_project(ctx: Context) -> Strategy:
-    u = ctx.config.update_pca
-    k, steps = int(u.k), int(ctx.config.train.steps)
-    every = max(1, steps // int(u.num_records))
-    num_records = min(int(u.num_records), steps // every)
-    if num_records <= k:
-        raise ValueError(f"update_pca: {num_records} records cannot give k = {k} directions")
+    k = int(ctx.config.update_pca.k)
+    num_records, every = _num_update_records(ctx.config)
 
     def directions(ctx, opt_state, params, task, key):
         # the last num_records applied updates of this task (the recorder is reset with the
@@ -331,16 +332,10 @@ def _setup(config: ml_collections.ConfigDict, seq: cl.TaskSequence):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _manager(directory: str) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
-def _fingerprint(config: ml_collections.ConfigDict, strategy: str, seed: int) -> str:
+def _fingerprint(config: ml_collections.ConfigDict, strategy: str, seed: int) -> dict:
     """Everything that determines one (seed, strategy) run's results."""
     keep = ("data", "tasks", "model", "train", "memory") + STRATEGY_SECTIONS.get(strategy, ())
-    parts = {k: config[k].to_dict() for k in keep}
-    return json.dumps(parts | {"strategy": strategy, "seed": seed}, sort_keys=True, default=str)
+    return {k: config[k].to_dict() for k in keep} | {"strategy": strategy, "seed": seed}
 
 
 class _Events:
@@ -395,29 +390,16 @@ def run_strategy(
     fingerprint = _fingerprint(config, strategy.name, seed)
     meta = {"rows": [], "trained": [], "history": [], "seconds": {"train": 0.0, "memory": 0.0}}
     start = 0
-    mngr = None
+    path = os.path.join(workdir, "checkpoints", f"seed_{seed}", f"{strategy.name}.ckpt")
     if config.checkpoint:
-        mngr = _manager(os.path.join(workdir, "checkpoints", f"seed_{seed}", strategy.name))
-        step = mngr.latest_step()
-        if step is not None:
-            target = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(key)}
-            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-            restored = mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                ),
-            )
-            if restored.meta["fingerprint"] != fingerprint:
-                raise ValueError(
-                    f"{mngr.directory} holds checkpoints of another config; use a new --workdir "
-                    f"or delete it.\nsaved: {restored.meta['fingerprint']}\nnow:   {fingerprint}"
-                )
-            state, meta = restored.state, restored.meta
+        target = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(key)}
+        loaded = common.load_checkpoint(path, fingerprint, target)
+        if loaded is not None:
+            state, meta = loaded
             params, opt_state = state["params"], state["opt_state"]
             key = jax.random.wrap_key_data(state["rng"])
-            start = step + 1
-            logging.info("[seed %d %s] resumed after task %d", seed, strategy.name, step)
+            start = len(meta["rows"])
+            logging.info("[seed %d %s] resumed after task %d", seed, strategy.name, start - 1)
     for t in range(start, num_tasks):
         task = seq.tasks[t]
         events("start", seed=seed, strategy=strategy.name, task=t)
@@ -446,19 +428,10 @@ def run_strategy(
         meta["rows"].append(row)
         meta["history"].append(history)
         meta["trained"].append({"task": t, "run": events.run_id})
-        meta["fingerprint"] = fingerprint
-        if mngr is not None:
+        if config.checkpoint:
             state = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(key)}
-            mngr.save(
-                t,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-                ),
-            )
-            mngr.wait_until_finished()
+            common.save_checkpoint(path, fingerprint, state, meta)
             events("checkpoint", seed=seed, strategy=strategy.name, task=t)
-    if mngr is not None:
-        mngr.close()
     return meta
 
 
@@ -482,23 +455,56 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
     )
 
 
-def _quiet_orbax() -> None:
-    """Drop orbax's per-save INFO lines (a dozen per checkpoint) from the absl log."""
-    handler = logging.get_absl_handler()
-    if not any(isinstance(f, _OrbaxFilter) for f in handler.filters):
-        handler.addFilter(_OrbaxFilter())
-
-
-class _OrbaxFilter(pylogging.Filter):
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno > pylogging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
+RULES = common.SHARED_RULES | {
+    "seeds": common.ints_at_least(0),
+    "strategies": common.subset_of(STRATEGY_NAMES),
+    "data.name": common.one_of(*DATASET_DEFAULTS),
+    "tasks.kind": common.one_of("permuted", "split"),
+    "tasks.num_tasks": common.int_at_least(2),
+    "tasks.pairs": common.Rule(
+        lambda v: (
+            isinstance(v, tuple | list)
+            and all(common.ints_at_least(0).test(p) and len(p) == 2 for p in v)
+        ),
+        "a tuple of (class, class) pairs (empty: (0, 1), (2, 3), ...)",
+    ),
+    "tasks.remap": common.BOOL,
+    "tasks.train_size": common.NONNEGATIVE_INT,
+    "tasks.test_size": common.NONNEGATIVE_INT,
+    "train.reset_optimizer": common.BOOL,
+    "memory.num_samples": common.POSITIVE_INT,
+    "memory.microbatch_size": common.POSITIVE_INT,
+    "ewc.strength": common.POSITIVE,
+    "ogd.num_samples": common.POSITIVE_INT,
+    "gpm.num_samples": common.POSITIVE_INT,
+    "gpm.threshold": common.PROBABILITY,
+    "gpm.threshold_increment": common.real_in(0.0, 1.0, closed=True),
+    "hessian.k": common.POSITIVE_INT,
+    "hessian.num_steps": common.NONNEGATIVE_INT,
+    "hessian.tol": common.POSITIVE,
+    "hessian.penalty_strength": common.POSITIVE,
+    "weight_svd.k": common.POSITIVE_INT,
+    "update_pca.k": common.POSITIVE_INT,
+    "update_pca.num_records": common.POSITIVE_INT,
+    "checkpoint": common.BOOL,
+}
+RELATIONS = (
+    common.at_most("memory.microbatch_size", "memory.num_samples"),
+    common.Relation(
+        "update_pca.num_records",
+        lambda c: (
+            "update_pca_project" not in c.strategies or _num_update_records(c)[0] > c.update_pca.k
+        ),
+        "enough to give update_pca.k directions (records = min(num_records, train.steps) > k)",
+    ),
+)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) the whole job; returns the results dict also written to results.json."""
-    _quiet_orbax()
     config = resolve_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    common.validate(config, RULES, RELATIONS)
+    common.prepare_workdir(workdir, OUTPUTS)
     start = time.perf_counter()
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     events = _Events(os.path.join(workdir, "events.jsonl"), run_id)
@@ -547,9 +553,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info(
         "ACC / BWT / forgetting over seeds %s (mean ± std):\n%s", list(config.seeds), table
     )
-    np.savez(
-        os.path.join(workdir, "accuracy_matrices.npz"),
-        **{name: np.stack(ms) for name, ms in matrices.items()},
+    stacked = {name: np.stack(ms) for name, ms in matrices.items()}
+    common.write_atomic(
+        os.path.join(workdir, "accuracy_matrices.npz"), lambda f: np.savez(f, **stacked)
     )
     results = {
         "config": config.to_dict(),
@@ -565,15 +571,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "seconds": seconds | {"total": time.perf_counter() - start},
         "run": run_id,
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
     curves = {name: np.stack(ms)[:, :, 0] for name, ms in matrices.items()}
-    plotting.plot_first_task_accuracy(
+    figures.plot_first_task_accuracy(
         curves,
         os.path.join(workdir, "first_task_accuracy.png"),
         title=f"{seq.name}, {config.model.kind} {tuple(config.model.widths)}, "
         f"{len(config.seeds)} seeds",
     )
+    common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info(
         "wrote results.json, accuracy_matrices.npz, first_task_accuracy.png to %s", workdir
     )

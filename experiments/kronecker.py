@@ -15,14 +15,14 @@ and the number of outliers. For every layer, the overlap of A's and B's top-k ei
 Then, on Gaussian mixtures with C = 2, 5, 10, 20 classes, the number of outliers of each
 layer's Hessian top spectrum vs C.
 
-Writes into the workdir: results.json, overlap_vs_k.png, cross_seed_overlap.png,
-outliers_vs_classes.png, and params_<tag>.msgpack/.json per trained model (reused when the
-same data/model/train config is run again).
+Writes into the workdir: overlap_vs_k.png, cross_seed_overlap.png, outliers_vs_classes.png
+and, last, results.json (the previous run's copies are deleted first), and the checkpoint
+params_<tag>.ckpt of each trained model (reused when the same data/model/train config is run
+again).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, NamedTuple
@@ -33,11 +33,47 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from hessjax import curvature, linalg, models, plotting, training
+from experiments import common, figures
+from hessjax import curvature, linalg, models, training
 from hessjax.analysis import kronecker as kron_analysis
 from hessjax.data import gaussian_mixture, microbatches
 from hessjax.data.dataset import Dataset
+
+OUTPUTS = ("results.json", "overlap_vs_k.png", "cross_seed_overlap.png", "outliers_vs_classes.png")
+RULES = common.SHARED_RULES | {
+    "hessian.num_samples": common.POSITIVE_INT,
+    "hessian.chunk_size": common.POSITIVE_INT,
+    "hessian.top_k": common.NONNEGATIVE_INT,
+    "hessian.dense_max_size": common.POSITIVE_INT,
+    "hessian.microbatch_size": common.POSITIVE_INT,
+    "hessian.tol": common.POSITIVE,
+    "hessian.num_lowrank": common.POSITIVE_INT,
+    "hessian.at_init": common.BOOL,
+    "cross_seed.enabled": common.BOOL,
+    "cross_seed.offset": common.Rule(
+        lambda v: common.ANY_INT.test(v) and v != 0, "a nonzero integer"
+    ),
+    "outliers.enabled": common.BOOL,
+    "outliers.num_classes": common.ints_at_least(2),
+    "outliers.num_samples": common.int_at_least(2),
+    "outliers.dim": common.POSITIVE_INT,
+    "outliers.separation": common.POSITIVE,
+    "outliers.steps": common.POSITIVE_INT,
+    "outliers.top_factor": common.POSITIVE_INT,
+    "outliers.min_top": common.POSITIVE_INT,
+    "outliers.rel_floor": common.PROBABILITY,
+}
+RELATIONS = (
+    common.at_most_train_samples("hessian.num_samples"),
+    common.Relation(
+        "train.batch_size",
+        lambda c: (
+            c.train.batch_size
+            <= min(common.num_train_samples(c.data), round(0.8 * c.outliers.num_samples))
+        ),
+        "at most the number of training samples (of data and of the outlier mixtures)",
+    ),
+)
 
 
 class LayerEigen(NamedTuple):
@@ -263,7 +299,8 @@ def cross_seed(eig_a: dict, eig_b: dict, marks: list[int]) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run the whole job; returns the results dict that is also written to results.json."""
-    os.makedirs(workdir, exist_ok=True)
+    common.validate(config, RULES, RELATIONS)
+    common.prepare_workdir(workdir, OUTPUTS)
     h = config.hessian
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -350,11 +387,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "outliers_vs_classes": outliers,
         "seconds": seconds,
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-
     title = f"{ds.name}, MLP {tuple(config.model.widths)}+{num_classes} {config.model.activation}"
-    plotting.plot_overlap_curves(
+    figures.plot_overlap_curves(
         {n: per_layer[n]["overlap_exact_vs_kron"] for n in layers},
         os.path.join(workdir, "overlap_vs_k.png"),
         title=f"exact layer Hessian vs Kronecker approximation\n{title}",
@@ -363,19 +397,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reference_label="at init",
     )
     if cross:
-        plotting.plot_overlap_curves(
+        figures.plot_overlap_curves(
             {n: cross[n]["exact"] for n in layers},
             os.path.join(workdir, "cross_seed_overlap.png"),
             title=f"top layer-Hessian eigenspaces, seed {config.seed} vs seed {seed_b}\n{title}",
             marks=(num_classes, 2 * num_classes),
         )
     if outliers is not None:
-        plotting.plot_outliers_vs_classes(
+        figures.plot_outliers_vs_classes(
             outliers["runs"],
             os.path.join(workdir, "outliers_vs_classes.png"),
             title=f"Gaussian mixtures (dim {config.outliers.dim}), "
             f"MLP {tuple(config.model.widths)}+C {config.model.activation}",
         )
+    common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json and figures to %s (%.1f s)", workdir, seconds["total"])
     return results
 

@@ -24,11 +24,12 @@ training samples and n the number of parameters:
   rank-k error), relative error of the sketched eigenvalues (top 10 and all k), overlap of
   the sketched and exact top-k eigenspaces.
 
-Writes into the workdir: results.json, spectra.npz (the exact eigenvalues and the sketched
-ones at every checkpoint), mask_overlap.png (overlap vs training step, one panel per k, with
-chance and random-mask bands), sketch_accuracy.png (sketch vs exact), and per checkpoint
-state_<step>.msgpack + checkpoint_<step>.json (reused when the same config is run again, so
-an interrupted run resumes).
+Writes into the workdir: spectra.npz (the exact eigenvalues and the sketched ones at every
+checkpoint), mask_overlap.png (overlap vs training step, one panel per k, with chance and
+random-mask bands), sketch_accuracy.png (sketch vs exact) and, last, results.json (the
+previous run's copies are deleted first), and per checkpoint state_<step>.ckpt (training
+state, measurements and spectra; reused when the same config is run again, so an interrupted
+run resumes).
 """
 
 from __future__ import annotations
@@ -43,10 +44,51 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from hessjax import curvature, linalg, plotting, training
-from hessjax.data import Dataset, class_balanced_subset, load_dataset, microbatches
+from experiments import common, figures
+from hessjax import curvature, linalg, training
+from hessjax.data import (
+    DATASET_NAMES,
+    Dataset,
+    class_balanced_subset,
+    load_dataset,
+    microbatches,
+)
 
+OUTPUTS = ("results.json", "spectra.npz", "mask_overlap.png", "sketch_accuracy.png")
+RULES = common.SHARED_RULES | {
+    "data.name": common.one_of("auto", *DATASET_NAMES),
+    "data.resize": common.NONNEGATIVE_INT,
+    "train.steps": common.Rule(lambda v: v == 0, "0 (unused: config.checkpoints are the steps)"),
+    "checkpoints": common.ints_at_least(0),
+    "hessian.num_samples": common.POSITIVE_INT,
+    "hessian.microbatch_size": common.POSITIVE_INT,
+    "overlap.ks": common.ints_at_least(1),
+    "overlap.num_random_masks": common.POSITIVE_INT,
+    "overlap.layerwise": common.BOOL,
+    "exact.enabled": common.BOOL,
+    "exact.max_params": common.POSITIVE_INT,
+    "exact.block_size": common.POSITIVE_INT,
+    "sketch.k": common.POSITIVE_INT,
+    "sketch.outer": common.NONNEGATIVE_INT,
+    "sketch.inner": common.NONNEGATIVE_INT,
+    "sketch.test_matrix": common.one_of("gaussian", "rademacher", "srtt"),
+    "sketch.error_probes": common.POSITIVE_INT,
+    "sketch.block_size": common.NONNEGATIVE_INT,
+}
+RELATIONS = (
+    common.at_most_train_samples("hessian.num_samples", lambda c: _resolved_data(c.data)),
+    common.at_most("hessian.microbatch_size", "hessian.num_samples"),
+    common.Relation(
+        "sketch.outer",
+        lambda c: c.sketch.outer == 0 or c.sketch.outer >= c.sketch.k,
+        "0 (2 sketch.k) or at least sketch.k",
+    ),
+    common.Relation(
+        "sketch.inner",
+        lambda c: c.sketch.inner == 0 or c.sketch.inner >= _sketch_sizes(c.sketch)[1],
+        "0 (2 outer) or at least the outer size",
+    ),
+)
 NUM_TOP = 20  # eigenvalues by |λ| written to results.json per checkpoint (all in spectra.npz)
 
 
@@ -65,13 +107,20 @@ def resize_images(x, size: int) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
+def _resolved_data(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of the data config with name 'auto' resolved: mnist when `dir` is set, else
+    mnist1d."""
+    cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+    if cfg.name == "auto":
+        cfg.name = "mnist" if cfg.get("dir") else "mnist1d"
+    return cfg
+
+
 def load_data(data_cfg: ml_collections.ConfigDict) -> Dataset:
-    """Dataset of `data_cfg` (name 'auto': mnist when `dir` is set, else mnist1d). MNIST-style
-    images become (N, s, s, 1) in [0, 1] (no standardisation), s = `resize` (0: kept; see
-    `resize_images`); MNIST-1D stays (N, 40)."""
-    cfg = data_cfg.to_dict()
-    if cfg["name"] == "auto":
-        cfg["name"] = "mnist" if cfg.get("dir") else "mnist1d"
+    """Dataset of `data_cfg` (name 'auto': see `_resolved_data`). MNIST-style images become
+    (N, s, s, 1) in [0, 1] (no standardisation), s = `resize` (0: kept; see `resize_images`);
+    MNIST-1D stays (N, 40)."""
+    cfg = _resolved_data(data_cfg).to_dict()
     ds = load_dataset(cfg)
     if cfg["name"] not in ("mnist", "fashion_mnist"):
         return ds
@@ -247,21 +296,16 @@ def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, ke
 # ----------------------------------------------------------------------------- main
 
 
-def _fingerprint(config, checkpoints_so_far) -> str:
-    d = config.to_dict()
-    d["checkpoints"] = list(checkpoints_so_far)
-    return json.dumps(d, sort_keys=True, default=str)
+def _fingerprint(config, checkpoints_so_far) -> dict:
+    return config.to_dict() | {"checkpoints": list(checkpoints_so_far)}
 
 
-def _checkpoint_paths(workdir, step) -> tuple[str, str]:
-    return (
-        os.path.join(workdir, f"state_{step}.msgpack"),
-        os.path.join(workdir, f"checkpoint_{step}.json"),
-    )
+def _checkpoint_path(workdir, step) -> str:
+    return os.path.join(workdir, f"state_{step}.ckpt")
 
 
 def _load_checkpoint(workdir, step, fingerprint, target):
-    loaded = common.load_checkpoint(*_checkpoint_paths(workdir, step), fingerprint, target)
+    loaded = common.load_checkpoint(_checkpoint_path(workdir, step), fingerprint, target)
     if loaded is None:
         return None
     restored, saved = loaded
@@ -272,7 +316,7 @@ def _load_checkpoint(workdir, step, fingerprint, target):
 def _save_checkpoint(workdir, step, fingerprint, state, record, history, lam, lam_s):
     spectra = {"exact": [] if lam is None else lam.tolist(), "sketch": lam_s.tolist()}
     meta = {"record": record, "history": history, "spectra": spectra}
-    common.save_checkpoint(*_checkpoint_paths(workdir, step), fingerprint, state, meta)
+    common.save_checkpoint(_checkpoint_path(workdir, step), fingerprint, state, meta)
 
 
 def _keyed(d):
@@ -282,7 +326,8 @@ def _keyed(d):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run the whole job; returns the results dict that is also written to results.json."""
-    os.makedirs(workdir, exist_ok=True)
+    common.validate(config, RULES, RELATIONS)
+    common.prepare_workdir(workdir, OUTPUTS)
     start = time.perf_counter()
     key = jax.random.key(config.seed)
     k_init, k_train, k_masks, k_sketch = jax.random.split(key, 4)
@@ -379,15 +424,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "checkpoints": records,
         "seconds_total": time.perf_counter() - start,
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    np.savez(
-        os.path.join(workdir, "spectra.npz"),
-        steps=np.asarray(checkpoints),
-        **{f"exact_{s}": v for s, v in zip(checkpoints, spectra["exact"], strict=True)},
-        **{f"sketch_{s}": v for s, v in zip(checkpoints, spectra["sketch"], strict=True)},
-    )
+    arrays = {"steps": np.asarray(checkpoints)}
+    for name in ("exact", "sketch"):
+        arrays |= {f"{name}_{s}": v for s, v in zip(checkpoints, spectra[name], strict=True)}
+    common.write_atomic(os.path.join(workdir, "spectra.npz"), lambda f: np.savez(f, **arrays))
     _plot(results, spectra, workdir, config)
+    common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json, spectra.npz and figures to %s", workdir)
     return results
 
@@ -426,13 +468,13 @@ def _plot(results, spectra, workdir, config) -> None:
         if all(v is not None for v in values):
             rnd[k] = ([v["mean"] for v in values], [v["std"] for v in values])
     name = f"{results['dataset']}, {config.model.kind} {tuple(config.model.widths)}"
-    plotting.plot_mask_overlap(
+    figures.plot_mask_overlap(
         steps, exact, sketch, {k: results["chance"][str(k)] for k in ks}, rnd,
         os.path.join(workdir, "mask_overlap.png"),
         title=f"{name}, {results['num_params']} params: top-k |θ| mask vs top-k |λ| eigenspace",
         layerwise=series("exact", "layerwise_overlap") or series("sketch", "layerwise_overlap"),
     )  # fmt: skip
-    plotting.plot_sketch_accuracy(
+    figures.plot_sketch_accuracy(
         steps,
         [None if len(v) == 0 else v for v in spectra["exact"]],
         spectra["sketch"],

@@ -4,16 +4,14 @@ r"""Main job: train a small network, then compute its Hessian spectrum.
   python -m experiments.spectrum --workdir=runs/mnist \
       --config.data.name=mnist --config.data.dir=../shared/data/mnist
 
-Writes into the workdir: results.json (eigenvalues, residuals, per-layer top eigenvalues,
-trace, density, timings), eigenvectors.npy ((n, k) flat, params leaf order),
-params_spectrum.msgpack
-(the trained params; reused when the same data/model/train config is run again) and
-spectrum.png.
+Writes into the workdir: eigenvectors.npy ((n, k) flat, params leaf order), spectrum.png and,
+last, results.json (eigenvalues, residuals, per-layer top eigenvalues, trace, density,
+timings); the previous run's copies are deleted first. params_spectrum.ckpt (the trained
+params) is reused when the same data/model/train config is run again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -22,13 +20,40 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from hessjax import curvature, linalg, plotting, training
+from experiments import common, figures
+from hessjax import curvature, linalg, training
+
+OUTPUTS = ("results.json", "eigenvectors.npy", "spectrum.png")
+RULES = common.SHARED_RULES | {
+    "hessian.num_samples": common.POSITIVE_INT,
+    "hessian.microbatch_size": common.POSITIVE_INT,
+    "hessian.top_k": common.POSITIVE_INT,
+    "hessian.num_steps": common.NONNEGATIVE_INT,
+    "hessian.tol": common.POSITIVE,
+    "hessian.per_layer": common.BOOL,
+    "hessian.trace_matvecs": common.Rule(
+        lambda v: common.POSITIVE_INT.test(v) and v % 3 == 0, "a positive multiple of 3"
+    ),
+    "hessian.slq_probes": common.POSITIVE_INT,
+    "hessian.slq_steps": common.POSITIVE_INT,
+    "hessian.sigma_ratio": common.POSITIVE,
+}
+RELATIONS = (
+    common.at_most_train_samples("hessian.num_samples"),
+    common.at_most("hessian.microbatch_size", "hessian.num_samples"),
+    common.Relation(
+        "hessian.num_steps",
+        lambda c: c.hessian.num_steps == 0 or c.hessian.num_steps >= c.hessian.top_k,
+        "0 (default) or at least hessian.top_k",
+    ),
+    common.at_most_train_samples("train.batch_size"),
+)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run the whole job; returns the results dict that is also written to results.json."""
-    os.makedirs(workdir, exist_ok=True)
+    common.validate(config, RULES, RELATIONS)
+    common.prepare_workdir(workdir, OUTPUTS)
     h = config.hessian
     key = jax.random.key(config.seed)
     k_init, k_train, k_eig, k_trace, k_slq = jax.random.split(key, 5)
@@ -58,7 +83,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "top eigenpairs", linalg.eigsh, op, h.top_k, key=k_eig, num_steps=num_steps, tol=h.tol
     )
     logging.info("top eigenvalues %s (%d HVPs)", np.round(top.eigenvalues, 4), top.num_matvecs)
-    np.save(os.path.join(workdir, "eigenvectors.npy"), np.asarray(top.eigenvectors))
+    vectors = np.asarray(top.eigenvectors)
+    common.write_atomic(os.path.join(workdir, "eigenvectors.npy"), lambda f: np.save(f, vectors))
 
     layer_top: dict[str, float] = {}
     if h.per_layer:  # all layer blocks H_ll in one compiled Lanczos, restricted products
@@ -115,9 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "total": time.perf_counter() - start,
         },
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    plotting.plot_spectrum(
+    figures.plot_spectrum(
         grid,
         density,
         top.eigenvalues,
@@ -126,6 +150,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         title=f"{ds.name}, {config.model.kind} {tuple(config.model.widths)}, "
         f"{num_params} params, test acc {test_acc:.3f}",
     )
+    common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json, eigenvectors.npy and spectrum.png to %s", workdir)
     return results
 

@@ -22,16 +22,15 @@ the weights θ_t and the updates Δ_t. Then, at the trained params:
   kernel block's own eigenvectors, and every eigenvector's alignment |cos(e_j, θ)| (globally
   and per layer) vs its eigenvalue.
 
-Writes into the workdir: results.json, pca_vs_hessian_overlap.png, drift_mode.png,
-quadratic_fit.png, weight_alignment.png, svd_overlap.png, svd_curvature.png, and
-params_weights.msgpack/.json + trajectory_weights.npz (reused when the same
-data/model/train/record config is run again).
+Writes into the workdir: pca_vs_hessian_overlap.png, drift_mode.png, quadratic_fit.png,
+weight_alignment.png, svd_overlap.png, svd_curvature.png and, last, results.json (the previous
+run's copies are deleted first), and the checkpoint params_weights.ckpt of the trained params
+and snapshots (reused when the same data/model/train/record config is run again).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 
@@ -43,9 +42,44 @@ import optax
 from absl import logging
 from scipy import stats
 
-from experiments import common
-from hessjax import curvature, linalg, plotting, training
+from experiments import common, figures
+from hessjax import curvature, linalg, training
 from hessjax.analysis import trajectory, weights
+
+OUTPUTS = (
+    "results.json", "pca_vs_hessian_overlap.png", "drift_mode.png", "quadratic_fit.png",
+    "weight_alignment.png", "svd_overlap.png", "svd_curvature.png",
+)  # fmt: skip
+RULES = common.SHARED_RULES | {
+    "record.capacity": common.int_at_least(2),
+    "record.every": common.POSITIVE_INT,
+    "hessian.num_samples": common.POSITIVE_INT,
+    "hessian.microbatch_size": common.POSITIVE_INT,
+    "hessian.top_k": common.POSITIVE_INT,
+    "hessian.bottom_k": common.NONNEGATIVE_INT,
+    "hessian.num_steps": common.NONNEGATIVE_INT,
+    "hessian.tol": common.POSITIVE,
+    "hessian.layer_k": common.NONNEGATIVE_INT,
+    "pca.k": common.POSITIVE_INT,
+    "pca.ks": common.ints_at_least(1),
+    "fit.num_directions": common.POSITIVE_INT,
+    "fit.steps": common.int_at_least(3),
+    "fit.learning_rate": common.real_in(0.0, closed=True),
+    "fit.rel_floor": common.PROBABILITY,
+    "svd.num_show": common.POSITIVE_INT,
+    "svd.num_top": common.POSITIVE_INT,
+    "svd.trace_probes": common.int_at_least(2),
+}
+RELATIONS = (
+    common.at_most_train_samples("hessian.num_samples"),
+    common.at_most("hessian.microbatch_size", "hessian.num_samples"),
+    common.at_most_train_samples("train.batch_size"),
+    common.Relation(
+        "record.every",
+        lambda c: 2 * c.record.every <= c.train.steps,
+        "at most train.steps / 2 (PCA needs >= 2 snapshots)",
+    ),
+)
 
 
 def _floats(values, digits: int = 6) -> list:
@@ -57,21 +91,17 @@ def train_recorded(config, workdir: str, loss_fn, params, ds, key):
     history and snapshots from the workdir when they were written under the same config.
     Returns (params, history, Trajectory)."""
     t, r = config.train, config.record
-    fingerprint = json.dumps(
-        {k: config[k].to_dict() for k in ("data", "model", "train", "record")}
-        | {"seed": config.seed},
-        sort_keys=True,
-        default=str,
-    )
-    ckpt = os.path.join(workdir, "params_weights.msgpack")
-    meta = os.path.join(workdir, "params_weights.json")
-    snaps = os.path.join(workdir, "trajectory_weights.npz")
-    loaded = common.load_checkpoint(ckpt, meta, fingerprint, params)
-    if loaded is not None and os.path.exists(snaps):
-        with np.load(snaps) as z:
-            traj = trajectory.Trajectory(z["steps"], z["params"], z["updates"])
+    fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train", "record")}
+    fingerprint |= {"seed": config.seed}
+    ckpt = os.path.join(workdir, "params_weights.ckpt")
+    empty = np.zeros(0)  # snapshot arrays are restored whatever their shape
+    target = {"params": params, "trajectory": {"steps": empty, "params": empty, "updates": empty}}
+    loaded = common.load_checkpoint(ckpt, fingerprint, target)
+    if loaded is not None:
+        state, meta = loaded
+        traj = trajectory.Trajectory(**state["trajectory"])
         logging.info("resumed trained params and %d snapshots from %s", len(traj.steps), ckpt)
-        return loaded[0], loaded[1]["history"], traj
+        return state["params"], meta["history"], traj
 
     optimizer = optax.chain(
         training.make_optimizer(t.optimizer, t.learning_rate),
@@ -84,8 +114,8 @@ def train_recorded(config, workdir: str, loss_fn, params, ds, key):
         log=lambda s, v: logging.info("train step %d/%d: loss %.4f", s, t.steps, v),
     )  # fmt: skip
     traj = trajectory.read_snapshots(opt_state)
-    np.savez(snaps, steps=traj.steps, params=traj.params, updates=traj.updates)
-    common.save_checkpoint(ckpt, meta, fingerprint, params, {"history": history})
+    state = {"params": params, "trajectory": traj._asdict()}
+    common.save_checkpoint(ckpt, fingerprint, state, {"history": history})
     return params, history, traj
 
 
@@ -323,7 +353,8 @@ def svd_part(config, loss_fn, params, data, op, vectors, values, h, key):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run the whole job; returns the results dict that is also written to results.json."""
-    os.makedirs(workdir, exist_ok=True)
+    common.validate(config, RULES, RELATIONS)
+    common.prepare_workdir(workdir, OUTPUTS)
     h = config.hessian
     key = jax.random.key(config.seed)
     k_init, k_train, k_top, k_bottom, k_layer, k_trace = jax.random.split(key, 6)
@@ -426,37 +457,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     title = (f"{ds.name}, {config.model.kind} {tuple(config.model.widths)} "
              f"{config.model.activation}, {config.train.optimizer} η={config.train.learning_rate}, "
              f"{n} params")  # fmt: skip
-    plotting.plot_overlap_curves(
+    figures.plot_overlap_curves(
         {"PCA of weights": pca_out["weights"]["overlap"],
          "PCA of updates": pca_out["updates"]["overlap"]},
         os.path.join(workdir, "pca_vs_hessian_overlap.png"),
         title=f"top-k PCA subspace vs top-k Hessian eigenspace, steps {traj.steps[0]}.."
         f"{traj.steps[-1]}\n{title}",
     )  # fmt: skip
-    plotting.plot_drift_mode(
+    figures.plot_drift_mode(
         drift.steps, drift.coordinates, pca_fits["weights"].explained_variance_ratio,
         pca_fits["updates"].explained_variance_ratio,
         os.path.join(workdir, "drift_mode.png"),
         title=f"drift mode: {100 * drift.explained_variance_ratio:.1f}% of the weight variance, "
         f"dᵀHd = {drift_out['curvature']:.3g} (λ₁ = {values[0]:.3g})\n{title}",
     )  # fmt: skip
-    plotting.plot_quadratic_fit(
+    figures.plot_quadratic_fit(
         probe.steps[:-1], qfit.coordinates[1:] - qfit.coordinates[:-1], qfit.decay.ratio,
         qfit.decay.log_amplitude, qfit.eigenvalues, qfit.fitted,
         os.path.join(workdir, "quadratic_fit.png"),
         title=f"quadratic model along the top eigenvectors, GD probe η={fit_out['learning_rate']}"
         f"\n{title}",
     )  # fmt: skip
-    plotting.plot_weight_alignment(
+    figures.plot_weight_alignment(
         align.eigenvalues, align.global_cos, dict(zip(align.names, align.layer_cos, strict=True)),
         align.global_chance, os.path.join(workdir, "weight_alignment.png"),
         title=f"eigenvector alignment with the weights\n{title}",
     )  # fmt: skip
-    plotting.plot_svd_overlap(
+    figures.plot_svd_overlap(
         svd_mats, os.path.join(workdir, "svd_overlap.png"),
         title=f"|<u_i v_iᵀ, e_j>|² per kernel\n{title}",
     )  # fmt: skip
-    plotting.plot_svd_curvature(
+    figures.plot_svd_curvature(
         {name: v[0] for name, v in svd_curv.items()},
         {name: v[1] for name, v in svd_curv.items()},
         {name: v[2] for name, v in svd_curv.items()},
@@ -465,8 +496,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )  # fmt: skip
     seconds["figures"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json and figures to %s (%.1f s)", workdir, seconds["total"])
     return results
 

@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory):
 
 def test_spectrum_writes_results_and_figure(tiny_run):
     workdir, results = tiny_run
-    for name in ("results.json", "eigenvectors.npy", "spectrum.png", "params_spectrum.msgpack"):
+    for name in ("results.json", "eigenvectors.npy", "spectrum.png", "params_spectrum.ckpt"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)

@@ -312,7 +312,7 @@ def test_kronecker_binary_writes_results_and_figures(tiny_run):
         "overlap_vs_k.png",
         "cross_seed_overlap.png",
         "outliers_vs_classes.png",
-        "params_seed_a.msgpack",
+        "params_seed_a.ckpt",
     ):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "results.json")) as f:

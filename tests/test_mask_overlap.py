@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import serialization
 from jax.flatten_util import ravel_pytree
 
 from experiments import common, mask_overlap
 from experiments.configs.mask_overlap import get_config
-from hessjax import linalg
+from hessjax import linalg, training
 from hessjax.data import class_balanced_subset
 
 KS = (5, 20, 40)
@@ -52,9 +51,11 @@ def _oracle(config, workdir, step):
     ds = mask_overlap.load_data(config.data)
     model = common.build_model(config.model, ds.num_classes)
     params = model.init(jax.random.key(0), jnp.asarray(ds.x_train[:1]))
-    with open(os.path.join(workdir, f"state_{step}.msgpack"), "rb") as f:
-        state = serialization.msgpack_restore(f.read())
-    params = serialization.from_state_dict(params, state["params"])
+    optimizer = training.make_optimizer(config.train.optimizer, config.train.learning_rate)
+    target = {"params": params, "opt_state": optimizer.init(params)}
+    done = [c for c in sorted(config.checkpoints) if c <= step]
+    fingerprint = mask_overlap._fingerprint(config, done)
+    params = mask_overlap._load_checkpoint(workdir, step, fingerprint, target)[0]["params"]
     per_class = config.hessian.num_samples // ds.num_classes
     x, y = class_balanced_subset(ds.x_train, ds.y_train, per_class, seed=config.seed)
     x, y = jnp.asarray(x, jnp.float64), jnp.asarray(y)

@@ -444,7 +444,7 @@ def test_weights_binary_writes_results_and_figures(tiny_run):
     workdir, results = tiny_run
     names = ["results.json", "pca_vs_hessian_overlap.png", "drift_mode.png", "quadratic_fit.png",
              "weight_alignment.png", "svd_overlap.png", "svd_curvature.png",
-             "params_weights.msgpack", "trajectory_weights.npz"]  # fmt: skip
+             "params_weights.ckpt"]  # fmt: skip
     for name in names:
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "results.json")) as f:

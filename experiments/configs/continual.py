@@ -75,5 +75,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.update_pca.k = 0  # principal directions per old task; 0 = dataset default
     c.update_pca.num_records = 100  # windows of steps // num_records steps, summed
 
-    c.checkpoint = True  # orbax checkpoint after each task; resume from the last one
+    c.checkpoint = True  # checkpoint after each task; resume from the last one
     return c

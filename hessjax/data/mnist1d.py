@@ -3,7 +3,6 @@
 import random
 
 import numpy as np
-from mnist1d.data import get_dataset_args, make_dataset
 
 from hessjax.data.dataset import Dataset
 
@@ -22,6 +21,10 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 0, train_split: float = 0.
       Dataset with x of shape (n, 40) float32 (standardised over the whole set) and y of shape
       (n,) int32 in [0, 10).
     """
+    # Imported here: the mnist1d package imports matplotlib.pyplot (and requests) on import,
+    # which `import hessjax` must not.
+    from mnist1d.data import get_dataset_args, make_dataset
+
     if num_samples < _NUM_CLASSES:
         raise ValueError(f"num_samples must be at least {_NUM_CLASSES}, got {num_samples}")
     if not 0.0 < train_split < 1.0:

@@ -1,4 +1,6 @@
-"""Figures for the experiments (matplotlib, Agg backend: no display needed)."""
+"""Figures of the experiment binaries (matplotlib). Importing this module selects the Agg
+backend (no display needed): it is for the binaries, which are scripts; `hessjax` itself never
+imports matplotlib."""
 
 from __future__ import annotations
 
@@ -10,14 +12,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.common import write_atomic  # noqa: E402
+
 
 def _save(fig, path: str, title: str = "") -> None:
-    """Title (if any), tight layout, write `path` as PNG at 120 dpi, close the figure."""
+    """Title (if any), tight layout, write `path` as PNG at 120 dpi (atomically), close the
+    figure."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
+
+
+def _symlog_steps(ax, steps: Sequence[int]) -> None:
+    """Training-step x axis: symlog (step 0 stays visible) when steps span decades."""
+    positive = [s for s in steps if s > 0]
+    if positive and max(positive) / min(positive) >= 20:
+        ax.set_xscale("symlog", linthresh=min(positive))
 
 
 def plot_spectrum(
@@ -108,14 +120,13 @@ def plot_dynamic_force(
     path: str,
     cross: str | None = None,
     stderr: Mapping[str, Sequence[float]] | None = None,
-    log_steps: bool = False,
     title: str = "",
 ) -> None:
     """Dynamic force (Dong et al.) over training, two panels saved to `path` (PNG): the loss
     (left axis) and the cross-layer block norm norms[cross] (right axis, default the first
     entry) vs step; and every block norm in `norms` (e.g. ‖H_WV‖_F, ‖H_WW‖_F, ‖H_VV‖_F) on
-    a log axis, with ±stderr[name] bars where given (estimated norms). log_steps: symlog
-    step axis (for checkpoints spaced geometrically)."""
+    a log axis, with ±stderr[name] bars where given (estimated norms). Steps spanning
+    decades (checkpoints spaced geometrically) go on a symlog axis."""
     steps = np.asarray(steps)
     cross = cross or next(iter(norms))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
@@ -137,10 +148,8 @@ def plot_dynamic_force(
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="Frobenius norm", title="layer-block norms of the Hessian")
     ax.legend(loc="best", fontsize=8)
-    if log_steps:
-        for ax in axes:
-            ax.set_xscale("symlog", linthresh=1)
-            ax.set_xlim(-0.1, 1.5 * max(float(steps.max()), 1.0))
+    for ax in axes:
+        _symlog_steps(ax, steps)
     _save(fig, path, title)
 
 
@@ -402,13 +411,6 @@ def plot_first_task_accuracy(
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8, ncol=2)
     _save(fig, path, title)
-
-
-def _symlog_steps(ax, steps: Sequence[int]) -> None:
-    """Training-step x axis: symlog (step 0 stays visible) when steps span decades."""
-    positive = [s for s in steps if s > 0]
-    if positive and max(positive) / min(positive) >= 20:
-        ax.set_xscale("symlog", linthresh=min(positive))
 
 
 def plot_mask_overlap(

@@ -1,0 +1,147 @@
+"""experiments.common checkpoints and atomic writes: damaged, foreign and half-written files are
+detected, reported and recomputed, and a failed run leaves no stale results."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from experiments import common, spectrum
+from experiments.configs.spectrum import get_config
+
+FINGERPRINT = {"model": {"widths": [4]}, "seed": 0}
+
+
+def _state():
+    return {"params": {"w": np.arange(12.0).reshape(3, 4), "b": np.ones(4, np.float32)}}
+
+
+def _damage(path: str, how: str) -> None:
+    raw = open(path, "rb").read()
+    if how == "truncated":
+        raw = raw[: len(raw) - 7]
+    elif how == "header_only":
+        raw = raw[: raw.index(b"\n") // 2]
+    elif how == "bit_flip":
+        raw = raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:]
+    elif how == "not_a_checkpoint":
+        raw = b"\x93\x00 not a checkpoint"
+    with open(path, "wb") as f:
+        f.write(raw)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    path = str(tmp_path / "sub" / "a.ckpt")
+    common.save_checkpoint(path, FINGERPRINT, _state(), {"history": [[0, 1.5]]})
+    state, meta = common.load_checkpoint(path, dict(FINGERPRINT), _state())
+    np.testing.assert_array_equal(state["params"]["w"], _state()["params"]["w"])
+    assert state["params"]["b"].dtype == np.float32 and meta == {"history": [[0, 1.5]]}
+    assert os.listdir(tmp_path / "sub") == ["a.ckpt"]  # no temporary file left behind
+    assert common.load_checkpoint(str(tmp_path / "absent.ckpt"), FINGERPRINT, _state()) is None
+
+
+@pytest.mark.parametrize("how", ["truncated", "header_only", "bit_flip", "not_a_checkpoint"])
+def test_damaged_checkpoint_is_reported_not_raised(tmp_path, caplog, how):
+    path = str(tmp_path / "a.ckpt")
+    common.save_checkpoint(path, FINGERPRINT, _state(), {})
+    _damage(path, how)
+    with caplog.at_level(logging.WARNING):
+        assert common.load_checkpoint(path, FINGERPRINT, _state()) is None
+    assert any(path in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_foreign_or_mismatched_checkpoint_is_reported(tmp_path, caplog):
+    path = str(tmp_path / "a.ckpt")
+    common.save_checkpoint(path, FINGERPRINT, _state(), {})
+    with caplog.at_level(logging.WARNING):
+        assert common.load_checkpoint(path, FINGERPRINT | {"seed": 1}, _state()) is None
+        assert common.load_checkpoint(path, FINGERPRINT, {"other": np.zeros(2)}) is None
+    messages = [r.getMessage() for r in caplog.records if path in r.getMessage()]
+    assert len(messages) == 2 and "another config" in messages[0]
+
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = str(tmp_path / "results.json")
+    common.write_json(path, {"run": 1})
+
+    def fail(f):
+        f.write(b'{"run": 2, "trunc')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="mid-write"):
+        common.write_atomic(path, fail)
+    assert json.load(open(path)) == {"run": 1} and os.listdir(tmp_path) == ["results.json"]
+
+
+# ------------------------------------------------------------------- a binary end to end
+
+
+def _tiny_config():
+    c = get_config()
+    c.data.num_samples = 400
+    c.model.widths = (8,)
+    c.train.steps = 60
+    c.train.log_every = 30
+    c.hessian.num_samples = 100
+    c.hessian.microbatch_size = 100
+    c.hessian.top_k = 2
+    c.hessian.per_layer = False
+    c.hessian.trace_matvecs = 9
+    c.hessian.slq_probes = 2
+    c.hessian.slq_steps = 10
+    return c
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("spectrum_ckpt"))
+    return workdir, spectrum.run(_tiny_config(), workdir)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_binary_recomputes_a_damaged_or_foreign_checkpoint(first_run, caplog, damage):
+    """A truncated checkpoint (and a truncated results.json), or the checkpoint another config
+    left in the workdir: the rerun warns naming the checkpoint file, retrains and writes the
+    first run's results."""
+    workdir, first = first_run
+    ckpt, results = (os.path.join(workdir, n) for n in ("params_spectrum.ckpt", "results.json"))
+    if damage == "truncated":
+        _damage(ckpt, "truncated")
+        _damage(results, "truncated")
+    else:
+        other = _tiny_config()
+        other.train.steps = 30
+        spectrum.run(other, workdir)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = spectrum.run(_tiny_config(), workdir)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(ckpt in m for m in warnings), warnings
+    if damage == "foreign":
+        assert any("another config" in m for m in warnings), warnings
+    assert again["train_history"] == first["train_history"]
+    np.testing.assert_allclose(again["top_eigenvalues"], first["top_eigenvalues"], rtol=1e-5)
+    with open(results) as f:
+        saved = json.load(f)
+    assert saved["train_history"] == json.loads(json.dumps(first["train_history"]))
+    assert saved["top_eigenvalues"] == again["top_eigenvalues"]
+
+
+def test_failed_run_leaves_no_stale_results(first_run, monkeypatch, tmp_path):
+    """Outputs of an earlier run are deleted when a run starts: a run failing after training
+    leaves neither the old results.json nor the old figure, only its checkpoint."""
+    workdir, _ = first_run
+    for name in spectrum.OUTPUTS:
+        assert os.path.exists(os.path.join(workdir, name)), name
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("solver failed")
+
+    monkeypatch.setattr(spectrum.linalg, "hutchpp", broken)
+    with pytest.raises(RuntimeError, match="solver failed"):
+        spectrum.run(_tiny_config(), workdir)
+    left = set(os.listdir(workdir))
+    assert "results.json" not in left and "spectrum.png" not in left
+    assert "params_spectrum.ckpt" in left

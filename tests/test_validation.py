@@ -1,0 +1,101 @@
+"""Every binary validates its whole config (experiments.common.validate) before any work."""
+
+import importlib
+import os
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from experiments import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARIES = ("spectrum", "block_structure", "kronecker", "weights", "mask_overlap", "continual")
+
+# (binary, field, bad value, what the message must say)
+BAD = [
+    ("spectrum", "train.steps", -5, "an integer >= 1"),
+    ("spectrum", "hessian.top_k", -3, "an integer >= 1"),
+    ("spectrum", "hessian.trace_matvecs", 10, "multiple of 3"),
+    ("spectrum", "hessian.num_samples", 4500, "training samples"),
+    ("block_structure", "static.losses", ("ce", "hinge"), "distinct names from ce, mse"),
+    ("block_structure", "dynamic.spacing", "cubic", "'log', 'linear'"),
+    ("kronecker", "outliers.rel_floor", 1.5, "(0.0, 1.0)"),
+    ("kronecker", "data.name", "cifar", "one of 'mnist1d'"),
+    ("weights", "record.every", 5000, "train.steps / 2"),
+    ("weights", "train.optimizer", "rmsprop", "'adam', 'sgd'"),
+    ("mask_overlap", "checkpoints", (0, -20), "integers >= 0"),
+    ("mask_overlap", "sketch.outer", 100, "at least sketch.k"),
+    ("continual", "strategies", ("finetune", "nope"), "distinct names"),
+    ("continual", "train.learning_rate", 0.0, "(0.0, inf)"),
+]
+
+
+def _config(binary: str) -> ml_collections.ConfigDict:
+    return importlib.import_module(f"experiments.configs.{binary}").get_config()
+
+
+def _set(config, field, value):
+    *sections, key = field.split(".")
+    for s in sections:
+        config = config[s]
+    config[key] = value
+
+
+@pytest.mark.parametrize("binary", BINARIES)
+def test_default_configs_are_valid_and_fully_covered(binary):
+    """validate() also fails on a field without a rule, so passing means every field of the
+    default config (and of mask_overlap's large preset) is checked."""
+    module = importlib.import_module(f"experiments.{binary}")
+    configs = [_config(binary)]
+    if binary == "mask_overlap":
+        configs.append(
+            importlib.import_module("experiments.configs.mask_overlap").get_config("large")
+        )
+    for config in configs:
+        if binary == "continual":
+            config = module.resolve_config(config)
+        common.validate(config, module.RULES, module.RELATIONS)
+
+
+@pytest.mark.parametrize(("binary", "field", "value", "demand"), BAD)
+def test_bad_value_fails_before_any_work(binary, field, value, demand, tmp_path):
+    """run() raises ConfigError naming the field and value before touching the workdir (no
+    data loaded, nothing trained)."""
+    module = importlib.import_module(f"experiments.{binary}")
+    config = _config(binary)
+    _set(config, field, value)
+    workdir = str(tmp_path / "run")
+    start = time.perf_counter()
+    with pytest.raises(common.ConfigError) as info:
+        module.run(config, workdir)
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert f"config.{field} = {value!r}" in message and demand in message, message
+    assert not os.path.exists(workdir)
+
+
+def test_every_failing_field_is_listed_and_unruled_fields_are_errors():
+    config = ml_collections.ConfigDict({"a": -1, "b": "x", "extra": 2})
+    rules = {"a": common.POSITIVE_INT, "b": common.one_of("y", "z")}
+    with pytest.raises(common.ConfigError) as info:
+        common.validate(config, rules)
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == 3 and "config.extra = 2 has no validation rule" in lines[0]
+    assert common.BOOL.test(True) and not common.POSITIVE_INT.test(True)  # bools are not ints
+    assert not common.POSITIVE.test(float("nan")) and common.PROBABILITY.test(0.5)
+
+
+def test_binary_exits_nonzero_with_the_field_in_its_message(tmp_path):
+    workdir = tmp_path / "run"
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.spectrum", f"--workdir={workdir}",
+         "--config.train.steps=-5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0 and "config.train.steps = -5" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not workdir.exists()
+    assert time.perf_counter() - start < 60  # import and flag parsing only
