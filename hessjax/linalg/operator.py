@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessjax.linalg import _checks
+
 Array = jax.Array
 
 
@@ -47,14 +49,17 @@ class Operator:
 
     def matvec(self, v: Array) -> Array:
         """(size,) -> (size,), traced into the caller (call it inside `jit`, or use `op @ v`)."""
+        _checks.check_operand(v, self.size, (1,))
         return self.product(v, *self.args)
 
     def matmat(self, vs: Array) -> Array:
         """(size, k) -> (size, k): one vmapped product over the columns."""
+        _checks.check_operand(vs, self.size, (2,), "vs")
         return jax.vmap(self.matvec, in_axes=1, out_axes=1)(vs)
 
     def __matmul__(self, x: Array) -> Array:
         """Jitted product with a vector (size,) or a block of vectors (size, k)."""
+        _checks.check_operand(x, self.size, (1, 2), "x")
         return _matmul_jit(self, x)
 
 
