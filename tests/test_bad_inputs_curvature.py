@@ -1,7 +1,10 @@
 """Clear errors instead of raw ones or NaNs for bad inputs to curvature operators and
 `linalg.Operator`: wrong vector sizes, non-array and non-floating params leaves, losses that
 are not scalars, mean losses given to the empirical Fisher, low-precision params, a NaN in a
-late microbatch. Everything here runs in float32, so it holds with and without jax_enable_x64."""
+late microbatch; and `check_deterministic` on deterministic, random and non-symmetric
+operators. Everything here runs in float32, so it holds with and without jax_enable_x64."""
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +18,7 @@ from hessjax.curvature import (
     ggn_operator,
     hessian_operator,
 )
-from hessjax.linalg import dense_operator, eigsh
+from hessjax.linalg import Operator, check_deterministic, dense_operator, eigsh
 from hessjax.models import MLP
 
 M, B, D, C = 4, 8, 5, 3  # microbatches, batch size, input size, classes
@@ -173,3 +176,44 @@ def test_under_jit_only_shapes_are_checked(params, data):
     assert np.isfinite(top(params, x)).all()
     with pytest.raises(ValueError, match="must return a scalar"):
         jax.jit(lambda p: hessian_operator(_with_aux, p, data).size)(params)
+
+
+# ----------------------------------------------------------------------------- check_deterministic
+
+
+def test_check_deterministic_passes_hessian(params, data):
+    for op in (
+        hessian_operator(LOSS, params, data),
+        hessian_operator(LOSS, params, batches=batches_of(data)),
+    ):
+        check = check_deterministic(op, key=KEY, num_vectors=3)
+        assert check.repeat_error == 0.0  # the same program on the same CPU
+        assert check.symmetry_error < 1e-5  # float32 round-off of forward-over-reverse
+
+
+_TRACES = itertools.count()
+
+
+def _dropout_product(v, matrix):
+    """A product that draws a dropout mask from host state at trace time."""
+    mask = jax.random.bernoulli(jax.random.key(next(_TRACES)), 0.5, v.shape)
+    return matrix @ jnp.where(mask, v, 0.0)
+
+
+def test_check_deterministic_catches_randomness_and_asymmetry(params, data):
+    sym = jnp.eye(6, dtype=jnp.float32) + 1.0
+    random_op = Operator(_dropout_product, (sym,), 6, np.dtype(np.float32))
+    with pytest.raises(ValueError, match="not deterministic"):
+        check_deterministic(random_op, key=KEY)
+    passes = itertools.count()
+
+    def shuffled():  # a loader that serves a different batch on every pass
+        return [batches_of(data)[next(passes) % M]]
+
+    with pytest.raises(ValueError, match="not deterministic"):
+        check_deterministic(hessian_operator(LOSS, params, batches=shuffled), key=KEY)
+    triangular = dense_operator(jnp.triu(jnp.ones((6, 6), jnp.float32)))
+    with pytest.raises(ValueError, match="not symmetric"):
+        check_deterministic(triangular, key=KEY)
+    with pytest.raises(ValueError, match="num_vectors"):
+        check_deterministic(triangular, key=KEY, num_vectors=0)
