@@ -143,8 +143,9 @@ class _TreeViews:
 
 @dataclasses.dataclass(frozen=True)
 class CurvatureOperator(Operator, _TreeViews):
-    """A curvature `Operator` with args = (params, data) and the `ParamLayout` of its
-    selected parameters; a pytree, so solvers jit over params and data as inputs."""
+    """A curvature `Operator` with the `ParamLayout` of its selected parameters; args =
+    (params, data) (the Kronecker factors for `kronecker_operator`); a pytree, so solvers
+    jit over them as inputs."""
 
     layout: ParamLayout | None = None
 
