@@ -36,6 +36,13 @@ KEY = jax.random.key(0)
 # ----------------------------------------------------------------------------- helpers
 
 
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    """The oracles here are float64, with or without global x64; float32 tests cast."""
+    with jax.enable_x64(True):
+        yield
+
+
 def f64(tree):
     return jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), tree)
 

@@ -1,13 +1,16 @@
-"""Tests for hessjax.curvature.kronecker: the exact Dense-layer Hessian against jax.hessian of
-the mean loss (float64), the Kronecker approximation where it is exact (one sample; output
-layer under MSE), closed forms for the output Hessians, chunking, matrix-free Kronecker
-products and eigenpairs against numpy on np.kron, layer inputs by hand, and input checks."""
+"""Tests for hessjax.curvature.kronecker, all in float64 (with or without global x64): the
+exact Dense-layer Hessian against jax.hessian of the mean loss, the Kronecker approximation
+where it is exact (one sample; output layer under MSE), closed forms for the output Hessians,
+chunking, matrix-free Kronecker products and eigenpairs against numpy on np.kron, the
+block-diagonal Kronecker operator under eigsh against numpy on the explicit matrix, layer
+inputs by hand, and input checks."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 
 from hessjax.curvature import MeanLoss, cross_entropy, hessian_operator, mse
 from hessjax.curvature.kronecker import (
@@ -17,9 +20,10 @@ from hessjax.curvature.kronecker import (
     kron_eigh,
     kron_matvec,
     kronecker_factors,
+    kronecker_operator,
     output_hessians,
 )
-from hessjax.linalg import to_dense
+from hessjax.linalg import eigsh, to_dense
 from hessjax.models import MLP
 
 D, C, N = 5, 3, 6  # input size, classes / outputs, samples
@@ -57,6 +61,13 @@ def kron_of(factors):
 
 
 # ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    """Every test here compares against float64 oracles, with or without global x64."""
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +326,47 @@ def test_bad_inputs(variables, ce_batch, factors_ce):
         kronecker_factors(MODEL, variables, ce_batch[0], cross_entropy, "Dense_1")
     with pytest.raises(ValueError, match=r"shape \(12,\)"):
         kron_matvec(factors_ce["Dense_1"], jnp.zeros(11))
+
+
+# ----------------------------------------------------------------------------- operator
+
+LAYERS = ("Dense_0", "Dense_1", "Dense_2")
+KERNELS = [f"params/{layer}/kernel" for layer in LAYERS]
+
+
+def test_kronecker_operator_eigsh_matches_dense_kron(variables, ce_batch):
+    op = kronecker_operator(MODEL, variables, ce_batch, cross_entropy)
+    factors = [
+        kronecker_factors(MODEL, variables, ce_batch, cross_entropy, layer) for layer in LAYERS
+    ]
+    dense = scipy.linalg.block_diag(*[kron_of(f) for f in factors])  # (20 + 12 + 9)²
+    assert op.layout.selected_paths == tuple(KERNELS) and op.dtype == np.float64
+    assert_matrix_close(to_dense(op), dense, rel=1e-13)
+    w = np.linalg.eigh(dense)[0][::-1]
+    res = eigsh(op, k=4, key=jax.random.key(0), tol=1e-8)  # eigenvalue error <= r² ~ 1e-16
+    np.testing.assert_allclose(np.asarray(res.eigenvalues), w[:4], rtol=1e-12, atol=1e-14)
+    # pytree view: kernels in place, zeros at the biases it leaves out
+    tree = op.unravel(jnp.arange(op.size, dtype=jnp.float64))
+    np.testing.assert_array_equal(tree["params"]["Dense_1"]["kernel"].ravel(), 20 + np.arange(12))
+    assert not np.any(np.asarray(tree["params"]["Dense_1"]["bias"]))
+
+
+def test_kronecker_operator_exact_blocks_for_one_sample(variables, ce_batch):
+    """For one sample kron(A, G) is each kernel block of the Hessian (same flat order)."""
+    one = jax.tree_util.tree_map(lambda x: x[:1], ce_batch)
+    op = kronecker_operator(MODEL, variables, one, cross_entropy, ["Dense_2", "Dense_1"])
+    loss = MeanLoss(MODEL.apply, cross_entropy)
+    batched = jax.tree_util.tree_map(lambda x: x[None], one)
+    h = np.asarray(to_dense(hessian_operator(loss, variables, batched, select=KERNELS[1:])))
+    mask = scipy.linalg.block_diag(np.ones((12, 12)), np.ones((9, 9)))
+    assert_matrix_close(to_dense(op), h * mask)
+
+
+def test_kronecker_operator_bad_inputs(variables, ce_batch):
+    with pytest.raises(ValueError, match="matches no parameter"):
+        kronecker_operator(MODEL, variables, ce_batch, cross_entropy, ["Dense_7"])
+    with pytest.raises(ValueError, match=r"no kernel at \['params/Dense_7/kernel'\]"):
+        kronecker_operator(MODEL, variables, ce_batch, cross_entropy, ["Dense_0", "Dense_7"])
+    low = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), variables)
+    with pytest.raises(ValueError, match="params are bfloat16"):
+        kronecker_operator(MODEL, low, ce_batch, cross_entropy)

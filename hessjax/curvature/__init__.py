@@ -17,6 +17,7 @@ from hessjax.curvature.kronecker import (
     kron_eigh,
     kron_matvec,
     kronecker_factors,
+    kronecker_operator,
     output_hessians,
 )
 from hessjax.curvature.layout import ParamLayout, group_by_prefix, leaf_paths, make_layout
@@ -40,6 +41,7 @@ __all__ = [
     "kron_eigh",
     "kron_matvec",
     "kronecker_factors",
+    "kronecker_operator",
     "layer_block_diagonal",
     "output_hessians",
     "partition_by_layer",

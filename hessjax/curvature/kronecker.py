@@ -18,7 +18,8 @@ The Kronecker approximation replaces the mean of products by the product of mean
 
 which is exact for one sample, and whenever M_n is the same for every sample (e.g. the output
 layer under `mse`, where M_n = I). Its eigenpairs are products of those of A and G, so
-`kron_matvec` and `kron_eigh` never form the (in*out)² matrix.
+`kron_matvec` and `kron_eigh` never form the (in*out)² matrix. `kronecker_operator` stacks
+the approximations of several layers into one block-diagonal `Operator` for every solver.
 
 Layer inputs and output Hessians are captured with `flax.linen.intercept_methods`, matching the
 Dense module by its path (the same path its parameters have under 'params', e.g. 'Dense_1' or
@@ -30,7 +31,7 @@ network must treat samples independently (no batch statistics, no cross-sample a
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -38,6 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from hessjax.curvature.layout import check_precision, make_layout
+from hessjax.curvature.operators import CurvatureOperator
 
 Array = jax.Array
 PyTree = Any
@@ -96,10 +100,10 @@ def _dense_inputs(args: tuple, kwargs: dict) -> Array:
     return args[0] if args else kwargs["inputs"]
 
 
-def _apply_recording(model: nn.Module, variables: PyTree, inputs: PyTree, layer: str):
-    """Run the model once, recording (x, z) of every call of the Dense module at `layer` and
-    the paths of all Dense modules called."""
-    path = _layer_path(layer)
+def _apply_recording(model: nn.Module, variables: PyTree, inputs: PyTree, layer: str | None):
+    """Run the model once, recording (x, z) of every call of the Dense module at `layer` (none
+    for None) and the paths of all Dense modules called."""
+    path = None if layer is None else _layer_path(layer)
     calls: list[tuple[Array, Array]] = []
     seen: list[str] = []
 
@@ -407,3 +411,55 @@ def _kron_eigh(a: Array, g: Array, k: int) -> KroneckerEigenpairs:
         values, vectors = values.astype(dtype), vectors.astype(dtype)
         i, j = i.astype(jnp.int32), j.astype(jnp.int32)
     return KroneckerEigenpairs(values, vectors, i, j)
+
+
+def _kron_blocks_product(v: Array, factors: tuple[KroneckerFactors, ...]) -> Array:
+    """Block-diagonal product: kron(A_l, G_l) on layer l's slice of v (in_l * out_l,)."""
+    sizes = np.cumsum([f.a.shape[0] * f.g.shape[0] for f in factors])[:-1]
+    parts = jnp.split(v, sizes)
+    return jnp.concatenate([kron_matvec(f, x) for f, x in zip(factors, parts, strict=True)])
+
+
+def _dense_paths(model: nn.Module, variables: PyTree, inputs: PyTree) -> list[str]:
+    """Paths of the Dense modules model.apply calls, in call order (an abstract trace)."""
+    seen: list[str] = []
+    jax.eval_shape(
+        lambda v, i: seen.extend(_apply_recording(model, v, i, None)[1]), variables, inputs
+    )
+    return list(dict.fromkeys(seen))
+
+
+def kronecker_operator(
+    model: nn.Module,
+    variables: PyTree,
+    batch: tuple[Any, Any],
+    per_example_loss: PerExampleLoss,
+    layers: Sequence[str] | None = None,
+    *,
+    chunk_size: int | None = None,
+) -> CurvatureOperator:
+    """The block-diagonal Kronecker approximation ⊕_l kron(A_l, G_l) of the Hessian's kernel
+    blocks of the Dense layers `layers` (default: every Dense module the model calls), as an
+    `Operator` that every solver takes (args: the factors; see `kronecker_factors`).
+
+    It acts on the flat vector of those kernels, (Σ_l in_l * out_l,), in params leaf order
+    (`op.layout`; as `hessian_operator(..., select=<their kernel paths>)`). Biases and all other
+    leaves are outside its space: `op.unravel` gives them zeros, i.e. the approximation has
+    zero curvature there, not identity.
+    """
+    _check_batch(batch)
+    if layers is None:
+        layers = _dense_paths(model, variables, batch[0])
+    kernels = {"/".join(("params", *_layer_path(layer), "kernel")): layer for layer in layers}
+    layout = make_layout(variables, lambda path: path in kernels)
+    missing = set(kernels) - set(layout.selected_paths)
+    if missing:
+        raise ValueError(f"no kernel at {sorted(missing)}; params leaves are {list(layout.paths)}")
+    check_precision(layout)
+    factors = tuple(
+        kronecker_factors(
+            model, variables, batch, per_example_loss, kernels[path], chunk_size=chunk_size
+        )
+        for path in layout.selected_paths
+    )
+    return CurvatureOperator(_kron_blocks_product, (factors,), layout.size, layout.dtype, layout)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessjax.linalg import _checks
+
 Array = jax.Array
 PyTree = Any
 Select = None | str | Sequence[str] | Callable[[str], bool]
@@ -88,6 +90,7 @@ class ParamLayout:
         return jnp.concatenate([jnp.ravel(x) for x in picked])
 
     def unravel_picked(self, flat: Array) -> list[Array]:
+        _checks.check_operand(flat, self.size, (1,))
         shapes = [s for s, on in zip(self.shapes, self.selected, strict=True) if on]
         sizes = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
         return [x.reshape(s) for x, s in zip(jnp.split(flat, sizes), shapes, strict=True)]
@@ -113,8 +116,22 @@ class ParamLayout:
         return self.ravel_picked(self.pick(leaves))
 
 
+def _leaf_dtype(x: Any, path: str) -> np.dtype:
+    try:
+        return np.dtype(jnp.result_type(x))
+    except TypeError:
+        raise ValueError(
+            f"params leaf {path!r} is a {type(x).__name__} ({x!r:.40}), not a numeric array; "
+            "keep names, settings and keys out of params (in a closure or a static field)"
+        ) from None
+
+
 def make_layout(params: PyTree, select: Select = None) -> ParamLayout:
-    """Layout of `params` restricted to the leaves chosen by `select` (see `select_mask`)."""
+    """Layout of `params` restricted to the leaves chosen by `select` (see `select_mask`).
+
+    Every leaf must be a numeric array or scalar; the selected ones must share one floating
+    dtype (integer leaves such as a step counter are fine when `select` leaves them out).
+    """
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if not leaves:
         raise ValueError("params has no array leaves")
@@ -122,14 +139,32 @@ def make_layout(params: PyTree, select: Select = None) -> ParamLayout:
     mask = select_mask(paths, select)
     if not any(mask):
         raise ValueError(f"select={select!r} matches no parameter; paths are {list(paths)}")
-    dtypes = tuple(np.dtype(jnp.result_type(x)) for x in leaves)
+    dtypes = tuple(_leaf_dtype(x, p) for x, p in zip(leaves, paths, strict=True))
+    for d, p, on in zip(dtypes, paths, mask, strict=True):
+        if on and not jnp.issubdtype(d, jnp.floating):
+            raise ValueError(
+                f"params leaf {p!r} has dtype {d}; curvature needs floating parameters: "
+                "leave it out with select= (e.g. select=lambda path: 'step' not in path) or "
+                "keep it outside params"
+            )
     chosen = {d for d, on in zip(dtypes, mask, strict=True) if on}
-    if len(chosen) != 1 or not jnp.issubdtype(next(iter(chosen)), jnp.floating):
+    if len(chosen) != 1:
         raise ValueError(
             f"selected params must share one floating dtype, got {sorted(map(str, chosen))}"
         )
     shapes = tuple(tuple(np.shape(x)) for x in leaves)
     return ParamLayout(treedef, shapes, dtypes, paths, mask)
+
+
+def check_precision(layout: ParamLayout) -> None:
+    """Curvature operators need float32 or float64 parameters (bfloat16 / float16 products
+    are not supported yet)."""
+    if layout.dtype in (np.dtype(jnp.bfloat16), np.dtype(jnp.float16)):
+        raise ValueError(
+            f"params are {layout.dtype}: low-precision curvature products are not supported "
+            "yet; cast params to float32, e.g. "
+            "jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)"
+        )
 
 
 def group_by_prefix(params: PyTree, depth: int = 1, skip: Sequence[str] = ("params",)) -> list[str]:

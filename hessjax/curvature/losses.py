@@ -35,5 +35,9 @@ class MeanLoss:
     per_example_loss: Callable[[Array, Any], Array]
 
     def __call__(self, params: Any, batch: tuple[Any, Any]) -> Array:
+        return jnp.mean(self.per_example(params, batch))
+
+    def per_example(self, params: Any, batch: tuple[Any, Any]) -> Array:
+        """The unreduced losses, (b,) for a batch of b examples."""
         inputs, targets = batch
-        return jnp.mean(self.per_example_loss(self.model_fn(params, inputs), targets))
+        return self.per_example_loss(self.model_fn(params, inputs), targets)

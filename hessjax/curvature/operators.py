@@ -6,6 +6,13 @@ fit in memory, `batches=` takes a re-iterable of batches (b, ...) and sums on th
 
 Every operator acts on flat vectors over the selected parameters (`select`, see
 `layout.select_mask`); restricted to a block of parameters it is the diagonal block H_ii.
+
+Construction checks the inputs and evaluates the loss (the per-example losses for the Fisher)
+once on every microbatch, or every streamed batch: one jitted forward pass over the data
+(a fraction of one product's cost), then one host transfer of m flags. A non-finite loss raises
+a ValueError naming the first bad (micro)batch. Under an outer `jit` (traced params or data)
+only shapes are checked. Products themselves are not checked: a NaN that arises only in the
+curvature (a finite loss with a NaN second derivative) is left to the solvers.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hessjax.curvature.layout import ParamLayout, PyTree, Select, make_layout
+from hessjax.curvature.layout import ParamLayout, PyTree, Select, check_precision, make_layout
 from hessjax.curvature.losses import MeanLoss
+from hessjax.linalg import _checks
 from hessjax.linalg.operator import Operator
 
 Array = jax.Array
@@ -121,6 +129,7 @@ class _TreeViews:
 
     def unravel_vectors(self, vs: Array) -> PyTree:
         """(size, k) columns -> params-shaped tree whose leaves have a leading k axis."""
+        _checks.check_operand(vs, self.layout.size, (2,), "vs")
         return jax.vmap(self.layout.unravel, in_axes=1)(vs)
 
     def tree_matvec(self, tree: PyTree) -> PyTree:
@@ -134,8 +143,9 @@ class _TreeViews:
 
 @dataclasses.dataclass(frozen=True)
 class CurvatureOperator(Operator, _TreeViews):
-    """A curvature `Operator` with args = (params, data) and the `ParamLayout` of its
-    selected parameters; a pytree, so solvers jit over params and data as inputs."""
+    """A curvature `Operator` with the `ParamLayout` of its selected parameters; args =
+    (params, data) (the Kronecker factors for `kronecker_operator`); a pytree, so solvers
+    jit over them as inputs."""
 
     layout: ParamLayout | None = None
 
@@ -158,18 +168,25 @@ class StreamingOperator(_TreeViews):
         return self._batches() if callable(self._batches) else iter(self._batches)
 
     def matvec(self, v: Array) -> Array:
+        _checks.check_operand(v, self.size, (1,))
         total, count = jnp.zeros_like(v), 0
         for batch in self.batches():
             b = _leading_size(batch)
-            stacked = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], batch)
-            total, count = total + b * self._product(v, self.params, stacked), count + b
+            total, count = total + b * self._product(v, self.params, _stack(batch)), count + b
         return total / count
 
     def matmat(self, vs: Array) -> Array:
+        _checks.check_operand(vs, self.size, (2,), "vs")
         return jnp.stack([self.matvec(v) for v in vs.T], axis=1)
 
     def __matmul__(self, x: Array) -> Array:
+        _checks.check_operand(x, self.size, (1, 2), "x")
         return self.matvec(x) if x.ndim == 1 else self.matmat(x)
+
+
+def _stack(batch: PyTree) -> PyTree:
+    """One batch (b, ...) as data with a single microbatch (1, b, ...)."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], batch)
 
 
 def _leading_size(tree: PyTree, axis_name: str = "batch") -> int:
@@ -190,26 +207,59 @@ def _is_tracer(tree: PyTree) -> bool:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _loss_value(value_fn: Callable[[PyTree, Any], Array], params: PyTree, batch: PyTree):
-    return value_fn(params, batch)
+def _loss_values(value_fn: Callable[[PyTree, Any], Array], params: PyTree, data: PyTree):
+    """value_fn(params, batch) on every microbatch of data (m, b, ...), stacked: (m, ...)."""
+    if jax.tree_util.tree_leaves(data)[0].shape[0] == 1:  # no loop (see _Product)
+        value = value_fn(params, jax.tree_util.tree_map(lambda x: x[0], data))
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], value)
+    return lax.map(functools.partial(value_fn, params), data)
 
 
-def _check_finite(value_fn: Callable[[PyTree, Any], Array], params: PyTree, batch: PyTree):
-    if _is_tracer(params) or _is_tracer(batch):
-        return
-    value = _loss_value(value_fn, params, batch)  # cached per (hashable) loss and shapes
-    if not bool(jnp.all(jnp.isfinite(value))):
-        raise ValueError(f"loss is not finite at params on the first batch: {value}")
+def _finite_losses(value_fn, params: PyTree, data: PyTree, per_example: bool) -> Array | None:
+    """(m,) flags, True where the loss on microbatch i of data (m, b, ...) is finite (None
+    under an outer trace, where only shapes are checked). One jitted forward pass, cached per
+    (hashable) loss and shapes. per_example: value_fn returns (b,) losses, else a scalar."""
+    values = _loss_values(value_fn, params, data)
+    if not isinstance(values, jax.Array):
+        raise ValueError(
+            f"loss_fn must return a scalar; got a {type(values).__name__} — wrap it, e.g. "
+            "lambda p, b: loss_fn(p, b)[0]"
+        )
+    want = (jax.tree_util.tree_leaves(data)[0].shape[1],) if per_example else ()
+    if values.shape[1:] != want:
+        raise ValueError(
+            f"per_example_loss must return per-example losses of shape (batch,) = {want}, got "
+            f"shape {values.shape[1:]}: pass the unreduced loss (e.g. cross_entropy), not its mean"
+            if per_example
+            else f"loss_fn must return a scalar; got shape {values.shape[1:]} (reduce it, e.g. "
+            "with jnp.mean)"
+        )
+    if _is_tracer(values):
+        return None
+    return jnp.all(jnp.isfinite(values.reshape(values.shape[0], -1)), axis=1)
 
 
-def _build(product, value_fn, params, data, batches, layout: ParamLayout):
+def _raise_non_finite(finite: Array, where: str) -> None:
+    bad = np.flatnonzero(~np.asarray(finite))
+    if bad.size:
+        raise ValueError(
+            f"loss is not finite on {where} {bad[0]} (0-based; {bad.size} of {finite.size} "
+            f"{where}es non-finite): check its inputs and the params"
+        )
+
+
+def _build(product, value_fn, params, data, batches, layout: ParamLayout, per_example=False):
+    """The in-memory or streaming operator of `product`, after checking the inputs and that
+    value_fn (the loss, or per-example losses) is finite on every (micro)batch."""
+    check_precision(layout)
     if (data is None) == (batches is None):
         raise ValueError("pass exactly one of data= (microbatched pytree) or batches= (iterable)")
     if data is not None:
         _leading_size(data, "microbatch")
-        first = jax.tree_util.tree_map(lambda x: x[0], data)
-        _leading_size(first)
-        _check_finite(value_fn, params, first)
+        _leading_size(jax.tree_util.tree_map(lambda x: x[0], data))
+        finite = _finite_losses(value_fn, params, data, per_example)
+        if finite is not None:
+            _raise_non_finite(finite, "microbatch")
         return CurvatureOperator(product, (params, data), layout.size, layout.dtype, layout)
     if not callable(batches) and iter(batches) is batches:
         raise ValueError(
@@ -217,11 +267,14 @@ def _build(product, value_fn, params, data, batches, layout: ParamLayout):
             "a generator is exhausted after one product"
         )
     op = StreamingOperator(product, params, batches, layout)
-    first = next(iter(op.batches()), None)
-    if first is None:
+    finite = []
+    for batch in op.batches():
+        _leading_size(batch)
+        finite.append(_finite_losses(value_fn, params, _stack(batch), per_example))
+    if not finite:
         raise ValueError("batches is empty")
-    _leading_size(first)
-    _check_finite(value_fn, params, first)
+    if finite[0] is not None:
+        _raise_non_finite(jnp.concatenate(finite), "batch")
     return op
 
 
@@ -280,5 +333,5 @@ def empirical_fisher_operator(
     """Empirical Fisher (1/N) Σ_i ∇ℓ_i ∇ℓ_iᵀ of the per-example losses (data as for GGN)."""
     layout = make_layout(params, select)
     product = FisherProduct(model_fn, per_example_loss, layout)
-    loss = MeanLoss(model_fn, per_example_loss)
-    return _build(product, loss, params, data, batches, layout)
+    losses = MeanLoss(model_fn, per_example_loss).per_example
+    return _build(product, losses, params, data, batches, layout, per_example=True)

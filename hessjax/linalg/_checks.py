@@ -88,3 +88,16 @@ def concrete_matvecs(result):
     """`result` with num_matvecs as a Python int (unchanged under an outer trace)."""
     n = result.num_matvecs
     return result._replace(num_matvecs=int(n)) if is_concrete(n) else result
+
+
+def check_operand(x: jax.Array, n: int, ndims: tuple[int, ...] = (1, 2), name: str = "v") -> None:
+    """x must be a vector (n,) (ndim 1) or a block of vectors (n, k) (ndim 2), as `ndims`
+    allows, for an operator of size n. Shapes are static, so this is free under `jit`."""
+    shape = tuple(np.shape(x))
+    if len(shape) in ndims and shape[0] == n:
+        return
+    want = " or ".join({1: f"({n},)", 2: f"({n}, k)"}[d] for d in ndims)
+    got = f"size {shape[0]}" if shape else "a scalar"
+    raise ValueError(
+        f"{name} must have shape {want} for an operator of size {n}; got shape {shape} ({got})"
+    )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hessjax.linalg import _checks
 
 Array = jax.Array
 
@@ -47,14 +49,17 @@ class Operator:
 
     def matvec(self, v: Array) -> Array:
         """(size,) -> (size,), traced into the caller (call it inside `jit`, or use `op @ v`)."""
+        _checks.check_operand(v, self.size, (1,))
         return self.product(v, *self.args)
 
     def matmat(self, vs: Array) -> Array:
         """(size, k) -> (size, k): one vmapped product over the columns."""
+        _checks.check_operand(vs, self.size, (2,), "vs")
         return jax.vmap(self.matvec, in_axes=1, out_axes=1)(vs)
 
     def __matmul__(self, x: Array) -> Array:
         """Jitted product with a vector (size,) or a block of vectors (size, k)."""
+        _checks.check_operand(x, self.size, (1, 2), "x")
         return _matmul_jit(self, x)
 
 
@@ -104,3 +109,59 @@ def apply_block(op: LinearOperatorLike, vs: Array, block_size: int | None = None
 @functools.partial(jax.jit, static_argnames=("block_size",))
 def _apply_block_traced(op: Operator, vs: Array, block_size: int | None) -> Array:
     return jax.lax.map(op.matvec, vs.T, batch_size=block_size or vs.shape[1]).T
+
+
+class OperatorCheck(NamedTuple):
+    """Relative errors measured by `check_deterministic` (floats, in float64).
+
+    repeat_error: max_j ‖A v_j - A' v_j‖ / max_j ‖A v_j‖ between two separately traced
+      applications A, A' of the operator to the same vectors v_j.
+    symmetry_error: max_ij |v_iᵀ A v_j - v_jᵀ A v_i| / (max_i ‖v_i‖ · max_j ‖A v_j‖).
+    """
+
+    repeat_error: float
+    symmetry_error: float
+
+
+def check_deterministic(
+    op: LinearOperatorLike, *, key: Array, num_vectors: int = 2, rtol: float | None = None
+) -> OperatorCheck:
+    """Opt-in check that `op` is a fixed symmetric matrix, as every solver assumes.
+
+    Applies op to num_vectors Gaussian vectors twice, each time from a fresh trace (so Python
+    code in the product, e.g. a counter or a dropout key drawn on the host, runs again; a
+    streaming operator re-reads its batches), and checks the symmetry of Vᵀ A V from the same
+    products (needs num_vectors >= 2). Costs 2 * num_vectors products and two compilations.
+
+    Raises ValueError if either error of the returned `OperatorCheck` exceeds rtol (default
+    10 sqrt(eps) of op.dtype: 3.5e-3 in float32, 1.5e-7 in float64, well above round-off).
+    """
+    _checks.check_key(key)
+    _checks.check_positive(num_vectors, "num_vectors")
+    rtol = 10 * float(np.sqrt(np.finfo(op.dtype).eps)) if rtol is None else rtol
+    vs = jax.random.normal(key, (op.size, num_vectors), op.dtype)
+    first, second = (np.asarray(_apply_retraced(op, vs), np.float64) for _ in range(2))
+    v64 = np.asarray(vs, np.float64)
+    scale = max(float(np.linalg.norm(first, axis=0).max()), np.finfo(np.float64).tiny)
+    repeat = float(np.linalg.norm(first - second, axis=0).max()) / scale
+    gram = v64.T @ first
+    symmetry = float(np.abs(gram - gram.T).max()) / (np.linalg.norm(v64, axis=0).max() * scale)
+    if repeat > rtol:
+        raise ValueError(
+            f"operator is not deterministic: two products with the same vectors differ by "
+            f"{repeat:.2e} (relative, rtol={rtol:.1e}); does its product read randomness or "
+            "Python state (a dropout key, a counter, a shuffling data loader)?"
+        )
+    if symmetry > rtol:
+        raise ValueError(
+            f"operator is not symmetric: |uᵀAv - vᵀAu| is {symmetry:.2e} of ‖u‖‖Av‖ "
+            f"(rtol={rtol:.1e}); the solvers assume a symmetric matrix"
+        )
+    return OperatorCheck(repeat, symmetry)
+
+
+def _apply_retraced(op: LinearOperatorLike, vs: Array) -> Array:
+    """A @ vs (size, p) from a fresh trace: a new jitted function, never a cached one."""
+    if is_traceable(op):
+        return jax.jit(lambda o, x: o.matmat(x))(op, vs)
+    return apply_block(op, vs)
