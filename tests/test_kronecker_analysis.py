@@ -18,11 +18,9 @@ from hessjax.analysis.kronecker import (
     cross_model_overlap,
     eigenvector_low_rank,
     exact_vs_kronecker_overlap,
-    overlap_curve,
-    random_alignment,
 )
 from hessjax.curvature import cross_entropy, exact_layer_hessian, kron_eigh, kronecker_factors
-from hessjax.linalg import subspace_overlap
+from hessjax.linalg import overlap_curve, random_alignment, subspace_overlap
 from hessjax.models import MLP
 
 D, C, N = 6, 4, 64  # input size, classes, samples

@@ -18,7 +18,6 @@ from experiments.common import build_model
 from experiments.configs.weights import get_config
 from hessjax.analysis import trajectory as tr
 from hessjax.analysis import weights as wt
-from hessjax.analysis.kronecker import overlap_curve, random_alignment
 from hessjax.curvature import (
     MeanLoss,
     cross_entropy,
@@ -27,7 +26,7 @@ from hessjax.curvature import (
     partition_by_layer,
 )
 from hessjax.data import load_dataset
-from hessjax.linalg import eigsh
+from hessjax.linalg import eigsh, overlap_curve, random_alignment
 from hessjax.models import MLP, ConvNet
 
 # ----------------------------------------------------------------------------- quadratic
