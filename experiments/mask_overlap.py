@@ -155,9 +155,7 @@ def _overlaps(theta, basis, ks, block_ids, random_masks) -> dict:
         if block_ids is not None:
             layer_mask = linalg.top_magnitude_mask(theta, k, block_ids)
             out["layerwise_overlap"][k] = float(linalg.mask_overlap(layer_mask, vk))
-        # Mask basis E_mask: E_maskᵀ V_k = V_k[mask], so the principal angles are those of
-        # (I_k, V_k[mask]) (no dense (n, k) mask basis).
-        dist = linalg.grassmann_distances(np.eye(k), vk[mask])
+        dist = linalg.mask_grassmann_distances(mask, vk)  # no dense (n, k) mask basis
         out["grassmann"][k] = {name: float(v) for name, v in dist._asdict().items()}
         values = [float(linalg.mask_overlap(m, vk)) for m in random_masks[k]]
         out["random"][k] = {

@@ -2,7 +2,8 @@
 
 With params replicated and data sharded this way, the jitted curvature products run under
 GSPMD: each device differentiates its slice of every microbatch and XLA inserts the reduction
-of the mean loss, so results equal the single-device ones (tests check this on 4 CPU devices).
+of the mean loss, so results equal the single-device ones to round-off
+(tests/test_distributed.py checks products and eigsh on 4 virtual CPU devices).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
-"""Test setup: 4 virtual CPU devices (for data-parallel tests) and float64 available.
+"""Test setup: 4 virtual CPU devices (for data-parallel tests); JAX's default float32 mode.
 
-Oracles run in float64; tests of float32 behaviour ask for float32 arrays explicitly.
+The suite runs in float32, the mode users run, so that the float32 products and the library's
+own float64 contexts for small eigenproblems are exercised. Tests that compare against float64
+oracles switch float64 on for themselves (see tests/_x64.py): the `x64` marker (on a test or a
+whole module via ``pytestmark``), the `x64` fixture, or ``with enable_x64():``.
 """
 
 import os
@@ -9,7 +12,49 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.pop("JAX_ENABLE_X64", None)  # float32 by default, whatever the shell says
+
+import contextlib  # noqa: E402
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+from _x64 import enable_x64  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+__all__ = ["enable_x64"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "x64: run this test (setup, call and teardown) with jax float64 enabled"
+    )
+    if jax.config.jax_enable_x64:
+        raise pytest.UsageError("the suite runs in float32: unset JAX_ENABLE_X64")
+
+
+def _x64_context(item):
+    return enable_x64() if item.get_closest_marker("x64") else contextlib.nullcontext()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _x64_context(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _x64_context(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    with _x64_context(item):
+        return (yield)
+
+
+@pytest.fixture
+def x64():
+    """Float64 for the duration of one test (same as the `x64` marker)."""
+    with enable_x64():
+        yield

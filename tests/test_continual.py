@@ -1,5 +1,6 @@
-"""hessjax.continual: transformations against hand computations (float64), bases, sources,
-metrics, task builders, and experiments/continual.py end to end (forgetting and kill/resume)."""
+"""hessjax.continual: transformations against hand computations (float64, the `x64` marker),
+the same projections in float32, bases, sources, metrics, task builders, and
+experiments/continual.py end to end in JAX's default float32 (forgetting and kill/resume)."""
 
 import json
 import os
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _x64 import enable_x64
 
 from hessjax import continual as cl
 from hessjax import curvature
@@ -52,6 +54,7 @@ def _orthonormal(key, n, k, dtype=F64):
 # ---------------------------------------------------------------------------- project_out
 
 
+@pytest.mark.x64
 def test_project_out_global_removes_exactly_the_protected_component():
     params = _tree(jax.random.key(0))
     n = _flat(params).size  # 3 + 12 + 2 + 6 = 23
@@ -73,6 +76,7 @@ def test_project_out_global_removes_exactly_the_protected_component():
     np.testing.assert_allclose(_flat(step), -0.5 * (u - basis @ (basis.T @ u)), atol=1e-12)
 
 
+@pytest.mark.x64
 def test_project_out_per_layer():
     params = _tree(jax.random.key(0))
     b0 = _orthonormal(jax.random.key(1), 15, 4)  # Dense_0: bias 3 + kernel 12, leaf order
@@ -102,6 +106,7 @@ def test_project_out_per_layer():
 # ------------------------------------------------------------------------------ extend_basis
 
 
+@pytest.mark.x64
 def test_extend_basis_orthonormal_and_drops_dependent_vectors():
     n = 12
     basis = _orthonormal(jax.random.key(0), n, 3)
@@ -141,9 +146,32 @@ def test_extend_basis_orthonormal_and_drops_dependent_vectors():
     np.testing.assert_array_equal(cl.used_columns(cl.pad_columns(out, 9)), out)
 
 
+def test_projection_and_extend_basis_in_float32():
+    """The default float32 path: a basis grown by extend_basis from float32 vectors is
+    orthonormal to float32 round-off (two Gram-Schmidt passes: max |BᵀB − I| ~ eps · sqrt(n)
+    = 1e-6 here, asserted < 1e-5), project_out keeps float32 and removes the protected
+    component down to the round-off of two products with B, |u| · k · eps ~ 1e-6 relative."""
+    f32 = jnp.float32
+    params = _tree(jax.random.key(0), f32)
+    n = _flat(params).size
+    vectors = jax.random.normal(jax.random.key(1), (n, 6), f32)
+    basis = cl.extend_basis(None, vectors)
+    assert basis.dtype == f32 and basis.shape == (n, 6)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(6), atol=1e-5)
+    tx = cl.project_out(cl.pad_columns(basis, 8))
+    updates = _tree(jax.random.key(2), f32)
+    out, _ = jax.jit(tx.update)(updates, tx.init(params))
+    u, v = np.asarray(_flat(updates), np.float64), _flat(out)
+    assert v.dtype == f32
+    b = np.asarray(basis, np.float64)
+    np.testing.assert_allclose(v, u - b @ (b.T @ u), atol=1e-5 * np.linalg.norm(u))
+    np.testing.assert_allclose(b.T @ np.asarray(v, np.float64), 0, atol=1e-5 * np.linalg.norm(u))
+
+
 # ----------------------------------------------------------------------------- penalties
 
 
+@pytest.mark.x64
 def test_curvature_penalty_gradient_equals_grad_of_quadratic_form():
     params = _tree(jax.random.key(0))
     anchor = _tree(jax.random.key(1))
@@ -195,13 +223,15 @@ class _Linear(nn.Module):
 
 @pytest.fixture(scope="module")
 def linear():
-    model = _Linear()
-    x = jax.random.normal(jax.random.key(0), (6, 4), F64)
-    y = jnp.array([0, 1, 2, 1, 0, 2])
-    params = model.init(jax.random.key(1), x)
-    return model, params, x, y
+    with enable_x64():
+        model = _Linear()
+        x = jax.random.normal(jax.random.key(0), (6, 4), F64)
+        y = jnp.array([0, 1, 2, 1, 0, 2])
+        params = model.init(jax.random.key(1), x)
+        return model, params, x, y
 
 
+@pytest.mark.x64
 def test_ewc_fisher_and_penalty_by_hand(linear):
     model, params, x, y = linear
     loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
@@ -232,6 +262,7 @@ def test_ewc_fisher_and_penalty_by_hand(linear):
     np.testing.assert_allclose(out2["params"]["Dense_0"]["kernel"], want, rtol=1e-12)
 
 
+@pytest.mark.x64
 def test_hessian_directions_match_dense_eigh(linear):
     model, params, x, y = linear
     loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
@@ -246,6 +277,7 @@ def test_hessian_directions_match_dense_eigh(linear):
     np.testing.assert_allclose(proj @ top.vectors, top.vectors, atol=1e-7)
 
 
+@pytest.mark.x64
 def test_ogd_logit_gradients_by_hand_and_projection(linear):
     model, params, x, y = linear
     grads = cl.logit_gradients(model.apply, params, x, y)  # (n, N), n = bias 3 + kernel 12
@@ -256,7 +288,13 @@ def test_ogd_logit_gradients_by_hand_and_projection(linear):
         for name in want:
             np.testing.assert_allclose(tree[name], want[name], atol=1e-12)
     every = cl.logit_gradients(model.apply, params, x[:2])  # all logits: (n, 2·3)
-    np.testing.assert_allclose(every[:, 3 + 1], grads[:, 1] if y[1] == 1 else every[:, 4])
+    assert every.shape == (15, 6)
+    for i in range(2):  # sample-major: column i·C + c is the gradient of logit c of sample i
+        for c in range(3):
+            tree = curvature.make_layout(params).unravel(every[:, 3 * i + c])["params"]["Dense_0"]
+            np.testing.assert_allclose(tree["bias"], np.eye(3)[c], atol=1e-12)
+            np.testing.assert_allclose(tree["kernel"], np.outer(x[i], np.eye(3)[c]), atol=1e-12)
+        np.testing.assert_allclose(every[:, 3 * i + int(y[i])], grads[:, i], atol=1e-12)
     # OGD: after projecting out the orthonormalised memory, a step leaves the stored
     # samples' true-class logits unchanged (the model is linear, so exactly)
     basis = cl.extend_basis(None, grads)
@@ -269,6 +307,7 @@ def test_ogd_logit_gradients_by_hand_and_projection(linear):
     assert float(jnp.max(jnp.abs(model.apply(new, x) - model.apply(params, x)))) > 1e-3
 
 
+@pytest.mark.x64
 def test_gpm_energy_threshold_and_projection_by_hand():
     # activations with singular values 4, 2, 1 along e0, e1, e2 of R^4 (energy 16, 4, 1)
     acts = np.zeros((3, 4))
@@ -305,6 +344,7 @@ def test_gpm_energy_threshold_and_projection_by_hand():
     assert float(jnp.max(jnp.abs(model.apply(new, x_new) - model.apply(params, x_new)))) > 1e-3
 
 
+@pytest.mark.x64
 def test_weight_svd_and_update_pca_directions():
     params = _tree(jax.random.key(0))
     d = cl.weight_svd_directions(params, 2)
@@ -496,7 +536,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(reference, tmp_path):
 
     _, want = reference
     workdir = str(tmp_path)
-    env = dict(os.environ, JAX_ENABLE_X64="1")  # the same dtypes as this process (conftest)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}  # float32, as here
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.continual", f"--workdir={workdir}", *_flags()],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

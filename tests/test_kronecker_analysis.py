@@ -1,7 +1,8 @@
 """Tests for hessjax.analysis.kronecker (overlap curves, low rank of reshaped eigenvectors,
 outlier counts) against dense float64 oracles (np.linalg.eigh of the exact layer block and of
 np.kron of its factors), closed forms and synthetic spectra, and a tiny run of
-experiments/kronecker.py."""
+experiments/kronecker.py. The oracle comparisons run in float64 (the `x64` marker; the layer
+blocks are built inside `enable_x64`), the binary in JAX's default float32."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _x64 import enable_x64
 
 from experiments import kronecker as kron_experiment
 from experiments.configs.kronecker import get_config
@@ -18,11 +20,9 @@ from hessjax.analysis.kronecker import (
     cross_model_overlap,
     eigenvector_low_rank,
     exact_vs_kronecker_overlap,
-    overlap_curve,
-    random_alignment,
 )
 from hessjax.curvature import cross_entropy, exact_layer_hessian, kron_eigh, kronecker_factors
-from hessjax.linalg import subspace_overlap
+from hessjax.linalg import overlap_curve, random_alignment, subspace_overlap
 from hessjax.models import MLP
 
 D, C, N = 6, 4, 64  # input size, classes, samples
@@ -46,22 +46,24 @@ def random_basis(rng, n, k):
 def layer_blocks():
     """Exact kernel blocks and Kronecker factors (float64) of both layers of a small ReLU MLP
     on inputs with a nonzero mean."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(loc=0.5, size=(N, D)))
-    y = jnp.asarray(rng.integers(0, C, size=N))
-    variables = MODEL.init(jax.random.key(0), x[:1])
-    variables = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), variables)
-    out = {}
-    for layer in ("Dense_0", "Dense_1"):
-        exact = np.asarray(exact_layer_hessian(MODEL, variables, (x, y), cross_entropy, layer))
-        factors = kronecker_factors(MODEL, variables, (x, y), cross_entropy, layer)
-        out[layer] = exact, factors
+    with enable_x64():
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(loc=0.5, size=(N, D)))
+        y = jnp.asarray(rng.integers(0, C, size=N))
+        variables = MODEL.init(jax.random.key(0), x[:1])
+        variables = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), variables)
+        out = {}
+        for layer in ("Dense_0", "Dense_1"):
+            exact = np.asarray(exact_layer_hessian(MODEL, variables, (x, y), cross_entropy, layer))
+            factors = kronecker_factors(MODEL, variables, (x, y), cross_entropy, layer)
+            out[layer] = exact, factors
     return out
 
 
 # ----------------------------------------------------------------------------- overlaps
 
 
+@pytest.mark.x64
 def test_overlap_curve_matches_oracle(layer_blocks):
     exact, factors = layer_blocks["Dense_0"]
     n = exact.shape[0]
@@ -125,6 +127,7 @@ def test_overlap_curve_checks_inputs():
 # ----------------------------------------------------------------------------- low rank
 
 
+@pytest.mark.x64
 def test_low_rank_of_kronecker_eigenvectors_is_exactly_rank_one(layer_blocks):
     _, factors = layer_blocks["Dense_0"]
     d_in, d_out = factors.a.shape[0], factors.g.shape[0]
@@ -140,6 +143,7 @@ def test_low_rank_of_kronecker_eigenvectors_is_exactly_rank_one(layer_blocks):
     )
 
 
+@pytest.mark.x64
 def test_low_rank_against_svd_oracle(layer_blocks):
     exact, factors = layer_blocks["Dense_1"]
     d_in, d_out = factors.a.shape[0], factors.g.shape[0]
@@ -250,6 +254,7 @@ def test_count_outliers_checks_inputs():
         count_outliers([3.0, 2.0], rel_floor=0.0)
 
 
+@pytest.mark.x64
 def test_outliers_of_output_layer_with_mean_dominated_inputs():
     """Closed-form case: the output layer of a linear softmax model at W = 0 (p uniform) on
     inputs x = μ + small noise. M = diag(p) - ppᵀ is the same for every sample, so the block is

@@ -2,7 +2,9 @@
 hessjax.analysis.weights (weight-SVD directions, their overlap with Hessian eigenvectors, weight
 alignment), against closed forms on a quadratic loss with known Hessian A (float64 gradient
 descent), against dense float64 oracles (jax.hessian + numpy.linalg.eigh) on a small MLP, and a
-tiny run of experiments/weights.py."""
+tiny run of experiments/weights.py. The closed-form and oracle tests run in float64 (the `x64`
+marker; their module fixtures are built inside `enable_x64`), the binary in JAX's default
+float32."""
 
 import json
 import os
@@ -12,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.linalg
+from _x64 import enable_x64
 
 from experiments import weights as weights_experiment
 from experiments.common import build_model
 from experiments.configs.weights import get_config
 from hessjax.analysis import trajectory as tr
 from hessjax.analysis import weights as wt
-from hessjax.analysis.kronecker import overlap_curve, random_alignment
 from hessjax.curvature import (
     MeanLoss,
     cross_entropy,
@@ -27,7 +30,7 @@ from hessjax.curvature import (
     partition_by_layer,
 )
 from hessjax.data import load_dataset
-from hessjax.linalg import eigsh
+from hessjax.linalg import eigsh, random_alignment
 from hessjax.models import MLP, ConvNet
 
 # ----------------------------------------------------------------------------- quadratic
@@ -94,15 +97,17 @@ def quadratic():
     t = np.arange(STEPS + 1)
     rho = 1 - ETA * LAMBDAS
     exact = THETA_STAR + (C0 * rho ** t[:, None]) @ Q.T  # (STEPS + 1, N)
-    params = _tree(exact[0])
-    pure = jax.jit(_gd_scan, static_argnums=(1, 2))(params, STEPS, 1)
-    opt = jax.jit(_optax_scan, static_argnums=(1, 2))(params, STEPS, 1)
-    return exact, params, tr.read_snapshots(pure), opt
+    with enable_x64():
+        params = _tree(exact[0])
+        pure = jax.jit(_gd_scan, static_argnums=(1, 2))(params, STEPS, 1)
+        opt = jax.jit(_optax_scan, static_argnums=(1, 2))(params, STEPS, 1)
+        return exact, params, tr.read_snapshots(pure), opt
 
 
 # ----------------------------------------------------------------------------- recorder
 
 
+@pytest.mark.x64
 def test_recorder_snapshots_are_the_trajectory(quadratic):
     exact, _, traj, _ = quadratic
     np.testing.assert_array_equal(traj.steps, np.arange(STEPS))
@@ -111,6 +116,7 @@ def test_recorder_snapshots_are_the_trajectory(quadratic):
     np.testing.assert_allclose(traj.updates, exact[1:] - exact[:-1], atol=1e-12)
 
 
+@pytest.mark.x64
 def test_pure_and_optax_recorders_agree(quadratic):
     _, _, traj, opt_state = quadratic
     from_opt = tr.read_snapshots(opt_state)  # finds the RecorderState inside the chain state
@@ -119,6 +125,7 @@ def test_pure_and_optax_recorders_agree(quadratic):
     np.testing.assert_array_equal(from_opt.updates, traj.updates)
 
 
+@pytest.mark.x64
 def test_ring_buffer_keeps_the_last_snapshots(quadratic):
     _, params, full, _ = quadratic
     every, capacity = 3, 7
@@ -134,6 +141,7 @@ def test_ring_buffer_keeps_the_last_snapshots(quadratic):
     np.testing.assert_array_equal(short.steps, np.arange(0, STEPS, 7))
 
 
+@pytest.mark.x64
 def test_recorder_vmaps_over_runs(quadratic):
     exact, params, _, _ = quadratic
     batch = jax.tree_util.tree_map(lambda x: jnp.stack([x, 2 * x]), params)
@@ -152,6 +160,7 @@ def test_recorder_vmaps_over_runs(quadratic):
     )
 
 
+@pytest.mark.x64
 def test_recorder_checks_inputs(quadratic):
     _, params, _, _ = quadratic
     with pytest.raises(ValueError, match="capacity"):
@@ -173,6 +182,7 @@ def test_recorder_checks_inputs(quadratic):
 # ----------------------------------------------------------------------------- decay fit
 
 
+@pytest.mark.x64
 def test_quadratic_fit_recovers_the_eigenvalues(quadratic):
     """c_i(t) = c_i(0) ρ_i^t exactly, so the log-linear fit is exact wherever the series stays
     above round-off: from positions with θ*, from updates, and from weight increments."""
@@ -200,6 +210,7 @@ def test_quadratic_fit_recovers_the_eigenvalues(quadratic):
     assert fits[0].decay.num_points[2] < 15 and fits[0].decay.num_points[-1] == STEPS
 
 
+@pytest.mark.x64
 def test_fit_sign_needs_odd_gaps(quadratic):
     _, _, traj, _ = quadratic
     coords = tr.project(traj.params, Q, THETA_STAR)
@@ -257,6 +268,7 @@ def test_pca_matches_covariance_oracle(shape):
         tr.pca(np.ones((4, 3)), 1)
 
 
+@pytest.mark.x64
 def test_update_pca_finds_the_dominant_eigenvector_and_weight_pca_the_drift(quadratic):
     """Late window (steps 30..59): the oscillating top direction (ρ = -0.9) dominates the
     variance of the updates; the slow direction (ρ = 0.98, large amplitude) dominates the
@@ -272,11 +284,22 @@ def test_update_pca_finds_the_dominant_eigenvector_and_weight_pca_the_drift(quad
     assert drift.explained_variance_ratio > 0.99 and drift.displacement_share > 0.99
     np.testing.assert_allclose(abs(drift.direction @ wts.components[:, 0]), 1, atol=1e-12)
     assert drift.coordinates[-1] > drift.coordinates[0]  # oriented along the motion
-    # overlap-vs-k goes through overlap_curve; the update PCA wins at every k
+    # overlap vs k of the top-k PCs with the top-k eigenvectors, against an independent oracle:
+    # the mean cos² of scipy's principal angles between the two k-dimensional spans
     ks = [1, 2, 3]
     u_curve, w_curve = tr.pca_overlap(upd, Q, ks), tr.pca_overlap(wts, Q, ks)
-    np.testing.assert_allclose(u_curve.overlap, overlap_curve(upd.components, Q, ks).overlap)
+    for res, curve in ((upd, u_curve), (wts, w_curve)):
+        want = [np.mean(np.cos(scipy.linalg.subspace_angles(res.components[:, :k], Q[:, :k])) ** 2)
+                for k in ks]  # fmt: skip
+        np.testing.assert_allclose(curve.overlap, want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(curve.chance, np.asarray(ks) / N)
     assert np.all(u_curve.overlap > w_curve.overlap)
+    # a construction with known overlaps, PCs (e_1, (e_2 + e_3)/√2, e_4) against the top
+    # eigenvectors (e_1, e_2, e_3): ‖AₖᵀBₖ‖²_F = 1 at k = 1, 1 + 1/2 at k = 2, 1 + 1 + 0 at k = 3
+    mix = np.zeros((N, 3))
+    mix[0, 0], mix[1, 1], mix[2, 1], mix[3, 2] = 1, 1 / np.sqrt(2), 1 / np.sqrt(2), 1
+    curve = tr.pca_overlap(upd._replace(components=Q @ mix), Q, ks)
+    np.testing.assert_allclose(curve.overlap, [1, (1 + 0.5) / 2, (1 + 1 + 0) / 3], atol=1e-12)
     # the slow direction decays along the drift: its increments give λ = 0.2
     fit = tr.fit_decay(drift.coordinates, drift.steps, ETA, differences=True)
     np.testing.assert_allclose(fit.fitted_eigenvalues, [0.2], rtol=1e-2)
@@ -291,20 +314,22 @@ MLP_MODEL = MLP((HIDDEN, C), act="tanh")
 @pytest.fixture(scope="module")
 def mlp_oracle():
     """A small tanh MLP (float64), its Hessian operator, and the dense Hessian's eigh."""
-    rng = np.random.default_rng(4)
-    x = jnp.asarray(rng.normal(size=(2, SAMPLES // 2, D_IN)))
-    y = jnp.asarray(rng.integers(0, C, size=(2, SAMPLES // 2)))
-    params = MLP_MODEL.init(jax.random.key(0), x[0])
-    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64) * 2.0, params)
-    loss_fn = MeanLoss(MLP_MODEL.apply, cross_entropy)
-    op = hessian_operator(loss_fn, params, (x, y))
-    flat = op.layout.ravel(params)
-    full = (x.reshape(-1, D_IN), y.reshape(-1))
-    dense = jax.jit(jax.hessian(lambda f: loss_fn(op.unravel(f), full)))(flat)
-    values, vectors = np.linalg.eigh(np.asarray(dense))
-    return params, op, np.asarray(dense), values[::-1], vectors[:, ::-1]
+    with enable_x64():
+        rng = np.random.default_rng(4)
+        x = jnp.asarray(rng.normal(size=(2, SAMPLES // 2, D_IN)))
+        y = jnp.asarray(rng.integers(0, C, size=(2, SAMPLES // 2)))
+        params = MLP_MODEL.init(jax.random.key(0), x[0])
+        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64) * 2.0, params)
+        loss_fn = MeanLoss(MLP_MODEL.apply, cross_entropy)
+        op = hessian_operator(loss_fn, params, (x, y))
+        flat = op.layout.ravel(params)
+        full = (x.reshape(-1, D_IN), y.reshape(-1))
+        dense = jax.jit(jax.hessian(lambda f: loss_fn(op.unravel(f), full)))(flat)
+        values, vectors = np.linalg.eigh(np.asarray(dense))
+        return params, op, np.asarray(dense), values[::-1], vectors[:, ::-1]
 
 
+@pytest.mark.x64
 def test_weight_svd_directions_are_orthonormal_and_reconstruct_the_kernels(mlp_oracle):
     params, op, _, _, _ = mlp_oracle
     theta = np.asarray(op.layout.ravel(params))
@@ -352,6 +377,7 @@ def test_weight_svd_of_conv_kernels_uses_the_row_major_reshape():
     assert "Dense_0" in svds and svds["Dense_0"].kernel.shape == (4, 3)
 
 
+@pytest.mark.x64
 def test_svd_eigen_overlap_against_dense_oracle(mlp_oracle):
     params, op, _, values, vectors = mlp_oracle
     k = 6
@@ -380,6 +406,7 @@ def test_svd_eigen_overlap_against_dense_oracle(mlp_oracle):
         wt.svd_eigen_overlap(wt.weight_svd(op.layout, params)[0], lanczos[:-1])
 
 
+@pytest.mark.x64
 def test_weight_alignment_against_direct_computation(mlp_oracle):
     params, op, _, values, vectors = mlp_oracle
     theta = np.asarray(op.layout.ravel(params))
@@ -491,15 +518,39 @@ def test_weights_binary_resumes_training_and_snapshots(tiny_run):
     )
     assert [list(h) for h in history] == [list(h) for h in first["train_history"]]
     np.testing.assert_array_equal(traj.steps, np.arange(400, 600, 5))
-    # the last params snapshot plus its update is one step before the trained params
     flat = np.asarray(make_layout(params).ravel(params))
-    assert traj.params.shape == (40, flat.size)
-    assert np.linalg.norm(traj.params[-1] + traj.updates[-1] - flat) < 10 * np.linalg.norm(
-        traj.updates[-1]
-    )
+    assert traj.params.shape == traj.updates.shape == (40, flat.size)
     config.train.steps = 700  # another config trains afresh (and is not resumed)
     config.train.log_every = 700
     _, history2, traj2 = weights_experiment.train_recorded(
         config, workdir, loss_fn, init, ds, jax.random.key(1)
     )
     assert history2[-1][0] == 700 and traj2.steps[-1] == 695
+
+
+def test_weights_binary_records_the_applied_updates(tmp_path):
+    """With the last snapshot at the last step (steps - 1 divisible by every), that snapshot
+    plus its recorded update is the trained params: the recorder stores θ_t and the update the
+    optimizer applies, θ_{t+1} = θ_t + u_t. Both are float32 and apply_updates adds them in
+    float32, so the sum is reproduced up to one rounding, |θ| eps32 (atol below)."""
+    config = _tiny_config()
+    config.train.steps, config.train.log_every = 21, 21
+    config.record.capacity, config.record.every = 3, 5  # snapshots at 10, 15, 20
+    ds = load_dataset(config.data)
+    model = build_model(config.model, ds.num_classes)
+    init = model.init(jax.random.key(0), jnp.asarray(ds.x_train[:1]))
+    loss_fn = MeanLoss(model.apply, cross_entropy)
+    params, _, traj = weights_experiment.train_recorded(
+        config, str(tmp_path), loss_fn, init, ds, jax.random.key(1)
+    )
+    np.testing.assert_array_equal(traj.steps, [10, 15, 20])
+    flat = np.asarray(make_layout(params).ravel(params))
+    assert traj.params.dtype == flat.dtype == np.float32
+    eps = np.finfo(np.float32).eps
+    np.testing.assert_allclose(traj.params[-1] + traj.updates[-1], flat, rtol=0,
+                               atol=eps * np.abs(flat).max())  # fmt: skip
+    assert np.linalg.norm(traj.updates[-1]) > 0
+    # and the snapshot before: 5 more steps were taken since, so it is not the trained params
+    assert np.linalg.norm(traj.params[-2] + traj.updates[-2] - flat) > np.linalg.norm(
+        traj.updates[-1]
+    )

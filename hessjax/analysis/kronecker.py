@@ -3,9 +3,8 @@ dense layer, given its eigenvectors (from `hessjax.curvature.exact_layer_hessian
 of a `hessian_operator(..., select='<layer>/kernel')`, or from `kron_eigh` of its Kronecker
 factors):
 
-* `overlap_curve` (and its two named uses `exact_vs_kronecker_overlap`,
-  `cross_model_overlap`): overlap ‖UₖᵀVₖ‖²_F / k of the top-k eigenspaces of two bases for
-  each k, beside chance k/n.
+* `exact_vs_kronecker_overlap`, `cross_model_overlap`: overlap ‖UₖᵀVₖ‖²_F / k of the top-k
+  eigenspaces of two bases for each k, beside chance k/n (`hessjax.linalg.overlap_curve`).
 * `eigenvector_low_rank`: each eigenvector reshaped to the kernel's (in, out) shape, its
   singular values, the share σ₁²/Σσ² of its top singular value, and the alignment of its
   input-side singular vector with the mean layer input E[x].
@@ -23,83 +22,10 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.special import gammaln
 
-from hessjax.linalg import overlap_chance
+from hessjax.linalg.subspace import OverlapCurve, overlap_curve, random_alignment
 
 # ----------------------------------------------------------------------------- overlaps
-
-
-class OverlapCurve(NamedTuple):
-    """ks (m,) the subspace dimensions; overlap (m,) ‖UₖᵀVₖ‖²_F / k of the first k columns of
-    the two bases, in [0, 1]; chance (m,) k/n, its expectation for independent random
-    subspaces of R^n."""
-
-    ks: np.ndarray
-    overlap: np.ndarray
-    chance: np.ndarray
-
-    def as_dict(self) -> dict[str, list]:
-        """JSON-ready {'k': [...], 'overlap': [...], 'chance': [...]}."""
-        return {
-            "k": [int(k) for k in self.ks],
-            "overlap": [float(o) for o in self.overlap],
-            "chance": [float(c) for c in self.chance],
-        }
-
-    def at(self, k: int) -> float:
-        """The overlap at dimension k (which must be one of `ks`)."""
-        hits = np.flatnonzero(self.ks == k)
-        if hits.size == 0:
-            raise ValueError(f"k={k} is not among the measured dimensions {self.ks.tolist()}")
-        return float(self.overlap[hits[0]])
-
-
-def _basis(vectors: ArrayLike, name: str) -> np.ndarray:
-    v = np.asarray(vectors, dtype=np.float64)
-    if v.ndim != 2 or v.shape[1] < 1 or v.shape[0] < v.shape[1]:
-        raise ValueError(f"{name} must be an (n, K) array with 1 <= K <= n, got {v.shape}")
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} has non-finite entries")
-    err = float(np.max(np.abs(v.T @ v - np.eye(v.shape[1]))))
-    if err > 1e-3:
-        raise ValueError(f"{name} must have orthonormal columns (max |VᵀV - I| = {err:.2e})")
-    return v
-
-
-def overlap_curve(
-    vectors_a: ArrayLike, vectors_b: ArrayLike, ks: Sequence[int] | None = None
-) -> OverlapCurve:
-    """Overlap of the top-k eigenspaces of two bases for each k in `ks`.
-
-    vectors_a (n, Ka), vectors_b (n, Kb): orthonormal eigenvectors as columns, ordered by
-    eigenvalue, largest first, so that the first k columns span the top-k eigenspace. ks: the
-    dimensions, each 1 <= k <= min(Ka, Kb) (default: all of 1 .. min(Ka, Kb)).
-
-    The overlap is `hessjax.linalg.subspace_overlap` of the first k columns, ‖AₖᵀBₖ‖²_F / k: 1
-    when the two top-k eigenspaces coincide, k/n in expectation for random ones (`chance`).
-    All prefixes come from one (K, K) cross-Gram matrix AᵀB in float64 (prefix sums of its
-    squares), O(n K²) for the whole curve instead of one product per k. Where λ_k = λ_{k+1}
-    the top-k eigenspace is not unique and neither is its overlap.
-    """
-    a, b = _basis(vectors_a, "vectors_a"), _basis(vectors_b, "vectors_b")
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"the bases live in different spaces: n = {a.shape[0]} vs {b.shape[0]}")
-    n, top = a.shape[0], min(a.shape[1], b.shape[1])
-    ks_arr = np.arange(1, top + 1) if ks is None else np.asarray(ks)
-    if (
-        ks_arr.ndim != 1
-        or ks_arr.size == 0
-        or not np.issubdtype(ks_arr.dtype, np.integer)
-        or ks_arr.min() < 1
-        or ks_arr.max() > top
-    ):
-        raise ValueError(f"ks must be a non-empty list of integers in [1, {top}], got {ks!r}")
-    gram_sq = (a[:, :top].T @ b[:, :top]) ** 2  # (top, top)
-    prefix = np.cumsum(np.cumsum(gram_sq, axis=0), axis=1)  # prefix[k-1, k-1] = ‖AₖᵀBₖ‖²_F
-    overlap = prefix[ks_arr - 1, ks_arr - 1] / ks_arr
-    chance = np.asarray([overlap_chance(int(k), n) for k in ks_arr])
-    return OverlapCurve(ks_arr.astype(np.int64), overlap, chance)
 
 
 def exact_vs_kronecker_overlap(
@@ -107,7 +33,8 @@ def exact_vs_kronecker_overlap(
 ) -> OverlapCurve:
     """Overlap vs k between the top eigenspaces of the exact layer block H = E[xxᵀ ⊗ M]
     (exact_vectors (n, K)) and of its Kronecker approximation E[xxᵀ] ⊗ E[M] (kron_vectors
-    (n, K), e.g. `kron_eigh(factors, K).eigenvectors`), n = in*out. See `overlap_curve`."""
+    (n, K), e.g. `kron_eigh(factors, K).eigenvectors`), n = in*out. See
+    `hessjax.linalg.overlap_curve`."""
     return overlap_curve(exact_vectors, kron_vectors, ks)
 
 
@@ -117,7 +44,7 @@ def cross_model_overlap(
     """Overlap vs k between the top eigenspaces of the same layer's Hessian block in two
     models (e.g. trained from different seeds), vectors (n, K) each, in raw parameter
     coordinates: hidden units are not matched, so a permutation between the models counts
-    against the overlap. See `overlap_curve`."""
+    against the overlap. See `hessjax.linalg.overlap_curve`."""
     return overlap_curve(vectors_a, vectors_b, ks)
 
 
@@ -143,13 +70,6 @@ class EigenvectorLowRank(NamedTuple):
     output_vectors: np.ndarray
     mean_alignment: np.ndarray
     alignment_chance: float
-
-
-def random_alignment(dim: int) -> float:
-    """E|cos| between a fixed and a uniformly random direction of R^dim."""
-    if not isinstance(dim, int | np.integer) or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
-    return float(np.exp(gammaln(dim / 2) - gammaln((dim + 1) / 2)) / np.sqrt(np.pi))
 
 
 def eigenvector_low_rank(
@@ -267,11 +187,8 @@ def count_outliers(
 __all__ = [
     "EigenvectorLowRank",
     "OutlierCount",
-    "OverlapCurve",
     "count_outliers",
     "cross_model_overlap",
     "eigenvector_low_rank",
     "exact_vs_kronecker_overlap",
-    "overlap_curve",
-    "random_alignment",
 ]

@@ -19,7 +19,7 @@ Analysis (float64 numpy on the snapshots):
 
 * `pca`: top-k principal directions (SVD of the centred snapshot matrix) and explained-
   variance ratios; `pca_overlap`: their overlap with a Hessian eigenspace for each k
-  (`hessjax.analysis.kronecker.overlap_curve`).
+  (`hessjax.linalg.overlap_curve`).
 * `drift_mode`: the top principal component of late-training weight snapshots, its share of
   the variance and of the net displacement.
 * `fit_decay`, `quadratic_model_fit`: the quadratic-potential model along directions e_i,
@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from numpy.typing import ArrayLike
 
-from hessjax.analysis.kronecker import OverlapCurve, overlap_curve
+from hessjax.linalg.subspace import OverlapCurve, overlap_curve
 
 Array = jax.Array
 PyTree = Any

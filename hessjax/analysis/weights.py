@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from hessjax.analysis.kronecker import random_alignment
 from hessjax.curvature.blocks import Partition, partition_by_layer
 from hessjax.curvature.layout import ParamLayout
 from hessjax.linalg import LinearOperatorLike, apply_block
+from hessjax.linalg.subspace import random_alignment
 
 PyTree = Any
 

@@ -5,7 +5,8 @@
   `ewc_penalty`; the updates for update-PCA are recorded by `analysis.trajectory.recording`;
 * subspace sources on an old task: `hessian_directions`, `weight_svd_directions`,
   `update_pca_directions`, `logit_gradients` (OGD), `fisher_diagonal` (EWC), `dense_inputs` +
-  `gpm_extend` (GPM); growing orthonormal bases: `extend_basis`, `pad_columns`;
+  `gpm_extend` (GPM); growing orthonormal bases: `extend_basis`, `pad_columns` (re-exported
+  from `hessjax.linalg.subspace`, where the flat-vector basis algebra lives);
 * task sequences: permuted / split MNIST and MNIST-1D;
 * metrics of an accuracy matrix: ACC, BWT, forgetting.
 """
@@ -28,14 +29,6 @@ from hessjax.continual.sources import (
     logit_gradients,
     update_pca_directions,
     weight_svd_directions,
-)
-from hessjax.continual.subspace import (
-    check_orthonormal,
-    default_tol,
-    extend_basis,
-    pad_columns,
-    project_vector,
-    used_columns,
 )
 from hessjax.continual.tasks import (
     Task,
@@ -62,6 +55,14 @@ from hessjax.continual.transforms import (
     ewc_state,
     gpm_project,
     project_out,
+)
+from hessjax.linalg.subspace import (
+    check_orthonormal,
+    default_tol,
+    extend_basis,
+    pad_columns,
+    project_vector,
+    used_columns,
 )
 
 __all__ = [

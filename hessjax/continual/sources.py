@@ -26,10 +26,10 @@ from jax import lax
 
 from hessjax.analysis.trajectory import pca
 from hessjax.analysis.weights import kernel_slices, svd_directions, weight_svd
-from hessjax.continual.subspace import check_orthonormal, extend_basis
 from hessjax.curvature import dense_layer_io, hessian_operator, leaf_paths, make_layout
 from hessjax.curvature.layout import select_mask
 from hessjax.linalg import eigsh
+from hessjax.linalg.subspace import check_orthonormal, extend_basis
 
 Array = jax.Array
 PyTree = Any

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hessjax.continual.subspace import check_orthonormal, project_vector
 from hessjax.curvature import leaf_paths, make_layout
 from hessjax.curvature.layout import select_mask
+from hessjax.linalg.subspace import check_orthonormal, project_vector
 
 Array = jax.Array
 PyTree = Any

@@ -1,23 +1,187 @@
-"""Geometry of subspaces: principal angles, overlap, Grassmann distances, and sparse masks.
+"""Subspaces of flat vectors: orthonormal bases and their algebra, principal angles, overlap,
+Grassmann distances, and sparse masks.
 
 A subspace is given by an orthonormal basis: a flat (n, k) array, or a pytree whose leaves
 carry a leading k axis (as `CurvatureOperator.unravel_vectors` returns), flattened in leaf
 order. A mask (a coordinate subspace, e.g. the k largest |θ|) is an index array (k,) into the
 flat vector and is never expanded to a dense (n, k) basis.
 
+* basis algebra: `check_orthonormal`, `extend_basis` (grow a basis by Gram-Schmidt, dropping
+  dependent vectors), `pad_columns` / `used_columns` (a fixed-capacity copy padded with zero
+  columns keeps array shapes, and so compilations, fixed while the basis grows),
+  `project_vector` ((I − BBᵀ) v);
+* metrics: `subspace_overlap`, `overlap_curve` (overlap of the top-k prefixes of two ranked
+  bases for every k), `principal_angles`, `grassmann_distances`, and their chance levels
+  `overlap_chance`, `random_alignment`;
+* masks: `top_magnitude_mask`, `random_mask`, `mask_overlap`, `mask_grassmann_distances`,
+  `masks_overlap`, `masks_iou`.
+
 With principal angles θ_1..θ_k between a k- and a k'-dimensional subspace (k <= k'):
 overlap = ‖UᵀV‖²_F / k = Σ cos²θ_i / k = 1 − d_proj² / k.
+
+The metrics are only meaningful for orthonormal bases (‖UᵀV‖²_F of a scaled basis is not an
+overlap), so they check orthonormality (`check_orthonormal`, tolerance 10·sqrt(eps) of the
+basis dtype: 3.5e-3 in float32, 1.5e-7 in float64) and raise ValueError otherwise, unless
+asked to orthonormalise (`orthonormalize=True`). The checks run on concrete arrays only and
+are skipped under `jit`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 Array = jax.Array
+
+# ----------------------------------------------------------------------------- bases
+
+
+def default_tol(dtype) -> float:
+    """Relative norm below which a Gram-Schmidt remainder counts as dependent: 1e3 · eps
+    (1.2e-4 in float32, 2.2e-13 in float64)."""
+    return 1e3 * float(jnp.finfo(dtype).eps)
+
+
+def orthonormality_tol(dtype) -> float:
+    """Largest accepted max |BᵀB − I| of an orthonormal basis of this dtype: 10·sqrt(eps)
+    (3.5e-3 in float32, 1.5e-7 in float64). Bases from QR, eigh or Lanczos with full
+    reorthogonalisation deviate by a small multiple of eps·sqrt(k); a scaled or merely
+    independent basis deviates by O(1)."""
+    return 10 * math.sqrt(float(np.finfo(dtype).eps))
+
+
+def orthonormality_error(basis: Any, allow_zero: bool = False) -> float:
+    """max |BᵀB − I| of a concrete (n, k) array, from a float64 Gram matrix; with
+    `allow_zero`, all-zero columns (padding) count as fine."""
+    b = np.asarray(basis)
+    if b.shape[1] == 0:
+        return 0.0
+    gram = b.T.astype(np.float64) @ b.astype(np.float64)
+    want = np.eye(b.shape[1])
+    if allow_zero:
+        want = want * (np.diag(gram) > 0.5)
+    return float(np.max(np.abs(gram - want)))
+
+
+def check_orthonormal(basis: Any, name: str = "basis", allow_zero: bool = False) -> None:
+    """Raise ValueError unless `basis` is a finite floating (n, k) array with orthonormal
+    columns (max |BᵀB − I| <= `orthonormality_tol(dtype)`); with `allow_zero`, all-zero
+    columns (padding) are also accepted. Skipped for traced arrays."""
+    if isinstance(basis, jax.core.Tracer):
+        return
+    b = np.asarray(basis)
+    if b.ndim != 2:
+        raise ValueError(f"{name} must be an (n, k) array of column vectors, got shape {b.shape}")
+    if not np.issubdtype(b.dtype, np.floating):
+        raise ValueError(f"{name} must be floating point, got {b.dtype}")
+    if not np.all(np.isfinite(b)):
+        raise ValueError(f"{name} has non-finite entries")
+    err = orthonormality_error(b, allow_zero)
+    tol = orthonormality_tol(b.dtype)
+    if err > tol:
+        what = "orthonormal (or zero)" if allow_zero else "orthonormal"
+        raise ValueError(
+            f"{name} columns are not {what}: max |BᵀB − I| = {err:.2e} > {tol:.1e} "
+            "(orthonormalise it first, e.g. with extend_basis or orthonormalize=True)"
+        )
+
+
+@jax.jit
+def _gram_schmidt(q: Array, count: Array, vectors: Array, tol: Array) -> tuple[Array, Array]:
+    """Append the columns of `vectors` (n, m) to the first `count` columns of `q` (n, K),
+    K >= count + m, zeros after `count`: two passes of classical Gram-Schmidt per column against
+    all of q (zero columns contribute nothing); a column whose remainder is <= tol · its norm
+    is dropped. Returns (q, new count)."""
+
+    def body(j, carry):
+        q, count = carry
+        x = vectors[:, j]
+        norm0 = jnp.linalg.norm(x)
+        x = x - q @ (q.T @ x)
+        x = x - q @ (q.T @ x)  # "twice is enough"
+        norm = jnp.linalg.norm(x)
+        keep = (norm > tol * norm0) & (norm0 > 0)
+        slot = jnp.minimum(count, q.shape[1] - 1)
+        col = jnp.where(keep, x / jnp.where(keep, norm, 1), q[:, slot])
+        q = lax.dynamic_update_slice(q, col[:, None], (jnp.zeros_like(slot), slot))
+        return q, count + keep.astype(count.dtype)
+
+    return lax.fori_loop(0, vectors.shape[1], body, (q, count))
+
+
+def extend_basis(basis: Array | None, new_vectors: Array, tol: float | None = None) -> Array:
+    """Orthonormal basis of span(basis) + span(new_vectors), keeping `basis` as it is.
+
+    Args:
+      basis: (n, k) orthonormal columns, or None (k = 0).
+      new_vectors: (n, m) columns to add, in order; they need not be normalised or independent.
+      tol: a column whose remainder after orthogonalisation against `basis` and the columns
+        kept before it (two Gram-Schmidt passes) has norm <= tol · (its norm) is dependent and
+        dropped, as is a zero column. Default `default_tol(dtype)`.
+
+    Returns:
+      (n, k + r) array: the columns of `basis`, then the r <= m kept, orthonormalised new
+      directions (r is data dependent, so the result is built on the host side).
+    """
+    new_vectors = jnp.asarray(new_vectors)
+    if new_vectors.ndim == 1:
+        new_vectors = new_vectors[:, None]
+    if new_vectors.ndim != 2:
+        raise ValueError(f"new_vectors must be (n, m), got shape {new_vectors.shape}")
+    n, m = new_vectors.shape
+    if basis is None:
+        basis = jnp.zeros((n, 0), new_vectors.dtype)
+    basis = jnp.asarray(basis)
+    check_orthonormal(basis)
+    if basis.shape[0] != n:
+        raise ValueError(f"basis has {basis.shape[0]} rows but new_vectors have {n}")
+    if not bool(jnp.all(jnp.isfinite(new_vectors))):
+        raise ValueError("new_vectors has non-finite entries")
+    dtype = jnp.result_type(basis.dtype, new_vectors.dtype)
+    tol = default_tol(dtype) if tol is None else float(tol)
+    if not 0 < tol < 1:
+        raise ValueError(f"tol must be in (0, 1), got {tol}")
+    k = basis.shape[1]
+    if m == 0:
+        return basis.astype(dtype)
+    q = jnp.concatenate([basis.astype(dtype), jnp.zeros((n, m), dtype)], axis=1)
+    q, count = _gram_schmidt(q, jnp.int32(k), new_vectors.astype(dtype), jnp.asarray(tol, dtype))
+    return q[:, : int(count)]
+
+
+def pad_columns(basis: Array, capacity: int) -> Array:
+    """(n, k) -> (n, capacity) with zero columns appended (k <= capacity). Zero columns change
+    no projection, so a padded basis can stand in for the basis under a fixed shape."""
+    basis = jnp.asarray(basis)
+    if basis.ndim != 2:
+        raise ValueError(f"basis must be (n, k), got shape {basis.shape}")
+    if basis.shape[1] > capacity:
+        raise ValueError(f"basis has {basis.shape[1]} columns, more than capacity {capacity}")
+    return jnp.pad(basis, ((0, 0), (0, capacity - basis.shape[1])))
+
+
+def used_columns(padded: Array) -> Array:
+    """The leading non-zero columns of a zero-padded basis (inverse of `pad_columns`)."""
+    norms = np.linalg.norm(np.asarray(padded), axis=0)
+    nonzero = np.flatnonzero(norms > 0)
+    count = 0 if nonzero.size == 0 else int(nonzero[-1]) + 1
+    return jnp.asarray(padded)[:, :count]
+
+
+@jax.jit
+def project_vector(basis: Array, v: Array) -> Array:
+    """(I − B Bᵀ) v for an (n, k) basis with orthonormal (or zero) columns and v (n,)."""
+    basis = basis.astype(v.dtype)
+    return v - basis @ (basis.T @ v)
+
+
+# ----------------------------------------------------------------------------- metrics
 
 
 def as_basis(x: Any) -> Array:
@@ -35,17 +199,37 @@ def as_basis(x: Any) -> Array:
     return jnp.concatenate([jnp.reshape(leaf, (leaf.shape[0], -1)) for leaf in leaves], 1).T
 
 
-def _pair(u: Any, v: Any) -> tuple[Array, Array]:
+def _orthonormalize(x: Array, name: str) -> Array:
+    """Orthonormal basis of span(x) by reduced QR; rank-deficient x (a |R_ii| below
+    `default_tol(dtype)` times the largest column norm) raises, as its span has fewer than k
+    dimensions."""
+    if isinstance(x, jax.core.Tracer):
+        return jnp.linalg.qr(x)[0]
+    q, r = jnp.linalg.qr(x)
+    diag = np.abs(np.diag(np.asarray(r)))
+    scale = float(np.max(np.linalg.norm(np.asarray(x), axis=0), initial=0.0))
+    if diag.size and (scale == 0 or diag.min() <= default_tol(x.dtype) * scale):
+        raise ValueError(f"{name} is rank deficient: its columns span fewer than k dimensions")
+    return q
+
+
+def _pair(u: Any, v: Any, orthonormalize: bool) -> tuple[Array, Array]:
     u, v = as_basis(u), as_basis(v)
     if u.shape[0] != v.shape[0]:
         raise ValueError(f"bases must be (n, k) arrays with the same n, got {u.shape}, {v.shape}")
+    if orthonormalize:
+        return _orthonormalize(u, "u"), _orthonormalize(v, "v")
+    check_orthonormal(u, "u")
+    check_orthonormal(v, "v")
     return u, v
 
 
-def subspace_overlap(u: Any, v: Any) -> Array:
+def subspace_overlap(u: Any, v: Any, *, orthonormalize: bool = False) -> Array:
     """overlap = ‖Uᵀ V‖²_F / min(k, k') for orthonormal bases u (n, k) and v (n, k'): 1 when
-    one subspace contains the other, 0 for orthogonal ones, k/n on average for random ones."""
-    u, v = _pair(u, v)
+    one subspace contains the other, 0 for orthogonal ones, k/n on average for random ones.
+    Non-orthonormal bases raise ValueError, or with `orthonormalize=True` are replaced by
+    orthonormal bases of their spans (QR)."""
+    u, v = _pair(u, v, orthonormalize)
     return jnp.sum((u.T @ v) ** 2) / min(u.shape[1], v.shape[1])
 
 
@@ -56,13 +240,93 @@ def overlap_chance(k: int, n: int) -> float:
     return k / n
 
 
-def principal_angles(u: Any, v: Any) -> Array:
+def random_alignment(dim: int) -> float:
+    """E|cos| between a fixed and a uniformly random direction of R^dim:
+    Γ(dim/2) / (√π Γ((dim+1)/2)) ≈ √(2/(π dim))."""
+    if not isinstance(dim, int | np.integer) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    return math.exp(math.lgamma(dim / 2) - math.lgamma((dim + 1) / 2)) / math.sqrt(math.pi)
+
+
+def principal_angles(u: Any, v: Any, *, orthonormalize: bool = False) -> Array:
     """Principal angles (min(k, k'),) in radians, ascending, between span(u) and span(v)
-    (orthonormal bases). Computed from the singular values of UᵀV, so angles below ~1e-4
-    (float64: ~1e-8) are resolved only to about sqrt(eps)."""
-    u, v = _pair(u, v)
-    cos = jnp.linalg.svd(u.T @ v, compute_uv=False)
+    (orthonormal bases; see `subspace_overlap` for the check and `orthonormalize`). Computed
+    from the singular values of UᵀV, so angles below ~1e-4 (float64: ~1e-8) are resolved
+    only to about sqrt(eps)."""
+    u, v = _pair(u, v, orthonormalize)
+    return _angles(u.T @ v)
+
+
+def _angles(cross: Array) -> Array:
+    cos = jnp.linalg.svd(cross, compute_uv=False)
     return jnp.arccos(jnp.clip(cos, 0.0, 1.0))
+
+
+class OverlapCurve(NamedTuple):
+    """ks (m,) the subspace dimensions; overlap (m,) ‖UₖᵀVₖ‖²_F / k of the first k columns of
+    the two bases, in [0, 1]; chance (m,) k/n, its expectation for independent random
+    subspaces of R^n."""
+
+    ks: np.ndarray
+    overlap: np.ndarray
+    chance: np.ndarray
+
+    def as_dict(self) -> dict[str, list]:
+        """JSON-ready {'k': [...], 'overlap': [...], 'chance': [...]}."""
+        return {
+            "k": [int(k) for k in self.ks],
+            "overlap": [float(o) for o in self.overlap],
+            "chance": [float(c) for c in self.chance],
+        }
+
+    def at(self, k: int) -> float:
+        """The overlap at dimension k (which must be one of `ks`)."""
+        hits = np.flatnonzero(self.ks == k)
+        if hits.size == 0:
+            raise ValueError(f"k={k} is not among the measured dimensions {self.ks.tolist()}")
+        return float(self.overlap[hits[0]])
+
+
+def _ranked_basis(vectors: Any, name: str) -> np.ndarray:
+    v = np.asarray(vectors)
+    if v.ndim != 2 or v.shape[1] < 1 or v.shape[0] < v.shape[1]:
+        raise ValueError(f"{name} must be an (n, K) array with 1 <= K <= n, got {v.shape}")
+    check_orthonormal(v, name)
+    return v.astype(np.float64)
+
+
+def overlap_curve(vectors_a: Any, vectors_b: Any, ks: Sequence[int] | None = None) -> OverlapCurve:
+    """Overlap of the top-k subspaces of two ranked bases for each k in `ks`.
+
+    vectors_a (n, Ka), vectors_b (n, Kb): orthonormal columns (checked), ranked (e.g.
+    eigenvectors by eigenvalue, largest first), so that the first k columns span the top-k
+    subspace. ks: the dimensions, each 1 <= k <= min(Ka, Kb) (default: all of
+    1 .. min(Ka, Kb)).
+
+    The overlap is `subspace_overlap` of the first k columns, ‖AₖᵀBₖ‖²_F / k: 1 when the two
+    top-k subspaces coincide, k/n in expectation for random ones (`chance`). All prefixes come
+    from one (K, K) cross-Gram matrix AᵀB in float64 (prefix sums of its squares), O(n K²) for
+    the whole curve instead of one product per k. Where λ_k = λ_{k+1} the top-k eigenspace is
+    not unique and neither is its overlap.
+    """
+    a, b = _ranked_basis(vectors_a, "vectors_a"), _ranked_basis(vectors_b, "vectors_b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"the bases live in different spaces: n = {a.shape[0]} vs {b.shape[0]}")
+    n, top = a.shape[0], min(a.shape[1], b.shape[1])
+    ks_arr = np.arange(1, top + 1) if ks is None else np.asarray(ks)
+    if (
+        ks_arr.ndim != 1
+        or ks_arr.size == 0
+        or not np.issubdtype(ks_arr.dtype, np.integer)
+        or ks_arr.min() < 1
+        or ks_arr.max() > top
+    ):
+        raise ValueError(f"ks must be a non-empty list of integers in [1, {top}], got {ks!r}")
+    gram_sq = (a[:, :top].T @ b[:, :top]) ** 2  # (top, top)
+    prefix = np.cumsum(np.cumsum(gram_sq, axis=0), axis=1)  # prefix[k-1, k-1] = ‖AₖᵀBₖ‖²_F
+    overlap = prefix[ks_arr - 1, ks_arr - 1] / ks_arr
+    chance = np.asarray([overlap_chance(int(k), n) for k in ks_arr])
+    return OverlapCurve(ks_arr.astype(np.int64), overlap, chance)
 
 
 class GrassmannDistances(NamedTuple):
@@ -77,8 +341,13 @@ class GrassmannDistances(NamedTuple):
     fubini_study: Array
 
 
-def grassmann_distances(u: Any, v: Any) -> GrassmannDistances:
-    theta = principal_angles(u, v)
+def grassmann_distances(u: Any, v: Any, *, orthonormalize: bool = False) -> GrassmannDistances:
+    """Grassmann distances between span(u) and span(v) (orthonormal bases; see
+    `subspace_overlap` for the check and `orthonormalize`)."""
+    return _distances(principal_angles(u, v, orthonormalize=orthonormalize))
+
+
+def _distances(theta: Array) -> GrassmannDistances:
     return GrassmannDistances(
         geodesic=jnp.linalg.norm(theta),
         chordal=jnp.linalg.norm(2 * jnp.sin(theta / 2)),
@@ -105,7 +374,13 @@ def top_magnitude_mask(theta: Array, k: int, block_ids: Any = None) -> np.ndarra
     """Indices (k,) of the k largest |θ_i| of a flat vector (n,), sorted ascending. With
     block_ids (n,), each block b keeps its share round(k · n_b / n) of its own largest
     entries (per-layer masks), adjusted so the total is exactly k."""
-    theta = np.abs(np.asarray(theta))
+    theta = np.asarray(theta)
+    if theta.ndim != 1:
+        raise ValueError(
+            f"theta must be a flat (n,) vector (ravel a params tree first, e.g. with "
+            f"make_layout(params).ravel), got shape {theta.shape}"
+        )
+    theta = np.abs(theta)
     n = theta.size
     if not 1 <= k <= n:
         raise ValueError(f"need 1 <= k <= n = {n}, got k={k}")
@@ -135,10 +410,28 @@ def random_mask(key: Array, n: int, k: int) -> np.ndarray:
 
 def mask_overlap(idx: Any, v: Any) -> Array:
     """Overlap of the coordinate subspace of mask idx (k,) with the orthonormal basis v (n, k'):
-    ‖V[idx]‖²_F / min(k, k'), without forming the dense mask basis."""
+    ‖V[idx]‖²_F / min(k, k'), without forming the dense mask basis. A non-orthonormal v
+    raises ValueError."""
     v = as_basis(v)
+    check_orthonormal(v, "v")
     idx = _check_mask(idx, v.shape[0])
     return jnp.sum(v[idx] ** 2) / min(idx.size, v.shape[1])
+
+
+def mask_principal_angles(idx: Any, v: Any) -> Array:
+    """Principal angles between the coordinate subspace of mask idx (k,) and span(v) for an
+    orthonormal v (n, k'): since E_idxᵀ V = V[idx], the singular values of V[idx] (k, k')
+    are their cosines; no dense (n, k) mask basis is formed."""
+    v = as_basis(v)
+    check_orthonormal(v, "v")
+    idx = _check_mask(idx, v.shape[0])
+    return _angles(v[idx])
+
+
+def mask_grassmann_distances(idx: Any, v: Any) -> GrassmannDistances:
+    """`grassmann_distances` between the coordinate subspace of mask idx (k,) and span(v)
+    (orthonormal (n, k')), from `mask_principal_angles`."""
+    return _distances(mask_principal_angles(idx, v))
 
 
 def masks_overlap(idx_a: Any, idx_b: Any) -> float:
