@@ -33,12 +33,7 @@ KEY = jax.random.key(0)
 PART = Partition.from_ids(np.arange(N) % NB)  # strided: not contiguous
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _float64():
-    """This module compares against float64 oracles, so it runs in float64 (module scope: the
-    module fixtures build their arrays inside it). Float32 paths: tests/test_float32.py."""
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.x64  # float64 oracles: the whole module runs in float64
 
 
 @pytest.fixture(scope="module")

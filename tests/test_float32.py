@@ -33,12 +33,6 @@ KEY = jax.random.key(0)
 SPECTRUM = np.concatenate([[9.0, 7.0, 5.0, -6.0], np.linspace(-1, 1, N - 4)])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _float32():
-    with jax.enable_x64(False):
-        yield
-
-
 @pytest.fixture(scope="module")
 def mat():
     q, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(N, N)))

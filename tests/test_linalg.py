@@ -56,12 +56,7 @@ POWER = np.concatenate([[10.0, -8.0, 6.0, -4.5], np.linspace(-2, 2, N - 4)])
 DECAYING = 10.0 * 0.7 ** np.arange(N)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _float64():
-    """This module compares against float64 oracles, so it runs in float64 (module scope: the
-    module fixtures build their arrays inside it). Float32 paths: tests/test_float32.py."""
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.x64  # float64 oracles: the whole module runs in float64
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,7 @@ N = 300
 KINDS = ["gaussian", "rademacher", "srtt"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _float64():
-    """Oracle comparisons in float64 (module scope: module fixtures build arrays inside it)."""
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.x64  # float64 oracles: the whole module runs in float64
 
 
 def spectrum_matrix(lam, seed=0):
