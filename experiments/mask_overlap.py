@@ -145,15 +145,15 @@ def _sketch_sizes(s: ml_collections.ConfigDict) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------- measuring
 
 
-def _overlaps(theta, basis, ks, block_ids, random_masks) -> dict:
+def _overlaps(theta, basis, ks, partition, random_masks) -> dict:
     """Mask-vs-eigenspace metrics for each k (basis columns ranked by |λ|, >= max ks)."""
     out = {"overlap": {}, "layerwise_overlap": {}, "random": {}, "grassmann": {}}
     for k in ks:
         vk = basis[:, :k]
         mask = linalg.top_magnitude_mask(theta, k)
         out["overlap"][k] = float(linalg.mask_overlap(mask, vk))
-        if block_ids is not None:
-            layer_mask = linalg.top_magnitude_mask(theta, k, block_ids)
+        if partition is not None:
+            layer_mask = linalg.top_magnitude_mask(theta, k, partition)
             out["layerwise_overlap"][k] = float(linalg.mask_overlap(layer_mask, vk))
         dist = linalg.mask_grassmann_distances(mask, vk)  # no dense (n, k) mask basis
         out["grassmann"][k] = {name: float(v) for name, v in dist._asdict().items()}
@@ -213,9 +213,9 @@ def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, ke
     op = curvature.hessian_operator(loss_fn, params, data)
     n = op.size
     theta = np.asarray(op.ravel(params))
-    block_ids = None
+    partition = None
     if config.overlap.layerwise:
-        block_ids = curvature.partition_by_layer(op.layout).block_ids
+        partition = curvature.partition_by_layer(op.layout)
     flat_data = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), data)
     record = {
         "step": int(step),
@@ -245,7 +245,7 @@ def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, ke
         "eigenvalues_top": lam_s[:NUM_TOP].tolist(),
         "error_estimate": float(sk.error_estimate),
         "error_stderr": float(sk.error_stderr),
-    } | _overlaps(theta, vec_s, sketch_ks, block_ids, random_masks)
+    } | _overlaps(theta, vec_s, sketch_ks, partition, random_masks)
     logging.info(
         "[step %d] sketch k=%d (%d HVPs, %.1f s): top |λ| %s, error estimate %.4f ± %.4f",
         step, k_s, sk.num_matvecs, record["sketch"]["seconds"], np.round(lam_s[:3], 4),
@@ -275,7 +275,7 @@ def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, ke
         "num_negative": int(np.sum(lam < -n * np.finfo(np.float64).eps * np.abs(lam[0]))),
         "frobenius": float(np.sqrt(fro2)),
         "trace": float(np.sum(lam)),
-    } | _overlaps(theta, vec, ks, block_ids, random_masks)
+    } | _overlaps(theta, vec, ks, partition, random_masks)
     record["exact"] = e
 
     # --- the sketch against the exact answer

@@ -293,7 +293,7 @@ def svd_part(config, loss_fn, params, data, op, vectors, values, h, key):
     # curvature of every SVD direction and Hutchinson probes of every block, one batch
     dirs = np.concatenate([weights.svd_directions(ws) for ws in svds], axis=1)
     num_probes = int(s.trace_probes)
-    probes = np.asarray(linalg.probes(k_probe, kop.size, num_probes, np.float64))
+    probes = np.asarray(linalg.probes(k_probe, kop.size, num_probes, kop.dtype), np.float64)
     products = np.asarray(
         linalg.apply_block(diag, jnp.asarray(np.concatenate([dirs, probes], 1), kop.dtype), 32),
         np.float64,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from hessjax.linalg import (
+    Partition,
     as_basis,
     check_orthonormal,
     grassmann_distances,
@@ -137,10 +138,12 @@ def test_masks_against_dense_coordinate_bases(pair):
 def test_top_magnitude_masks():
     theta = np.array([0.1, -5.0, 0.3, 2.0, -0.2, 0.05, 4.0, -1.0])
     np.testing.assert_array_equal(top_magnitude_mask(theta, 3), [1, 3, 6])
-    ids = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    part = Partition.from_ids(np.array([0, 0, 0, 0, 1, 1, 1, 1]))
     # k = 4 split 2 + 2 over two blocks of 4: block 0 keeps {1, 3}, block 1 keeps {6, 7}
-    np.testing.assert_array_equal(top_magnitude_mask(theta, 4, ids), [1, 3, 6, 7])
-    assert top_magnitude_mask(theta, 3, ids).size == 3
+    np.testing.assert_array_equal(top_magnitude_mask(theta, 4, part), [1, 3, 6, 7])
+    assert top_magnitude_mask(theta, 3, part).size == 3
+    with pytest.raises(TypeError, match="Partition"):
+        top_magnitude_mask(theta, 3, np.zeros(8, int))
     with pytest.raises(ValueError, match="k <= n"):
         top_magnitude_mask(theta, 9)
 

@@ -105,15 +105,21 @@ def partition_from_labels(layout: ParamLayout, labels: PyTree) -> Partition:
 @dataclasses.dataclass(frozen=True)
 class _BlockDiagonalProduct:
     """v -> Σ_i P_i H P_i v with one restricted product per block (differentiating only w.r.t.
-    the block's leaves); indices (traced) are each block's flat positions."""
+    the block's leaves). leaves: (start, stop, block) of every selected leaf in flat order;
+    static slices, no gathers."""
 
     parts: tuple
+    leaves: tuple[tuple[int, int, int], ...]
 
-    def __call__(self, v: Array, params: PyTree, data: PyTree, indices: tuple) -> Array:
-        out = jnp.zeros_like(v)
-        for part, idx in zip(self.parts, indices, strict=True):
-            out = out.at[idx].set(part(v[idx], params, data))
-        return out
+    def __call__(self, v: Array, params: PyTree, data: PyTree) -> Array:
+        pieces = {}
+        for i, part in enumerate(self.parts):
+            mine = [(a, e) for a, e, b in self.leaves if b == i]
+            out = part(jnp.concatenate([v[a:e] for a, e in mine]), params, data)
+            offsets = np.cumsum([0] + [e - a for a, e in mine])
+            for (a, _), lo, hi in zip(mine, offsets[:-1], offsets[1:], strict=True):
+                pieces[a] = out[lo:hi]
+        return jnp.concatenate([pieces[a] for a, _, _ in self.leaves])
 
 
 def layer_block_diagonal(op: CurvatureOperator, partition: Partition) -> CurvatureOperator:
@@ -136,11 +142,13 @@ def layer_block_diagonal(op: CurvatureOperator, partition: Partition) -> Curvatu
                 "whole leaves (use linalg.block_diagonal_operator)"
             )
         leaf_block.append(int(ids[0]) if ids.size else -1)
-    parts, indices = [], []
+    parts = []
     for i in range(partition.num_blocks):
         selected = tuple(b == i for b in leaf_block)
         block_layout = dataclasses.replace(layout, selected=selected)
         parts.append(dataclasses.replace(op.product, layout=block_layout))
-        indices.append(jnp.asarray(np.flatnonzero(partition.block_ids == i), jnp.int32))
-    product = _BlockDiagonalProduct(tuple(parts))
-    return CurvatureOperator(product, (*op.args, tuple(indices)), op.size, op.dtype, layout)
+    leaves = tuple(
+        (int(a), int(a + n), b) for a, n, b in zip(starts, sizes, leaf_block, strict=True) if n
+    )
+    product = _BlockDiagonalProduct(tuple(parts), leaves)
+    return CurvatureOperator(product, op.args, op.size, op.dtype, layout)

@@ -117,8 +117,8 @@ class BlockEigshResult(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("k", "which", "num_steps", "tol"))
-def _block_eigsh(diag_op, ids, sizes, v0, key, k, which, num_steps, tol):
-    state = krylov.init(v0, num_steps, key, ids, sizes)
+def _block_eigsh(diag_op, blocks, sizes, v0, key, k, which, num_steps, tol):
+    state = krylov.init(v0, num_steps, key, blocks, sizes)
 
     def cond(carry):
         state, done = carry
@@ -192,13 +192,42 @@ def block_eigsh(
         check_block_diagonal(block_diagonal, partition, key)
     key, start_key = jax.random.split(key)
     v0 = jax.random.normal(start_key, (op.size,), op.dtype)
-    ids = None if partition.num_blocks == 1 else jnp.asarray(partition.block_ids)
+    blocks, order = _packed_blocks(partition)
+    if order is not None:  # sort the indices by block: the blocks become contiguous ranges
+        inverse = jnp.asarray(np.argsort(order), jnp.int32)
+        order = jnp.asarray(order, jnp.int32)
+        block_diagonal = Operator(_permuted_product, (block_diagonal, order, inverse),
+                                  op.size, op.dtype)  # fmt: skip
     result, bad = _block_eigsh(
-        block_diagonal, ids, jnp.asarray(sizes, jnp.int32), v0, key, k, which,
+        block_diagonal, blocks, jnp.asarray(sizes, jnp.int32), v0, key, k, which,
         int(num_steps), tol,
     )  # fmt: skip
     _checks.raise_if_nonfinite(bad, "block_eigsh")
+    if order is not None:
+        result = result._replace(eigenvectors=result.eigenvectors[inverse])
     return _checks.concrete_matvecs(result)
+
+
+_MAX_RANGES = 64  # blocks handled as contiguous slices; more: segment sums over block ids
+
+
+def _packed_blocks(partition: Partition) -> tuple[krylov.Blocks | None, np.ndarray | None]:
+    """The kernel's view of the partition, and the permutation (n,) that sorts the indices by
+    block when the blocks are not already contiguous ranges (None when they are, or when
+    there are too many blocks for slices)."""
+    b, ids = partition.num_blocks, partition.block_ids
+    if b == 1:
+        return None, None
+    if b > _MAX_RANGES:
+        return krylov.Blocks(b, ids=jnp.asarray(ids)), None
+    bounds = tuple(int(x) for x in np.concatenate([[0], np.cumsum(partition.sizes)]))
+    order = None if np.all(np.diff(ids) >= 0) else np.argsort(ids, kind="stable")
+    return krylov.Blocks(b, bounds=bounds), order
+
+
+def _permuted_product(v: Array, op: Operator, order: Array, inverse: Array) -> Array:
+    """P A Pᵀ v for the permutation P x = x[order] (inverse = argsort(order))."""
+    return op.matvec(v[inverse])[order]
 
 
 def _block_diagonal_product(v: Array, op: Operator, masks: Array) -> Array:

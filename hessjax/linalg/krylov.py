@@ -4,11 +4,12 @@ Every Krylov solver of the package runs on this one kernel: `eigsh` (b = 1), thi
 (cycles of `run` and `restart` with b = 1), `block_eigsh` (b disjoint blocks of the indices,
 in lockstep) and `slq` (b = 1, vmapped over probes).
 
-Packed layout: the b recurrences live on disjoint index sets of one flat (n,) vector, given by
-`ids` (n,) (block of every index; None for b = 1). Basis row r holds the r-th Lanczos vector of
-every block at once, so memory is one (m, n) basis whatever the block sizes (ragged, no
-padding), and one product with the block-diagonal operator D = Σ_i P_i A P_i advances every
-recurrence. Inner products are per block (segment sums; plain dot products for b = 1).
+Packed layout: the b recurrences live on disjoint index sets of one flat (n,) vector, given
+by `Blocks` (None for b = 1): contiguous ranges (static offsets; per-block inner products are
+slices, as fast as plain dot products) or, for many blocks, the block id of every index
+(segment sums). Basis row r holds the r-th Lanczos vector of every block at once, so memory is
+one (m, n) basis whatever the block sizes (ragged, no padding), and one product with the
+block-diagonal operator D = Σ_i P_i A P_i advances every recurrence.
 
 After j steps, block i satisfies A_i Q_j = Q_j T_j + β_{j-1} q_j e_jᵀ where the projected
 matrix T_j is tridiagonal (alpha, beta), plus, after a thick restart at row `start`, an
@@ -17,6 +18,7 @@ arrowhead: kept Ritz values on the diagonal of rows < start, coupled to row `sta
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -29,14 +31,31 @@ WHICH = ("LA", "SA", "LM", "BE")
 _ORTHO_ROWS = 8  # basis rows per block of the block Gram-Schmidt
 
 
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """The index sets of b > 1 recurrences in the packed (n,) vector: `bounds` (b + 1,) static
+    offsets of contiguous ranges, or else `ids` (n,) int32 block of every index."""
+
+    num_blocks: int
+    bounds: tuple[int, ...] | None = None
+    ids: Array | None = None
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return list(zip(self.bounds[:-1], self.bounds[1:], strict=True))
+
+
+jax.tree_util.register_dataclass(Blocks, data_fields=["ids"], meta_fields=["num_blocks", "bounds"])
+
+
 class KrylovState(NamedTuple):
     """basis (m, n): rows q_0..q_{m-1} (zero past j); alpha, beta, spike (b, m): projected
     matrix (beta[:, r] couples rows r and r+1, 0 at a breakdown restart; spike couples row
     `start` to the kept rows of a thick restart); start () int32; q (n,) the next vector
     (beyond the last row when j = m); j () steps in the current basis; matvecs () products
     spent in all; bad () int32 index of the first non-finite product, -1 if none; norm (b,)
-    running ‖A_i‖ estimates; sizes (b,) int32 dimension of every block; ids (n,) int32 block
-    of every index or None (b = 1); key: PRNG key for restart vectors."""
+    running ‖A_i‖ estimates; sizes (b,) int32 dimension of every block; blocks: `Blocks`, or
+    None for b = 1; key: PRNG key for restart vectors."""
 
     basis: Array
     alpha: Array
@@ -49,33 +68,55 @@ class KrylovState(NamedTuple):
     bad: Array
     norm: Array
     sizes: Array
-    ids: Array | None
+    blocks: Blocks | None
     key: Array
 
 
 # ----------------------------------------------------------------------------- per block
 
 
-def _dots(ids: Array | None, b: int, x: Array, y: Array) -> Array:
+def _dots(blocks: Blocks | None, x: Array, y: Array) -> Array:
     """Per-block inner products: x (..., n), y (n,) -> (..., b)."""
-    if ids is None:
+    if blocks is None:
         return (x @ y)[..., None]
+    if blocks.ids is None:
+        return jnp.stack([x[..., a:e] @ y[a:e] for a, e in blocks.ranges], -1)
     prod = jnp.moveaxis(x * y, -1, 0)
-    return jnp.moveaxis(jax.ops.segment_sum(prod, ids, num_segments=b), 0, -1)
+    sums = jax.ops.segment_sum(prod, blocks.ids, num_segments=blocks.num_blocks)
+    return jnp.moveaxis(sums, 0, -1)
 
 
-def _spread(ids: Array | None, c: Array) -> Array:
+def _spread(blocks: Blocks | None, c: Array) -> Array:
     """Per-block values c (..., b) -> (..., n) (or (..., 1), broadcastable, for b = 1)."""
-    return c if ids is None else c[..., ids]
+    if blocks is None:
+        return c
+    if blocks.ids is None:
+        parts = [
+            jnp.broadcast_to(c[..., i : i + 1], (*c.shape[:-1], e - a))
+            for i, (a, e) in enumerate(blocks.ranges)
+        ]
+        return jnp.concatenate(parts, -1)
+    return c[..., blocks.ids]
 
 
-def _unit(ids: Array | None, b: int, w: Array) -> tuple[Array, Array]:
+def _combine(blocks: Blocks | None, rows: Array, coef: Array) -> Array:
+    """Σ_r rows[r] · coef[r, block of the index]: rows (r, n), coef (r, b) -> (n,)."""
+    if blocks is None:
+        return rows.T @ coef[:, 0]
+    if blocks.ids is None:
+        return jnp.concatenate(
+            [rows[:, a:e].T @ coef[:, i] for i, (a, e) in enumerate(blocks.ranges)]
+        )
+    return jnp.sum(rows * coef[:, blocks.ids], axis=0)
+
+
+def _unit(blocks: Blocks | None, w: Array) -> tuple[Array, Array]:
     """w scaled to unit norm in every block (zero blocks stay zero) and the norms (b,)."""
-    norms = jnp.sqrt(_dots(ids, b, w, w))
-    return w / _spread(ids, jnp.where(norms > 0, norms, 1)), norms
+    norms = jnp.sqrt(_dots(blocks, w, w))
+    return w / _spread(blocks, jnp.where(norms > 0, norms, 1)), norms
 
 
-def orthogonalise(basis: Array, w: Array, num_rows: Array, ids: Array | None, b: int) -> Array:
+def orthogonalise(basis: Array, w: Array, num_rows: Array, blocks: Blocks | None) -> Array:
     """Block Gram-Schmidt of w (n,) against rows 0..num_rows-1 of `basis` (m, n), block by
     block, `_ORTHO_ROWS` rows at a time, so the cost follows the rows in use, not m. A second
     pass runs when some block lost most of its norm (‖w'‖ < ‖w‖/√2, the DGKS test: "twice is
@@ -87,32 +128,34 @@ def orthogonalise(basis: Array, w: Array, num_rows: Array, ids: Array | None, b:
         start = jnp.minimum(i * size, m - size)  # the last chunk may overlap the previous one
         rows = lax.dynamic_slice_in_dim(basis, start, size, 0)
         idx = start + jnp.arange(size)
-        h = _dots(ids, b, rows, w)
+        h = _dots(blocks, rows, w)
         h = jnp.where(((idx >= i * size) & (idx < num_rows))[:, None], h, 0)
-        if ids is None:
-            return w - rows.T @ h[:, 0]
-        return w - jnp.sum(rows * h[:, ids], axis=0)
+        return w - _combine(blocks, rows, h)
 
     def one_pass(w):
         return lax.fori_loop(0, (num_rows + size - 1) // size, chunk, w)
 
-    before = _dots(ids, b, w, w)
+    before = _dots(blocks, w, w)
     w = one_pass(w)
-    return lax.cond(jnp.any(_dots(ids, b, w, w) < before / 2), one_pass, lambda w: w, w)
+    return lax.cond(jnp.any(_dots(blocks, w, w) < before / 2), one_pass, lambda w: w, w)
 
 
 # ----------------------------------------------------------------------------- recurrence
 
 
 def init(
-    v0: Array, num_steps: int, key: Array, ids: Array | None = None, sizes: Array | None = None
+    v0: Array,
+    num_steps: int,
+    key: Array,
+    blocks: Blocks | None = None,
+    sizes: Array | None = None,
 ) -> KrylovState:
     """State before the first step: v0 (n,) normalised in every block, an (m, n) basis.
     `sizes` (b,) defaults to [n] (b = 1)."""
     n = v0.shape[0]
     sizes = jnp.full((1,), n, jnp.int32) if sizes is None else jnp.asarray(sizes, jnp.int32)
     b = sizes.shape[0]
-    q = _unit(ids, b, v0)[0]
+    q = _unit(blocks, v0)[0]
     zeros = jnp.zeros((b, num_steps), v0.dtype)
     return KrylovState(
         basis=jnp.zeros((num_steps, n), v0.dtype).at[0].set(q),
@@ -126,7 +169,7 @@ def init(
         bad=jnp.int32(-1),
         norm=jnp.zeros((b,), v0.dtype),
         sizes=sizes,
-        ids=ids,
+        blocks=blocks,
         key=key,
     )
 
@@ -139,14 +182,14 @@ def step(state: KrylovState, w: Array) -> KrylovState:
     an exhausted block (j + 1 = n_i) gets zeros. A non-finite product is recorded in `bad`
     and replaced by zeros (the callers stop and report it)."""
     s = state
-    ids, b, j = s.ids, s.sizes.shape[0], s.j
+    blocks, j = s.blocks, s.j
     eps, tiny = jnp.finfo(w.dtype).eps, jnp.finfo(w.dtype).tiny
     finite = jnp.all(jnp.isfinite(w))
     bad = jnp.where((s.bad < 0) & ~finite, s.matvecs, s.bad)
     active = j < s.sizes
-    w = jnp.where(finite, w, 0) * _spread(ids, active.astype(w.dtype))
-    a = _dots(ids, b, s.q, w)
-    w, nrm = _unit(ids, b, orthogonalise(s.basis, w, j + 1, ids, b))
+    w = jnp.where(finite, w, 0) * _spread(blocks, active.astype(w.dtype))
+    a = _dots(blocks, s.q, w)
+    w, nrm = _unit(blocks, orthogonalise(s.basis, w, j + 1, blocks))
     norm = jnp.maximum(s.norm, jnp.sqrt(a * a + nrm * nrm))
     breakdown = nrm <= 100 * eps * jnp.maximum(norm, tiny)
     restart = active & breakdown & (j + 1 < s.sizes)
@@ -154,10 +197,10 @@ def step(state: KrylovState, w: Array) -> KrylovState:
 
     def fresh(w):  # under lax.cond: n normals and two more passes only when needed
         r = jax.random.normal(jax.random.fold_in(s.key, s.matvecs), w.shape, w.dtype)
-        r = _unit(ids, b, orthogonalise(s.basis, r, j + 1, ids, b))[0]
-        return jnp.where(_spread(ids, restart), r, w)
+        r = _unit(blocks, orthogonalise(s.basis, r, j + 1, blocks))[0]
+        return jnp.where(_spread(blocks, restart), r, w)
 
-    w = w * _spread(ids, keep.astype(w.dtype))
+    w = w * _spread(blocks, keep.astype(w.dtype))
     q_next = lax.cond(jnp.any(restart), fresh, lambda w: w, w)
     return s._replace(
         basis=s.basis.at[j + 1].set(q_next, mode="drop"),
@@ -277,9 +320,14 @@ def ritz_vectors(state: KrylovState, s: Array) -> Array:
     """Packed Ritz vectors (n, k) from coefficients s (b, m, k): rows of block i hold block
     i's vectors."""
     s = s.astype(state.basis.dtype)
-    if state.ids is None:
+    blocks = state.blocks
+    if blocks is None:
         return state.basis.T @ s[0]
-    ids = state.ids
+    if blocks.ids is None:
+        return jnp.concatenate(
+            [state.basis[:, a:e].T @ s[i] for i, (a, e) in enumerate(blocks.ranges)]
+        )
+    ids = blocks.ids
 
     def add(acc, row_and_coef):
         row, coef = row_and_coef  # (n,), (b, k)

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from hessjax.linalg.partition import Partition, as_partition
+
 Array = jax.Array
 
 # ----------------------------------------------------------------------------- bases
@@ -370,10 +372,10 @@ def _check_mask(idx: Any, n: int | None = None) -> np.ndarray:
     return idx
 
 
-def top_magnitude_mask(theta: Array, k: int, block_ids: Any = None) -> np.ndarray:
-    """Indices (k,) of the k largest |θ_i| of a flat vector (n,), sorted ascending. With
-    block_ids (n,), each block b keeps its share round(k · n_b / n) of its own largest
-    entries (per-layer masks), adjusted so the total is exactly k."""
+def top_magnitude_mask(theta: Array, k: int, partition: Partition | None = None) -> np.ndarray:
+    """Indices (k,) of the k largest |θ_i| of a flat vector (n,), sorted ascending. With a
+    `Partition` of the n indices, each block b keeps its share round(k · n_b / n) of its own
+    largest entries (per-layer masks), adjusted so the total is exactly k."""
     theta = np.asarray(theta)
     if theta.ndim != 1:
         raise ValueError(
@@ -384,12 +386,11 @@ def top_magnitude_mask(theta: Array, k: int, block_ids: Any = None) -> np.ndarra
     n = theta.size
     if not 1 <= k <= n:
         raise ValueError(f"need 1 <= k <= n = {n}, got k={k}")
-    if block_ids is None:
+    if partition is None:
         return np.sort(np.argpartition(-theta, k - 1)[:k])
-    ids = np.asarray(block_ids)
-    if ids.shape != (n,):
-        raise ValueError(f"block_ids must have shape ({n},), got {ids.shape}")
-    blocks, sizes = np.unique(ids, return_counts=True)
+    as_partition(partition).check_size(n)
+    ids, sizes = partition.block_ids, partition.sizes
+    blocks = np.arange(partition.num_blocks)
     share = np.floor(k * sizes / n).astype(int)
     rest = k * sizes / n - share  # largest remainders get the leftover entries
     share[np.argsort(-rest)[: k - share.sum()]] += 1
