@@ -1,6 +1,6 @@
 """Clear errors instead of raw ones or NaNs for bad inputs to curvature operators and
 `linalg.Operator`: wrong vector sizes, non-array and non-floating params leaves, losses that
-are not scalars, mean losses given to the empirical Fisher, low-precision params, a NaN in a
+are not scalars, mean losses given to the empirical Fisher, half-precision params, a NaN in a
 late microbatch; and `check_deterministic` on deterministic, random and non-symmetric
 operators. Everything here runs in float32, so it holds with and without jax_enable_x64."""
 
@@ -100,13 +100,32 @@ def test_integer_leaf_needs_select(params, data):
     assert op.unravel(v)["step"].dtype == jnp.int32
 
 
-def test_low_precision_params_rejected(params, data):
-    for dtype, name in ((jnp.bfloat16, "bfloat16"), (jnp.float16, "float16")):
-        low = jax.tree_util.tree_map(lambda p, d=dtype: p.astype(d), params)
-        with pytest.raises(ValueError, match=f"params are {name}.*cast params to float32"):
-            hessian_operator(LOSS, low, data)
-        with pytest.raises(ValueError, match=f"params are {name}"):
-            ggn_operator(MODEL.apply, cross_entropy, low, batches=batches_of(data))
+@pytest.mark.parametrize("dtype, rtol", [(jnp.bfloat16, 0.05), (jnp.float16, 0.01)])
+def test_half_precision_params_and_data(params, data, dtype, rtol):
+    """They crashed in LAPACK inside eigsh. Now products run in the params' dtype and the
+    Krylov vectors in float32: the top eigenvalues match the float32 ones to a few units of
+    the half-precision epsilon (2^-8 for bfloat16, 2^-11 for float16) times the reductions'
+    length; the bounds are 13 and 20 of those epsilons."""
+    low = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+    low_data = (data[0].astype(dtype), data[1])
+    pairs = [
+        (hessian_operator(LOSS, low, low_data), hessian_operator(LOSS, params, data)),
+        (
+            hessian_operator(LOSS, low, batches=batches_of(low_data)),
+            hessian_operator(LOSS, params, data),
+        ),
+        (
+            ggn_operator(MODEL.apply, cross_entropy, low, low_data),
+            ggn_operator(MODEL.apply, cross_entropy, params, data),
+        ),
+    ]
+    for op, reference in pairs:
+        assert op.dtype == np.float32
+        got = eigsh(op, 2, key=KEY, tol=1e-3).eigenvalues
+        assert got.dtype == jnp.float32
+        want = eigsh(reference, 2, key=KEY, tol=1e-5).eigenvalues
+        np.testing.assert_allclose(got, want, rtol=rtol)
+    assert op.unravel(jnp.ones(op.size))["params"]["Dense_0"]["kernel"].dtype == dtype
 
 
 # ----------------------------------------------------------------------------- loss outputs

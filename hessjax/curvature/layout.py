@@ -91,9 +91,12 @@ class ParamLayout:
 
     def unravel_picked(self, flat: Array) -> list[Array]:
         _checks.check_operand(flat, self.size, (1,))
-        shapes = [s for s, on in zip(self.shapes, self.selected, strict=True) if on]
-        sizes = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
-        return [x.reshape(s) for x, s in zip(jnp.split(flat, sizes), shapes, strict=True)]
+        picked = [
+            (s, d) for s, d, on in zip(self.shapes, self.dtypes, self.selected, strict=True) if on
+        ]
+        sizes = np.cumsum([int(np.prod(s)) for s, _ in picked])[:-1]
+        pieces = jnp.split(flat, sizes)
+        return [x.reshape(s).astype(d) for x, (s, d) in zip(pieces, picked, strict=True)]
 
     def unravel(self, flat: Array) -> PyTree:
         """(size,) -> params-shaped tree; unselected leaves are zeros."""
@@ -156,13 +159,21 @@ def make_layout(params: PyTree, select: Select = None) -> ParamLayout:
     return ParamLayout(treedef, shapes, dtypes, paths, mask)
 
 
+HALF_PRECISION = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+
+
+def vector_dtype(layout: ParamLayout) -> np.dtype:
+    """dtype of an operator's flat vectors: the params' dtype, or float32 for bfloat16 /
+    float16 params (products then run in the params' dtype, Krylov vectors in float32)."""
+    return np.dtype(np.float32) if layout.dtype in HALF_PRECISION else layout.dtype
+
+
 def check_precision(layout: ParamLayout) -> None:
-    """Curvature operators need float32 or float64 parameters (bfloat16 / float16 products
-    are not supported yet)."""
-    if layout.dtype in (np.dtype(jnp.bfloat16), np.dtype(jnp.float16)):
+    """Kronecker factors need float32 or float64 parameters."""
+    if layout.dtype in HALF_PRECISION:
         raise ValueError(
-            f"params are {layout.dtype}: low-precision curvature products are not supported "
-            "yet; cast params to float32, e.g. "
+            f"params are {layout.dtype}: Kronecker factors in half precision are not supported;"
+            " cast params to float32, e.g. "
             "jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)"
         )
 

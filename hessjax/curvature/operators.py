@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hessjax.curvature.layout import ParamLayout, PyTree, Select, check_precision, make_layout
+from hessjax.curvature.layout import ParamLayout, PyTree, Select, make_layout, vector_dtype
 from hessjax.curvature.losses import MeanLoss
 from hessjax.linalg import _checks
 from hessjax.linalg.operator import Operator
@@ -54,7 +54,8 @@ class _Product:
             return lay.merge(p, leaves)
 
         def body(acc, batch):
-            return acc + lay.ravel_picked(self.per_batch(merge, picked, tangent, batch)), None
+            product = lay.ravel_picked(self.per_batch(merge, picked, tangent, batch))
+            return acc + product.astype(acc.dtype), None  # half-precision products, float32 sums
 
         num_microbatches = jax.tree_util.tree_leaves(data)[0].shape[0]
         if num_microbatches == 1:
@@ -160,7 +161,7 @@ class StreamingOperator(_TreeViews):
     jitted per-batch products, weighted by batch size. Solvers drive it from the host."""
 
     def __init__(self, product, params: PyTree, batches, layout: ParamLayout):
-        self.layout, self.size, self.dtype = layout, layout.size, layout.dtype
+        self.layout, self.size, self.dtype = layout, layout.size, vector_dtype(layout)
         self.params, self._batches = params, batches
         self._product = jax.jit(product)
 
@@ -251,7 +252,6 @@ def _raise_non_finite(finite: Array, where: str) -> None:
 def _build(product, value_fn, params, data, batches, layout: ParamLayout, per_example=False):
     """The in-memory or streaming operator of `product`, after checking the inputs and that
     value_fn (the loss, or per-example losses) is finite on every (micro)batch."""
-    check_precision(layout)
     if (data is None) == (batches is None):
         raise ValueError("pass exactly one of data= (microbatched pytree) or batches= (iterable)")
     if data is not None:
@@ -260,7 +260,8 @@ def _build(product, value_fn, params, data, batches, layout: ParamLayout, per_ex
         finite = _finite_losses(value_fn, params, data, per_example)
         if finite is not None:
             _raise_non_finite(finite, "microbatch")
-        return CurvatureOperator(product, (params, data), layout.size, layout.dtype, layout)
+        dtype = vector_dtype(layout)
+        return CurvatureOperator(product, (params, data), layout.size, dtype, layout)
     if not callable(batches) and iter(batches) is batches:
         raise ValueError(
             "batches must be re-iterable (a list, or a callable returning a fresh iterator); "

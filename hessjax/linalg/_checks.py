@@ -52,11 +52,12 @@ def is_concrete(x) -> bool:
 
 
 def check_dtype(dtype) -> None:
-    """Solvers work in float32 or float64; half precision is not supported yet."""
+    """Solver vectors are float32 or float64 (half-precision products: see curvature)."""
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(
             f"operator dtype {np.dtype(dtype)} is not supported: Krylov solvers need float32 or "
-            "float64 (cast bfloat16/float16 params and data to float32)"
+            "float64 vectors (curvature operators of bfloat16/float16 params already use float32 "
+            "vectors; wrap other half-precision products accordingly)"
         )
 
 
