@@ -25,12 +25,14 @@ so vectors outside the solvers stay whole (`linalg.operator.place_vectors` leave
 inside every solver's jit they are constrained to the split and XLA pads the last shard; the
 (m, n) basis inside the solver is split, the (n, k) eigenvectors it returns are whole.
 
-Tested by tests/test_sharded.py (via tests/test_distributed.py) on 8 virtual CPU devices
+Tested by tests/test_sharded.py, a subprocess on 8 virtual CPU devices
 (`--xla_force_host_platform_device_count=8`) with "fsdp:8" and "fsdp:2,data:4" meshes:
-eigenvalues, traces and SLQ moments equal the single-device ones to float32 round-off, and
-bases and eigenvectors are split along n. tests/test_distributed.py also checks data-parallel
-products and eigsh on 4 devices. Multi-host: call `jax.distributed.initialize()` first; the
-meshes span `jax.devices()` (all processes), each process then loads its own data slice.
+eigsh, thick-restart eigsh and sketch_eigh eigenvalues, hutchpp traces and SLQ moments equal
+the single-device ones to float32 round-off (≤ 3e-7 relative), the Lanczos basis comes back
+(m, n / 8) per device, eigenvectors (n / 8, k), and the compiled Lanczos and thick-restart
+HLO gathers params only, never a basis. tests/test_distributed.py checks data-parallel
+products and eigsh, and the placement helpers, on 4 devices. Multi-host (untested): call
+`jax.distributed.initialize()` first; the meshes span `jax.devices()` of all processes.
 """
 
 from __future__ import annotations
