@@ -72,3 +72,32 @@ def test_placement_checks_inputs(problem):
         distributed.shard_microbatches((jnp.ones((2, 6, 5)),), distributed.data_mesh(4))
     with pytest.raises(ValueError, match=r"\(m, b, \.\.\.\)"):
         distributed.shard_microbatches(jnp.ones(8), distributed.data_mesh(4))
+
+
+def test_mesh_specs_and_fsdp_placement(problem):
+    loss_fn, params, data = problem
+    assert distributed.parse_mesh(None) is None and distributed.parse_mesh("") is None
+    assert distributed.parse_mesh("data:4").shape == {"data": 4}
+    assert distributed.parse_mesh("fsdp:2,data").shape == {"fsdp": 2, "data": 2}
+    assert distributed.model_data_mesh(2, 2).axis_names == ("fsdp", "data")
+    for bad in ("data:5", "fsdp:2,fsdp:2", "data:x", "fsdp,data", "fsdp:3,data"):
+        with pytest.raises(ValueError):
+            distributed.parse_mesh(bad)
+    assert distributed.param_spec((5, 8), 4) == PartitionSpec(None, "fsdp")
+    assert distributed.param_spec((8, 4), 4) == PartitionSpec("fsdp", None)
+    assert distributed.param_spec((3,), 4) == PartitionSpec()
+    placed = distributed.place("fsdp:4", params, data)
+    kernel = placed.params["params"]["layers_0"]["kernel"]  # (5, 8): split along the 8
+    assert kernel.sharding.spec == PartitionSpec(None, "fsdp")
+    assert {s.data.shape for s in kernel.addressable_shards} == {(5, 2)}
+    assert placed.data[0].sharding.spec == PartitionSpec(None, "fsdp")
+    op = placed.operator(hessian_operator(loss_fn, placed.params, placed.data))
+    one = hessian_operator(loss_fn, params, data)
+    assert op.size == one.size == 75 and op.size % 4  # uneven: vectors left whole
+    np.testing.assert_allclose(
+        eigsh(op, 3, key=jax.random.key(4)).eigenvalues,
+        eigsh(one, 3, key=jax.random.key(4)).eigenvalues,
+        rtol=1e-4,
+    )
+    same = distributed.place(None, params, data)
+    assert same.mesh is None and same.params is params and same.operator(one) is one

@@ -31,6 +31,8 @@ from hessjax.linalg.operator import (
     dense_operator,
     is_traceable,
     to_dense,
+    vector_sharding,
+    with_vector_sharding,
 )
 from hessjax.linalg.partition import Partition
 from hessjax.linalg.power import power_iteration
@@ -129,4 +131,6 @@ __all__ = [
     "subspace_overlap",
     "to_dense",
     "tridiag_eigh",
+    "vector_sharding",
+    "with_vector_sharding",
 ]

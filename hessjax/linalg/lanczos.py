@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from hessjax.linalg import _checks, krylov
-from hessjax.linalg.operator import LinearOperatorLike, is_traceable
+from hessjax.linalg.operator import LinearOperatorLike, constrain, is_traceable, place_vectors
 
 Array = jax.Array
 Which = Literal["LA", "SA", "LM", "BE"]
@@ -61,7 +61,7 @@ def _result(state: krylov.KrylovState, k: int, which: str, tol: float) -> EigshR
 
 @functools.partial(jax.jit, static_argnames=("k", "which", "num_steps", "tol", "check_every"))
 def _eigsh_traced(op, v0, key, k, which, num_steps, tol, check_every):
-    state = krylov.init(v0, num_steps, key)
+    state = krylov.init(constrain(op, v0), num_steps, key)
     if tol is None:
         state = krylov.run(op, state, num_steps)
         return _result(state, k, which, krylov.default_tol(v0.dtype)), state.bad
@@ -102,7 +102,7 @@ def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol):
         state = lax.cond(done, lambda s: s, lambda s: krylov.restart(s, keep, which), state)
         return state, cycles + 1, done
 
-    carry = (krylov.init(v0, num_steps, key), jnp.int32(0), jnp.bool_(False))
+    carry = (krylov.init(constrain(op, v0), num_steps, key), jnp.int32(0), jnp.bool_(False))
     state, _, _ = lax.while_loop(lambda c: ~c[2], body, carry)
     return _result(state, k, which, tol), state.bad
 
@@ -169,6 +169,7 @@ def eigsh(
     if v0 is None:
         v0 = jax.random.normal(start_key, (n,), op.dtype)
     _checks.check_vector(v0, n, op.dtype)
+    v0 = place_vectors(op, v0)  # split along n when op declares a vector sharding
     if max_restarts:
         _checks.check_positive(max_restarts, "max_restarts")
         if which == "BE" or tol is None or not is_traceable(op):
@@ -203,7 +204,7 @@ def _tridiagonal(state: krylov.KrylovState) -> Tridiagonal:
 
 @functools.partial(jax.jit, static_argnames=("num_steps",))
 def _tridiag_traced(op, v0, key, num_steps):
-    state = krylov.run(op, krylov.init(v0, num_steps, key), num_steps)
+    state = krylov.run(op, krylov.init(constrain(op, v0), num_steps, key), num_steps)
     return _tridiagonal(state), state.bad
 
 

@@ -3,6 +3,12 @@
 An `Operator` is a pytree: its `args` (parameters, data, a dense matrix) are traced leaves and
 its `product` function is static. Solvers take the operator as an argument of one `jax.jit`,
 so arrays reach XLA as inputs, never as constant-folded closures.
+
+Sharding: `with_vector_sharding(op, sharding)` declares how flat (n,) vectors of `op` are laid
+out over a device mesh (e.g. split along n over every device, `distributed.vector_sharding`).
+Every product then constrains its input and output to that layout, and the solvers place their
+start and probe vectors with `place_vectors` (outside `jit`) and `constrain` (inside), so GSPMD
+keeps n-length vectors and Krylov bases (m, n) split along n. Without one, nothing changes.
 """
 
 from __future__ import annotations
@@ -108,7 +114,78 @@ def apply_block(op: LinearOperatorLike, vs: Array, block_size: int | None = None
 
 @functools.partial(jax.jit, static_argnames=("block_size",))
 def _apply_block_traced(op: Operator, vs: Array, block_size: int | None) -> Array:
-    return jax.lax.map(op.matvec, vs.T, batch_size=block_size or vs.shape[1]).T
+    vs = constrain(op, vs)
+    return constrain(op, jax.lax.map(op.matvec, vs.T, batch_size=block_size or vs.shape[1]).T)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedProduct:
+    """`product` with its vector input and output constrained to `sharding` (a NamedSharding of
+    a flat (n,) vector); hashable, so jitted solvers still hit their compilation cache."""
+
+    product: Callable[..., Array]
+    sharding: jax.sharding.NamedSharding
+
+    def __call__(self, v: Array, *args: Any) -> Array:
+        v = _constrain(self.sharding, v)
+        return _constrain(self.sharding, self.product(v, *args))
+
+
+def with_vector_sharding(op: Operator, sharding: jax.sharding.NamedSharding | None) -> Operator:
+    """`op` whose flat vectors are laid out as `sharding` (a NamedSharding whose spec has one
+    entry, the split of n); None removes a declared layout. The matrix is unchanged."""
+    if not is_traceable(op):
+        raise ValueError("with_vector_sharding needs an in-memory Operator (not a streaming one)")
+    product = op.product.product if isinstance(op.product, ShardedProduct) else op.product
+    if sharding is None:
+        return dataclasses.replace(op, product=product)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.spec) != 1:
+        raise ValueError(f"need a NamedSharding of a flat vector, e.g. P('fsdp'), got {sharding}")
+    return dataclasses.replace(op, product=ShardedProduct(product, sharding))
+
+
+def vector_sharding(op: LinearOperatorLike) -> jax.sharding.NamedSharding | None:
+    """The declared layout of `op`'s flat vectors (see `with_vector_sharding`), or None."""
+    product = getattr(op, "product", None)
+    return product.sharding if isinstance(product, ShardedProduct) else None
+
+
+def _block_sharding(sharding: jax.sharding.NamedSharding, ndim: int):
+    """The (n, ...) layout: n split as in `sharding`, trailing axes whole."""
+    spec = jax.sharding.PartitionSpec(sharding.spec[0], *([None] * (ndim - 1)))
+    return jax.sharding.NamedSharding(sharding.mesh, spec)
+
+
+def _constrain(sharding, x: Array) -> Array:
+    if sharding is None or x.shape[0] % num_shards(sharding):
+        # uneven n: XLA would split it with padding inside the jit, but a solver's (n, k)
+        # outputs then come back with shardings JAX cannot represent (IndivisibleError)
+        return x
+    return jax.lax.with_sharding_constraint(x, _block_sharding(sharding, x.ndim))
+
+
+def constrain(op: LinearOperatorLike, x: Array) -> Array:
+    """Inside `jit`: x (n, ...) constrained to `op`'s vector layout (n split, other axes
+    whole); x unchanged when `op` declares none or n does not split evenly."""
+    return _constrain(vector_sharding(op), x)
+
+
+def place_vectors(op: LinearOperatorLike, x: Array) -> Array:
+    """Outside `jit`: x (n, ...) put on `op`'s vector layout when it declares one and n splits
+    evenly (arrays between jitted calls cannot be split unevenly); else x unchanged."""
+    sharding = vector_sharding(op)
+    if sharding is None or isinstance(x, jax.core.Tracer):
+        return x
+    if x.shape[0] % num_shards(sharding):
+        return x
+    return jax.device_put(x, _block_sharding(sharding, x.ndim))
+
+
+def num_shards(sharding: jax.sharding.NamedSharding) -> int:
+    """Number of pieces n is split into by a flat-vector layout."""
+    entry = sharding.spec[0]
+    axes = () if entry is None else tuple(entry) if isinstance(entry, tuple | list) else (entry,)
+    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
 class OperatorCheck(NamedTuple):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from hessjax.linalg import _checks, krylov
 from hessjax.linalg.lanczos import tridiag_eigh
-from hessjax.linalg.operator import LinearOperatorLike, is_traceable
+from hessjax.linalg.operator import LinearOperatorLike, constrain, is_traceable, place_vectors
 from hessjax.linalg.trace import probes
 
 Array = jax.Array
@@ -47,6 +47,7 @@ def _slq_traced(op, vs, key, num_steps):
         state = krylov.run(op, krylov.init(v, num_steps, key), num_steps)
         return (*_quadrature(state.alpha[0], state.beta[0]), state.bad)
 
+    vs = constrain(op, vs)  # (n, p) split along n: every probe's basis (m, n) too
     keys = jax.random.split(key, vs.shape[1])
     nodes, weights, bad = jax.vmap(one, in_axes=(1, 0))(vs, keys)
     return nodes, weights, jnp.max(bad)
@@ -65,7 +66,7 @@ def slq(
     _checks.check_steps(num_steps, 1, op.size)
     _checks.check_key(key)
     k_probe, k_run = jax.random.split(key)
-    vs = probes(k_probe, op.size, num_probes, op.dtype)
+    vs = place_vectors(op, probes(k_probe, op.size, num_probes, op.dtype))
     if is_traceable(op):
         nodes, weights, bad = _slq_traced(op, vs, k_run, int(num_steps))
         _checks.raise_if_nonfinite(bad, "slq")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax.linalg import _checks
-from hessjax.linalg.operator import LinearOperatorLike, apply_block
+from hessjax.linalg.operator import LinearOperatorLike, apply_block, place_vectors
 
 Array = jax.Array
 Probe = Literal["rademacher", "gaussian"]
@@ -55,7 +55,7 @@ def hutchinson(
     _checks.check_positive(num_probes, "num_probes")
     _checks.check_block_size(block_size)
     _checks.check_key(key)
-    vs = probes(key, op.size, num_probes, op.dtype, probe)
+    vs = place_vectors(op, probes(key, op.size, num_probes, op.dtype, probe))
     samples = jnp.sum(vs * apply_block(op, vs, block_size), axis=0)
     return TraceEstimate(*_mean_and_stderr(samples), int(num_probes))
 
@@ -77,9 +77,10 @@ def hutchpp(
     if m >= op.size:
         raise ValueError(f"num_matvecs/3 = {m} must be smaller than the operator size {op.size}")
     k_sketch, k_probe = jax.random.split(key)
-    q, _ = jnp.linalg.qr(apply_block(op, probes(k_sketch, op.size, m, op.dtype), block_size))
+    sketch = place_vectors(op, probes(k_sketch, op.size, m, op.dtype))
+    q = place_vectors(op, jnp.linalg.qr(apply_block(op, sketch, block_size))[0])
     top = jnp.trace(q.T @ apply_block(op, q, block_size))
-    g = probes(k_probe, op.size, m, op.dtype)
+    g = place_vectors(op, probes(k_probe, op.size, m, op.dtype))
     g = g - q @ (q.T @ g)
     rest, stderr = _mean_and_stderr(jnp.sum(g * apply_block(op, g, block_size), axis=0))
     return TraceEstimate(top + rest, stderr, int(num_matvecs))

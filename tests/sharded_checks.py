@@ -1,0 +1,174 @@
+"""Sharded solvers on 8 virtual CPU devices against one device; run by tests/test_sharded.py in
+a subprocess (`python tests/sharded_checks.py`) so the 8-device XLA flag stays out of the rest
+of the suite. Asserts, and prints one JSON line of measured numbers."""
+
+import os
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.pop("JAX_ENABLE_X64", None)
+
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hessjax import distributed  # noqa: E402
+from hessjax.curvature import MeanLoss, cross_entropy, hessian_operator  # noqa: E402
+from hessjax.data import gaussian_mixture  # noqa: E402
+from hessjax.linalg import eigsh, hutchpp, lanczos_tridiag, sketch_eigh, slq  # noqa: E402
+from hessjax.linalg import lanczos as lanczos_mod  # noqa: E402
+
+DEVICES = 8
+OUT: dict = {}
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+
+
+def problem(num_classes):
+    """32-64-C tanh MLP on 256 Gaussian-mixture samples, 2 microbatches of 128."""
+    ds = gaussian_mixture(num_samples=320, dim=32, num_classes=num_classes)
+    data = (
+        jnp.asarray(ds.x_train).reshape(2, 128, 32),
+        jnp.asarray(ds.y_train).reshape(2, 128),
+    )
+    model = nn.Sequential([nn.Dense(64), jnp.tanh, nn.Dense(num_classes)])
+    params = model.init(jax.random.key(0), data[0][0])
+    return MeanLoss(model.apply, cross_entropy), params, data
+
+
+def split_along_n(x, n, axis):
+    """x is split along `axis` (of length n) into DEVICES pieces on DEVICES devices."""
+    shards = x.addressable_shards
+    assert len(shards) == DEVICES, len(shards)
+    widths = {s.data.shape[axis] for s in shards}
+    assert widths == {n // DEVICES}, (widths, x.sharding)
+    return tuple(shards[0].data.shape)
+
+
+def big_all_gathers(hlo, m, n):
+    """All-gathers in compiled HLO whose result holds at least m · n / 2 elements (a gathered
+    basis); returns their shapes."""
+    found = []
+    for line in hlo.splitlines():
+        if "all-gather(" not in line and "all-gather-start(" not in line:
+            continue
+        for dims in re.findall(r"f32\[([0-9,]+)\]", line.split("=", 1)[1].split("all-gather")[0]):
+            shape = tuple(int(d) for d in dims.split(","))
+            if np.prod(shape) >= m * n // 2:
+                found.append(shape)
+    return found
+
+
+def check_mesh(spec, loss_fn, params, data, ref):
+    placed = distributed.place(spec, params, data)
+    mesh = placed.mesh
+    assert mesh.size == DEVICES
+    op = placed.operator(hessian_operator(loss_fn, placed.params, placed.data))
+    n, out = op.size, {}
+    out["param_shards"] = {
+        "/".join(str(getattr(k, "key", k)) for k in path): str(leaf.sharding.spec)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(placed.params)
+    }
+    # Lanczos: the returned basis (m, n) is split along n
+    m = 30
+    v0 = distributed.shard_vector(jax.random.normal(jax.random.key(1), (n,)), mesh)
+    tri = lanczos_tridiag(op, v0, m, key=jax.random.key(2))
+    out["basis_shard"] = split_along_n(tri.basis, n, 1)
+    out["alpha_rel"] = rel(tri.alpha, ref["alpha"])
+    assert out["alpha_rel"] < 1e-4, out
+    hlo = lanczos_mod._tridiag_traced.lower(op, v0, jax.random.key(2), m).compile().as_text()
+    out["tridiag_big_all_gathers"] = big_all_gathers(hlo, m, n)
+    out["tridiag_all_gathers"] = sorted(set(big_all_gathers(hlo, 0, 0)))  # every f32 one
+    # eigsh from its own (placed) random start vector
+    top = eigsh(op, 5, key=jax.random.key(3))
+    out["eigsh_rel"] = rel(top.eigenvalues, ref["eigsh"])
+    out["eigvec_shard"] = split_along_n(top.eigenvectors, n, 0)
+    assert out["eigsh_rel"] < 1e-5, out
+    # thick restart
+    thick = eigsh(op, 10, key=jax.random.key(4), num_steps=24, max_restarts=30)
+    out["thick_rel"] = rel(thick.eigenvalues, ref["thick"])
+    out["thick_shard"] = split_along_n(thick.eigenvectors, n, 0)
+    assert bool(np.all(thick.converged)), thick.converged
+    assert out["thick_rel"] < 1e-5, out
+    v0e = lanczos_mod.place_vectors(op, jax.random.normal(jax.random.key(5), (n,)))
+    hlo = (
+        lanczos_mod._eigsh_restarted.lower(op, v0e, jax.random.key(6), 10, "LA", 24, 17, 30, 1e-4)
+        .compile()
+        .as_text()
+    )
+    out["thick_big_all_gathers"] = big_all_gathers(hlo, 24, n)
+    # trace and density estimates
+    tr = hutchpp(op, 30, key=jax.random.key(7))
+    out["hutchpp_rel"] = rel(tr.estimate, ref["hutchpp"])
+    assert out["hutchpp_rel"] < 1e-4, out
+    quad = slq(op, num_probes=4, num_steps=20, key=jax.random.key(8))
+    moments = [float(quad.moment(p)) for p in (1, 2)]
+    out["slq_moment_rel"] = rel(moments, ref["slq"])
+    assert out["slq_moment_rel"] < 1e-4, out
+    sk = sketch_eigh(op, 5, key=jax.random.key(9))
+    out["sketch_rel"] = rel(sk.eigenvalues, ref["sketch"])
+    out["sketch_vec_sharding"] = str(sk.eigenvectors.sharding.spec)
+    assert out["sketch_rel"] < 1e-5, out
+    return out
+
+
+def reference(loss_fn, params, data):
+    op = hessian_operator(loss_fn, params, data)
+    v0 = jax.random.normal(jax.random.key(1), (op.size,))
+    quad = slq(op, num_probes=4, num_steps=20, key=jax.random.key(8))
+    return {
+        "alpha": lanczos_tridiag(op, v0, 30, key=jax.random.key(2)).alpha,
+        "eigsh": eigsh(op, 5, key=jax.random.key(3)).eigenvalues,
+        "thick": eigsh(op, 10, key=jax.random.key(4), num_steps=24, max_restarts=30).eigenvalues,
+        "hutchpp": hutchpp(op, 30, key=jax.random.key(7)).estimate,
+        "slq": [float(quad.moment(p)) for p in (1, 2)],
+        "sketch": sketch_eigh(op, 5, key=jax.random.key(9)).eigenvalues,
+    }
+
+
+def check_uneven():
+    """n = 2762 (32-64-10), not divisible by 8: the vector layout is not applied (vectors and
+    basis whole on every device, params still FSDP-split); eigenvalues still agree."""
+    loss_fn, params, data = problem(10)
+    op1 = hessian_operator(loss_fn, params, data)
+    placed = distributed.place("fsdp:8", params, data)
+    op = placed.operator(hessian_operator(loss_fn, placed.params, placed.data))
+    n = op.size
+    assert n % DEVICES
+    want = eigsh(op1, 5, key=jax.random.key(3)).eigenvalues
+    got = eigsh(op, 5, key=jax.random.key(3))
+    out = {"n": n, "eigsh_rel": rel(got.eigenvalues, want)}
+    assert out["eigsh_rel"] < 1e-5, out
+    v0 = jax.random.normal(jax.random.key(1), (n,))
+    hlo = lanczos_mod._tridiag_traced.lower(op, v0, jax.random.key(2), 30).compile().as_text()
+    out["tridiag_big_all_gathers"] = big_all_gathers(hlo, 30, n)
+    tri = lanczos_tridiag(op, v0, 30, key=jax.random.key(2))
+    out["basis_shard"] = tuple(tri.basis.addressable_shards[0].data.shape)
+    return out
+
+
+def main():
+    start = time.perf_counter()
+    assert jax.device_count() == DEVICES, jax.devices()
+    loss_fn, params, data = problem(8)
+    OUT["n"] = hessian_operator(loss_fn, params, data).size
+    assert OUT["n"] % DEVICES == 0
+    ref = reference(loss_fn, params, data)
+    for spec in sys.argv[1:] or ["fsdp:8", "fsdp:2,data:4"]:
+        OUT[spec] = check_mesh(spec, loss_fn, params, data, ref)
+    OUT["uneven"] = check_uneven()
+    OUT["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(OUT, default=str))
+
+
+if __name__ == "__main__":
+    main()
