@@ -90,7 +90,7 @@ def _generator(key: Array, n: int, k: int, kind: str, dtype) -> _Generator:
     if kind != "srtt":
         return _Generator(key, k, None, None)
     sign_key, row_key = jax.random.split(key)
-    signs = jax.random.rademacher(sign_key, (n,), dtype)
+    signs = _test_block(_Generator(sign_key, 1, None, None), "rademacher", 0, 1, n, dtype)[0]
     rows = jax.random.choice(row_key, n, (k,), replace=False).astype(jnp.int32)
     return _Generator(key, k, signs, rows)
 
@@ -106,18 +106,26 @@ def _blockwise_stream(key: Array) -> bool:
 
 def _bits(key: Array, n: int, k: int, start, width: int, nbits: int) -> Array:
     """The random bits of jax.random.*(key, (n, k)) at columns [start, start + width), as a
-    (width, n) array: threefry2x32 of the flat index r k + c split into two 32-bit words."""
+    (width, n) array: threefry2x32 of the flat index r k + c split into two 32-bit words,
+    made in chunks of rows so that threefry's temporaries stay small."""
     k1, k2 = jax.random.key_data(key)
+    udtype = jnp.uint64 if nbits == 64 else jnp.uint32
+
+    def chunk(i, row0, rows, out):
+        with jax.enable_x64(True):
+            col = (start + jnp.arange(width)).astype(jnp.uint64)[:, None]
+            r = (row0 + jnp.arange(rows)).astype(jnp.uint64)[None, :]
+            index = r * jnp.uint64(k) + col
+            hi, lo = (index >> 32).astype(jnp.uint32), index.astype(jnp.uint32)
+            b1, b2 = threefry2x32_p.bind(
+                jnp.broadcast_to(k1, hi.shape), jnp.broadcast_to(k2, hi.shape), hi, lo
+            )
+            bits = (b1.astype(jnp.uint64) << 32) | b2.astype(jnp.uint64) if nbits == 64 else b1 ^ b2
+            return lax.dynamic_update_slice_in_dim(out, bits, row0, 1)
+
     with jax.enable_x64(True):
-        col = (start + jnp.arange(width)).astype(jnp.uint64)[:, None]
-        index = jnp.arange(n, dtype=jnp.uint64)[None, :] * jnp.uint64(k) + col
-        hi, lo = (index >> 32).astype(jnp.uint32), index.astype(jnp.uint32)
-        b1, b2 = threefry2x32_p.bind(
-            jnp.broadcast_to(k1, hi.shape), jnp.broadcast_to(k2, hi.shape), hi, lo
-        )
-        if nbits == 64:
-            return (b1.astype(jnp.uint64) << 32) | b2.astype(jnp.uint64)
-        return b1 ^ b2
+        out = jnp.zeros((width, n), udtype)
+    return _loop(n, _chunk(width, n), chunk, out)
 
 
 def _uniform(bits: Array, dtype, lo, hi) -> Array:
@@ -141,10 +149,11 @@ def _draw_columns(gen: _Generator, kind: str, start, width: int, n: int, dtype) 
         bits = _bits(gen.key, n, gen.k, start, width, 8 * dtype.itemsize)
         u = _uniform(bits, dtype, lo, np.array(1.0, dtype))
         return lax.mul(np.array(np.sqrt(2), dtype), lax.erf_inv(u))
-    p_dtype = np.dtype(jnp.result_type(float))  # bernoulli(0.5) draws in the default float
-    bits = _bits(gen.key, n, gen.k, start, width, 8 * p_dtype.itemsize)
-    u = _uniform(bits, p_dtype, np.array(0.0, p_dtype), np.array(1.0, p_dtype))
-    return (2 * (u < 0.5).astype(dtype) - 1).astype(dtype)
+    # bernoulli(0.5) compares a uniform of the default float with 0.5: +1 where the top
+    # random bit is 0 (no float64 uniforms formed)
+    nbits = 8 * np.dtype(jnp.result_type(float)).itemsize
+    top = _bits(gen.key, n, gen.k, start, width, nbits) >> (nbits - 1)
+    return (1 - 2 * top.astype(dtype)).astype(dtype)
 
 
 def _test_block(gen: _Generator, kind: str, start, width: int, n: int, dtype) -> Array:
