@@ -11,6 +11,7 @@ from hessjax import training
 from hessjax.curvature import MeanLoss, cross_entropy, hessian_operator
 from hessjax.data import gaussian_mixture
 from hessjax.linalg import dense_operator
+from hessjax.linalg import sketch as sketch_module
 from hessjax.linalg.sketch import random_test_matrix, sketch_eigh
 from hessjax.models import MLP
 
@@ -116,3 +117,94 @@ def test_errors():
         sketch_eigh(op, 2, key=key, error_probes=1)
     with pytest.raises(ValueError, match="test matrix"):
         sketch_eigh(op, 2, key=key, test_matrix="hadamard")
+
+
+def dense_formula(a, key, k, outer, inner, kind, probes):
+    """The sketch from the whole test matrices (numpy, float64): Q = qr(A Ω), the core
+    (ΦᵀQ)⁺ Z (ΦᵀQ)⁺ᵀ with Z = Φᵀ A Φ symmetrised, and the probe error estimate."""
+    omega_key, phi_key, probe_key = jax.random.split(key, 3)
+    omega = np.asarray(random_test_matrix(omega_key, N, outer, kind, jnp.float64))
+    phi = np.asarray(random_test_matrix(phi_key, N, inner, kind, jnp.float64))
+    q, _ = np.linalg.qr(a @ omega)
+    z = phi.T @ (a @ phi)
+    pq = np.linalg.pinv(phi.T @ q)
+    core = pq @ ((z + z.T) / 2) @ pq.T
+    lam, u = np.linalg.eigh((core + core.T) / 2)
+    order = np.argsort(-np.abs(lam))[:k]
+    lam, vecs = lam[order], q @ u[:, order]
+    g = np.asarray(jax.random.normal(probe_key, (N, probes), jnp.float64))
+    e = np.sum((a @ g - vecs @ (lam[:, None] * (vecs.T @ g))) ** 2, 0)
+    return lam, vecs, np.sqrt(np.mean(e) / np.mean(np.sum((a @ g) ** 2, 0)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blockwise_sketch_equals_dense_formula(kind):
+    """Blocks of 7 (dividing none of 10, 20, 40, 6 probes) give the dense-formula sketch of a
+    rank-8 matrix plus noise: same eigenvalues, eigenvectors and error estimate to round-off;
+    the rank-8 part is recovered."""
+    rng = np.random.default_rng(5)
+    lam = np.zeros(N)
+    lam[:8] = [9.0, -7.0, 5.0, 4.0, -3.0, 2.0, 1.5, -1.0]
+    lam[8:] = 1e-3 * rng.normal(size=N - 8)
+    a = spectrum_matrix(lam, seed=6)
+    key = jax.random.key(11)
+    want_lam, want_vecs, want_err = dense_formula(a, key, 6, 20, 40, kind, 6)
+    res = sketch_eigh(dense_operator(jnp.asarray(a)), 6, key=key, outer=20, inner=40,
+                      test_matrix=kind, error_probes=6, block_size=7)  # fmt: skip
+    np.testing.assert_allclose(res.eigenvalues, want_lam, rtol=1e-10)
+    overlap = np.abs(np.sum(np.asarray(res.eigenvectors) * want_vecs, 0))
+    np.testing.assert_allclose(overlap, 1, atol=1e-10)
+    np.testing.assert_allclose(res.error_estimate, want_err, rtol=1e-8)
+    np.testing.assert_allclose(res.eigenvalues, lam[:6], atol=5e-3)  # the rank-8 part
+
+
+def test_block_size_does_not_change_the_sketch():
+    """The test matrices are the same whatever the block size: blocks of 1, 7 (no divisor of
+    the sizes), 32 and all columns at once agree to round-off, and random_test_matrix is
+    jax.random.normal / rademacher of the whole shape."""
+    a = spectrum_matrix(0.7 ** np.arange(N), seed=7)
+    key = jax.random.key(2)
+    got = [sketch_eigh(dense_operator(jnp.asarray(a)), 4, key=key, outer=12, inner=26,
+                       error_probes=5, block_size=b) for b in (1, 7, 32, None)]  # fmt: skip
+    for res in got[1:]:
+        np.testing.assert_allclose(res.eigenvalues, got[0].eigenvalues, rtol=1e-11)
+        np.testing.assert_allclose(res.error_estimate, got[0].error_estimate, rtol=1e-9)
+    for kind, draw in (("gaussian", jax.random.normal), ("rademacher", jax.random.rademacher)):
+        for dtype in (jnp.float32, jnp.float64):
+            np.testing.assert_array_equal(random_test_matrix(key, 37, 9, kind, dtype),
+                                          draw(key, (37, 9), dtype))  # fmt: skip
+
+
+def _avals(jaxpr):
+    """Every array value of a jaxpr and of the jaxprs nested in it (loops, conds, pjit)."""
+    for eqn in jaxpr.eqns:
+        yield from (v.aval for v in eqn.outvars)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    yield from _avals(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from _avals(sub)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_float64_or_inner_sized_array_of_parameter_length(kind, monkeypatch):
+    """Structure of the traced float32 sketch (n = 1,009): no float64 array has a dimension n
+    (the old code converted Y, Φ and Q to float64), and no array of length n has another
+    dimension above outer (no Ω, Φ or AΦ held whole: only the (outer, n) range basis). The
+    float64 Gram passes work on column chunks (of 4M entries, here shrunk below n)."""
+    monkeypatch.setattr(sketch_module, "_CHUNK_ELEMENTS", 2048)
+    n, outer, inner = 1009, 24, 48
+    op = dense_operator(jnp.eye(n, dtype=jnp.float32))
+
+    def run(op, key):
+        res = sketch_eigh(op, 8, key=key, outer=outer, inner=inner, test_matrix=kind,
+                          error_probes=4, block_size=5)  # fmt: skip
+        return res.eigenvalues, res.eigenvectors
+
+    jaxpr = jax.make_jaxpr(run)(op, jax.random.key(0))
+    long = [a for a in _avals(jaxpr.jaxpr) if hasattr(a, "shape") and n in a.shape]
+    assert long, "the sketch traced no array of parameter length"
+    assert not [a for a in long if a.dtype == jnp.float64]
+    sizes = [d for a in long if a.shape != (n, n) for d in a.shape if d != n]  # (n, n): A
+    assert max(sizes) == outer
