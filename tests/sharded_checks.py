@@ -23,6 +23,7 @@ from hessjax.curvature import MeanLoss, cross_entropy, hessian_operator  # noqa:
 from hessjax.data import gaussian_mixture  # noqa: E402
 from hessjax.linalg import eigsh, hutchpp, lanczos_tridiag, sketch_eigh, slq  # noqa: E402
 from hessjax.linalg import lanczos as lanczos_mod  # noqa: E402
+from hessjax.linalg import sketch as sketch_mod  # noqa: E402
 
 DEVICES = 8
 OUT: dict = {}
@@ -116,8 +117,14 @@ def check_mesh(spec, loss_fn, params, data, ref):
     assert out["slq_moment_rel"] < 1e-4, out
     sk = sketch_eigh(op, 5, key=jax.random.key(9))
     out["sketch_rel"] = rel(sk.eigenvalues, ref["sketch"])
-    out["sketch_vec_sharding"] = str(sk.eigenvectors.sharding.spec)
     assert out["sketch_rel"] < 1e-5, out
+    out["sketch_vec_shard"] = split_along_n(sk.eigenvectors, op.size, 0)
+    lowered = sketch_mod._sketch.lower(op, jax.random.key(9), 5, 10, 20, "gaussian", 20, 0)
+    # (width, leaf) gathers are the batched products' tangents (FSDP leaves); an array with an
+    # axis of length n gathered would be a sketch (Y, Q, Φ blocks) made whole
+    gathered = big_all_gathers(lowered.compile().as_text(), 10, op.size)
+    out["sketch_n_all_gathers"] = [shape for shape in gathered if op.size in shape]
+    assert not out["sketch_n_all_gathers"], out
     return out
 
 

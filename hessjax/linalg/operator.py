@@ -150,24 +150,27 @@ def vector_sharding(op: LinearOperatorLike) -> jax.sharding.NamedSharding | None
     return product.sharding if isinstance(product, ShardedProduct) else None
 
 
-def _block_sharding(sharding: jax.sharding.NamedSharding, ndim: int):
-    """The (n, ...) layout: n split as in `sharding`, trailing axes whole."""
-    spec = jax.sharding.PartitionSpec(sharding.spec[0], *([None] * (ndim - 1)))
-    return jax.sharding.NamedSharding(sharding.mesh, spec)
+def _block_sharding(sharding: jax.sharding.NamedSharding, ndim: int, axis: int = 0):
+    """The layout of an ndim array whose `axis` has length n: split as in `sharding`, the
+    other axes whole."""
+    entries = [None] * ndim
+    entries[axis] = sharding.spec[0]
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*entries))
 
 
-def _constrain(sharding, x: Array) -> Array:
-    if sharding is None or x.shape[0] % num_shards(sharding):
+def _constrain(sharding, x: Array, axis: int = 0) -> Array:
+    if sharding is None or x.shape[axis] % num_shards(sharding):
         # uneven n: XLA would split it with padding inside the jit, but a solver's (n, k)
         # outputs then come back with shardings JAX cannot represent (IndivisibleError)
         return x
-    return jax.lax.with_sharding_constraint(x, _block_sharding(sharding, x.ndim))
+    return jax.lax.with_sharding_constraint(x, _block_sharding(sharding, x.ndim, axis % x.ndim))
 
 
-def constrain(op: LinearOperatorLike, x: Array) -> Array:
-    """Inside `jit`: x (n, ...) constrained to `op`'s vector layout (n split, other axes
-    whole); x unchanged when `op` declares none or n does not split evenly."""
-    return _constrain(vector_sharding(op), x)
+def constrain(op: LinearOperatorLike, x: Array, axis: int = 0) -> Array:
+    """Inside `jit`: x, whose `axis` has length n ((n, ...) by default, -1 for rows of
+    vectors (..., n)), constrained to `op`'s vector layout (n split, other axes whole); x
+    unchanged when `op` declares none or n does not split evenly."""
+    return _constrain(vector_sharding(op), x, axis)
 
 
 def place_vectors(op: LinearOperatorLike, x: Array) -> Array:

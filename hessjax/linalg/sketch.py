@@ -34,7 +34,7 @@ from jax import lax
 from jax.extend.random import threefry2x32_p
 
 from hessjax.linalg import _checks
-from hessjax.linalg.operator import LinearOperatorLike, Operator
+from hessjax.linalg.operator import LinearOperatorLike, Operator, constrain
 
 Array = jax.Array
 TestMatrix = Literal["gaussian", "rademacher", "srtt"]
@@ -259,26 +259,30 @@ def _sketch(op: Operator, key: Array, k: int, outer: int, inner: int, kind: str,
     phi = _generator(phi_key, n, inner, kind, dtype)
 
     # outer sketch Yᵀ = (A Ω)ᵀ, block by block, then Q over it
-    def outer_block(i, start, width, yt):
-        ay = products(_test_block(omega, kind, start, width, n, dtype))
-        return lax.dynamic_update_slice_in_dim(yt, ay, start, 0)
+    def rows(x):  # (r, n) arrays split along n as op's vectors are (no-op without a layout)
+        return constrain(op, x, axis=-1)
 
-    qt = _orthonormalise(_loop(outer, block_size, outer_block, jnp.zeros((outer, n), dtype)))
+    def outer_block(i, start, width, yt):
+        ay = products(rows(_test_block(omega, kind, start, width, n, dtype)))
+        return rows(lax.dynamic_update_slice_in_dim(yt, rows(ay), start, 0))
+
+    yt = _loop(outer, block_size, outer_block, rows(jnp.zeros((outer, n), dtype)))
+    qt = rows(_orthonormalise(yt))
 
     # core sketch: block b of Φ gives A Φ_b, its rows of ΦᵀQ and the blocks Z_cb = Φ_cᵀ A Φ_b
     # for c <= b (Φ_c regenerated; Z_bc = Z_cbᵀ as A is symmetric; Z_bb stored halved)
     def core_block(i, start, width, carry):
         with jax.enable_x64(True):
             z, pq = carry
-            phi_b = _test_block(phi, kind, start, width, n, dtype)
-            a_phi = products(phi_b)
+            phi_b = rows(_test_block(phi, kind, start, width, n, dtype))
+            a_phi = rows(products(phi_b))
             pq = lax.dynamic_update_slice_in_dim(pq, _dot(phi_b, qt).astype(jnp.float64), start, 0)
             z = lax.dynamic_update_slice(
                 z, 0.5 * _dot(phi_b, a_phi).astype(jnp.float64), (start, start)
             )
 
             def earlier(c, z):
-                phi_c = _test_block(phi, kind, c * block_size, block_size, n, dtype)
+                phi_c = rows(_test_block(phi, kind, c * block_size, block_size, n, dtype))
                 zcb = _dot(phi_c, a_phi).astype(jnp.float64)
                 return lax.dynamic_update_slice(z, zcb, (c * block_size, start))
 
@@ -293,16 +297,16 @@ def _sketch(op: Operator, key: Array, k: int, outer: int, inner: int, kind: str,
         lam, u = jnp.linalg.eigh((core + core.T) / 2)
         order = jnp.argsort(-jnp.abs(lam))[:k]
         lam, u = lam[order].astype(dtype), u[:, order].astype(dtype)
-    vt = u.T @ qt  # (k, n) eigenvectors as rows
+    vt = rows(u.T @ qt)  # (k, n) eigenvectors as rows
 
     error = stderr = jnp.asarray(jnp.nan, dtype)
     if probes:
 
         def probe_block(i, start, width, carry):
             e, a = carry
-            g = _test_block(_Generator(probe_key, probes, None, None), "gaussian", start, width,
-                            n, dtype)  # fmt: skip
-            ag = products(g)
+            g = rows(_test_block(_Generator(probe_key, probes, None, None), "gaussian", start,
+                                 width, n, dtype))  # fmt: skip
+            ag = rows(products(g))
             residual = ag - (_dot(g, vt) * lam) @ vt
             e = lax.dynamic_update_slice_in_dim(e, jnp.sum(residual**2, axis=1), start, 0)
             a = lax.dynamic_update_slice_in_dim(a, jnp.sum(ag**2, axis=1), start, 0)
@@ -310,7 +314,7 @@ def _sketch(op: Operator, key: Array, k: int, outer: int, inner: int, kind: str,
 
         init = (jnp.zeros((probes,), dtype), jnp.zeros((probes,), dtype))
         error, stderr = _relative_error(*_loop(probes, block_size, probe_block, init))
-    return lam, vt.T, error, stderr
+    return lam, constrain(op, vt.T), error, stderr
 
 
 def sketch_eigh(
