@@ -366,8 +366,7 @@ def restart(state: KrylovState, keep: int, which: str) -> KrylovState:
         s = (state.beta[0, last].astype(jnp.float64) * r.vectors[0, last]).astype(dtype)
         theta = r.values[0].astype(dtype)
         y = r.vectors[0].astype(dtype)
-    kept = y.T @ state.basis  # (keep, n) Ritz vectors
-    basis = jnp.zeros_like(state.basis).at[:keep].set(kept).at[keep].set(state.q)
+    basis = _rotate_rows(state.basis, y).at[keep].set(state.q)
     zeros = jnp.zeros_like(state.alpha)
     return state._replace(
         basis=basis,
@@ -377,6 +376,26 @@ def restart(state: KrylovState, keep: int, which: str) -> KrylovState:
         start=jnp.int32(keep),
         j=jnp.int32(keep),
     )
+
+
+_ROTATE_ELEMENTS = 1 << 22  # basis entries rewritten per chunk of `_rotate_rows`
+
+
+def _rotate_rows(basis: Array, y: Array) -> Array:
+    """basis (m, n) -> rows 0..p-1 replaced by yᵀ basis (p Ritz vectors, y (m, p)), the rest
+    zero, in place: column chunks of the basis are rewritten one at a time, so the only
+    temporary is one (m, chunk) block instead of a second (m, n) basis."""
+    m, n = basis.shape
+    width = max(1, min(n, _ROTATE_ELEMENTS // m))
+    y = jnp.pad(y, ((0, 0), (0, m - y.shape[1])))  # (m, m): zero rows past p
+
+    def rewrite(start, width, basis):
+        block = lax.dynamic_slice_in_dim(basis, start, width, axis=1)
+        return lax.dynamic_update_slice_in_dim(basis, y.T @ block, start, axis=1)
+
+    full, rest = divmod(n, width)
+    basis = lax.fori_loop(0, full, lambda c, b: rewrite(c * width, width, b), basis)
+    return rewrite(full * width, rest, basis) if rest else basis
 
 
 def check_which(which: str) -> None:

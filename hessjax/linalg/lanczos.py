@@ -94,16 +94,21 @@ def _eigsh_host(op, v0, key, k, which, num_steps, tol, check_every):
     jax.jit, static_argnames=("k", "which", "num_steps", "keep", "max_restarts", "tol")
 )
 def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol):
-    def body(carry):
-        state, cycles, _ = carry
-        state = krylov.run(op, state, num_steps - state.j)
-        done = krylov.converged(state, k, which, tol) | (cycles >= max_restarts)
-        done = done | (state.bad >= 0)
-        state = lax.cond(done, lambda s: s, lambda s: krylov.restart(s, keep, which), state)
-        return state, cycles + 1, done
+    """A first cycle, then restart + extend until converged: no `lax.cond` around the restart
+    (a cond on the state would hold a second (m, n) basis)."""
 
-    carry = (krylov.init(constrain(op, v0), num_steps, key), jnp.int32(0), jnp.bool_(False))
-    state, _, _ = lax.while_loop(lambda c: ~c[2], body, carry)
+    def more(carry):
+        state, restarts = carry
+        done = krylov.converged(state, k, which, tol) | (state.bad >= 0)
+        return ~done & (restarts < max_restarts)
+
+    def cycle(carry):
+        state, restarts = carry
+        state = krylov.run(op, krylov.restart(state, keep, which), num_steps - keep)
+        return state, restarts + 1
+
+    state = krylov.run(op, krylov.init(constrain(op, v0), num_steps, key), num_steps)
+    state, _ = lax.while_loop(more, cycle, (state, jnp.int32(0)))
     return _result(state, k, which, tol), state.bad
 
 
