@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import time
 
 import jax
@@ -54,3 +55,19 @@ def write_json(result: dict, path: str | None) -> None:
         with open(path, "w") as f:
             json.dump(result, f, indent=2, default=str)
         print(f"wrote {path}")
+
+
+def peak_bytes() -> tuple[int, str]:
+    """(peak memory of this process in bytes, its source): the device's peak_bytes_in_use on a
+    GPU, else the peak resident set (VmHWM, or ru_maxrss)."""
+    dev = jax.devices()[0]
+    if dev.platform == "gpu":
+        return int(dev.memory_stats()["peak_bytes_in_use"]), "gpu peak_bytes_in_use"
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "VmHWM"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"

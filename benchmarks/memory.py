@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import environment, write_json
+from _common import environment, peak_bytes, write_json
 
 from hessjax.linalg import Operator, eigsh, sketch_eigh
 
@@ -45,20 +44,6 @@ def diagonal_operator(n: int) -> Operator:
     in a few cycles, so every cycle runs)."""
     d = jnp.linspace(1.0, 2.0, n, dtype=jnp.float32)
     return Operator(_diag_product, (d,), n, np.dtype(np.float32))
-
-
-def peak_bytes() -> tuple[int, str]:
-    dev = jax.devices()[0]
-    if dev.platform == "gpu":
-        return int(dev.memory_stats()["peak_bytes_in_use"]), "gpu peak_bytes_in_use"
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, "VmHWM"
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
 
 
 def child(args) -> None:
