@@ -295,3 +295,16 @@ def test_edge_of_stability_default(tmp_path):
     results = edge_of_stability.run(_edge_config(3000), str(tmp_path))
     _assert_at_edge(results)
     assert results["all_at_edge"]
+
+
+def test_readme_monitor_example_runs():
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # the notebook cell it continues
+    exec(compile(blocks[1], "README.md", "exec"), namespace)
+    log = namespace["log"]
+    assert log.steps.tolist() == [0, 100, 200] and np.all(log.sharpness > 0)
