@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _common import environment, timed_interleaved, write_json
+from hvp import load_images
 
 from hessjax import monitor as hm
 from hessjax.curvature import MeanLoss, cross_entropy
-from hessjax.data import default_data_dir, load_idx_dir
 from hessjax.models import MLP
 
 TARGET_OVERHEAD = 1.10
@@ -62,17 +62,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    directory = default_data_dir("mnist")
-    rng = np.random.default_rng(seed)
-    if directory is not None:
-        ds = load_idx_dir(directory)
-        idx = rng.permutation(len(ds.x_train))[:n]
-        return ds.x_train[idx].reshape(n, 784), ds.y_train[idx], f"MNIST ({directory})"
-    x = rng.random((n, 784), dtype=np.float32)
-    return x, rng.integers(0, 10, n).astype(np.int32), "random 28x28 images (no MNIST found)"
-
-
 @functools.partial(jax.jit, static_argnames=("loss_fn", "opt", "monitor", "steps", "batch_size"))
 def train_chunk(params, opt_state, mstate, key, x, y, probe, *, loss_fn, opt, monitor, steps,
                 batch_size):  # fmt: skip
@@ -95,7 +84,7 @@ def train_chunk(params, opt_state, mstate, key, x, y, probe, *, loss_fn, opt, mo
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    x, y, source = load_images(args.train_samples, args.seed)
+    x, y, source = load_images(args.train_samples, args.seed)  # (n, 28, 28, 1); MLP flattens
     xp, yp = jnp.asarray(x[: args.probe_size]), jnp.asarray(y[: args.probe_size])
     x, y = jnp.asarray(x), jnp.asarray(y)
     widths = tuple(int(w) for w in args.mlp_widths.split(","))
