@@ -523,3 +523,19 @@ def plot_sketch_accuracy(
         ax.text(0.5, 0.5, "no exact eigh", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel="exact overlap", ylabel="sketched overlap", title="mask overlap: sketch vs exact")
     _save(fig, path, title)
+
+
+def plot_edge_of_stability(runs: Sequence[Mapping], path: str, title: str = "") -> None:
+    """Two panels saved to `path` (PNG): the sharpness against the step for each step size η,
+    with its 2/η line dashed in the same colour, and the full-batch training loss (log scale)
+    against the step."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, r in enumerate(runs):
+        color, eta = f"C{i}", r["learning_rate"]
+        axes[0].plot(r["steps"], r["sharpness"], color=color, label=f"η = {eta:g}")
+        axes[0].axhline(2 / eta, color=color, ls="--", lw=0.9, alpha=0.8)
+        axes[1].semilogy(r["loss_steps"], r["loss_curve"], color=color, lw=0.8)
+    axes[0].set(xlabel="step", ylabel="sharpness λ_max", title="sharpness (dashed: 2/η)")
+    axes[0].legend(loc="lower right")
+    axes[1].set(xlabel="step", ylabel="training loss", title="full-batch training loss")
+    _save(fig, path, title)

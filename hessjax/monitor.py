@@ -1,0 +1,525 @@
+"""A curvature monitor that runs inside a jitted training step (optax style).
+
+Every `every` steps it measures, on a probe batch (the current minibatch or a fixed one):
+
+* the top-k eigenvalues of the Hessian (or the Gauss-Newton matrix) of the loss, by Lanczos
+  (`hessjax.linalg.eigsh`) warm-started from the previous measurement's top eigenvectors
+  (v0 = their sum), so that a slowly changing Hessian costs a few products per measurement;
+* optionally a Hutchinson trace estimate;
+* the cosine |<v_1, Δθ>| / ‖Δθ‖ between the top eigenvector and the update of this step;
+* the probe loss and the number of Hessian-vector products spent (Lanczos + trace).
+
+The measurement is one `lax.cond` inside the step: the whole eigsh (a `lax.while_loop`) and the
+operator, built from the current params and the probe batch (jit arguments, never closed-over
+constants), sit in its true branch. Nothing synchronises with the host; results go into a
+fixed-size ring buffer in `MonitorState`, and optionally to the host through
+`jax.debug.callback` (`JsonlLog` appends one JSON line per measurement).
+
+    monitor = curvature_monitor(loss_fn, every=100, k=1)
+    state = monitor.init(params)
+    state = monitor.update(state, params, batch, updates=updates, loss=loss)   # in the step
+    log = read_log(state)                                                      # on the host
+
+or as the last transformation of an optax chain (`monitoring`):
+
+    opt = optax.chain(optax.sgd(0.1), monitoring(monitor))
+    updates, opt_state = opt.update(grads, opt_state, params, batch=batch, loss=loss)
+
+Divergence: inside `jit` nothing can raise. When the training loss (passed as `loss=`) or a
+measurement becomes non-finite the state records the first such step and stops measuring, so
+the buffer keeps what was measured before; `check_finite(state)` raises `MonitorDivergence`
+(a FloatingPointError naming the step and the value, carrying the state) on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from hessjax.curvature import MeanLoss, ggn_operator, hessian_operator
+from hessjax.linalg import eigsh, hutchinson
+
+Array = jax.Array
+PyTree = Any
+Curvature = Literal["hessian", "ggn"]
+
+# What made the state diverge (MonitorState.diverged_what).
+_WHAT = {1: "training loss", 2: "probe loss", 3: "top eigenvalue"}
+
+
+class MonitorState(NamedTuple):
+    """All arrays (a pytree: lives in a scan carry, an optax state or a checkpoint).
+
+    Ring buffer (capacity C; slot `count % C` is written next): steps (C,) int32, the training
+    step of each measurement (-1 while empty); eigenvalues (C, k) descending; converged (C, k)
+    bool; hvps (C,) int32 products spent (Lanczos + trace probes); trace (C,) Hutchinson
+    estimate (NaN when off); alignment (C,) |cos| between the top eigenvector and the update
+    (NaN without updates); loss (C,) the loss on the probe batch.
+
+    Warm start: vectors (n, k) the last top eigenvectors; have_vectors () bool.
+    step () int32: update calls so far (the step number of the next call); count () int32:
+    measurements so far; key (2,) uint32 raw PRNG key data; diverged_at () int32: first step
+    with a non-finite value (-1: none), diverged_what () int32 (1 training loss, 2 probe loss,
+    3 eigenvalue), diverged_value (). Float buffers have the params dtype.
+    """
+
+    steps: Array
+    eigenvalues: Array
+    converged: Array
+    hvps: Array
+    trace: Array
+    alignment: Array
+    loss: Array
+    vectors: Array
+    have_vectors: Array
+    step: Array
+    count: Array
+    key: Array
+    diverged_at: Array
+    diverged_what: Array
+    diverged_value: Array
+
+
+class Measurement(NamedTuple):
+    """One measurement: eigenvalues (k,), eigenvectors (n, k), converged (k,), hvps () int32,
+    trace (), loss () (probe loss)."""
+
+    eigenvalues: Array
+    eigenvectors: Array
+    converged: Array
+    hvps: Array
+    trace: Array
+    loss: Array
+
+
+class MonitorLog(NamedTuple):
+    """Host-side read-out (numpy, chronological): steps (m,), eigenvalues (m, k), converged
+    (m, k), hvps (m,), trace (m,), alignment (m,), loss (m,); m = min(count, capacity)."""
+
+    steps: np.ndarray
+    eigenvalues: np.ndarray
+    converged: np.ndarray
+    hvps: np.ndarray
+    trace: np.ndarray
+    alignment: np.ndarray
+    loss: np.ndarray
+
+    @property
+    def sharpness(self) -> np.ndarray:
+        """(m,) the top eigenvalue of each measurement."""
+        return self.eigenvalues[:, 0]
+
+
+class MonitorDivergence(FloatingPointError):
+    """Training or a measurement became non-finite; `.state` is the monitor state (the
+    measurements before the divergence are intact), `.step` the first bad step."""
+
+    def __init__(self, message: str, state: MonitorState, step: int):
+        super().__init__(message)
+        self.state, self.step = state, step
+
+
+def _check_int(value, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class JsonlLog:
+    """Host callback appending each measurement as one JSON line to `path` (steps may arrive
+    out of order across devices; each line carries its step)."""
+
+    path: str
+
+    def __call__(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _emit(callback, step, eigenvalues, hvps, trace, alignment, loss):
+    callback(
+        {
+            "step": int(step),
+            "eigenvalues": np.asarray(eigenvalues, np.float64).tolist(),
+            "hvps": int(hvps),
+            "trace": _json_float(trace),
+            "alignment": _json_float(alignment),
+            "loss": _json_float(loss),
+        }
+    )
+
+
+def _json_float(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Monitor:
+    """Configuration of a curvature monitor (build it with `curvature_monitor`); hashable, so
+    it can be a static argument of a jitted step. `init` and `update` are pure."""
+
+    loss_fn: Callable[[PyTree, Any], Array]
+    every: int
+    k: int
+    capacity: int
+    curvature: Curvature
+    tol: float
+    num_steps: int | None
+    trace_probes: int
+    warm_start: bool
+    microbatch_size: int | None
+    callback: Callable[[dict], None] | None
+    seed: int
+
+    # ------------------------------------------------------------------ state
+
+    def init(self, params: PyTree, probe: PyTree | None = None) -> MonitorState:
+        """Empty state for params; checks k < n and, when given, that `probe` fits loss_fn."""
+        leaves = jax.tree_util.tree_leaves(params)
+        if not leaves:
+            raise ValueError("params has no array leaves")
+        n = sum(int(np.size(x)) for x in leaves)
+        if self.k >= n:
+            raise ValueError(f"k = {self.k} must be smaller than the number of parameters n = {n}")
+        if self.num_steps is not None and self.num_steps > n:
+            raise ValueError(f"num_steps = {self.num_steps} exceeds the number of parameters {n}")
+        if probe is not None:
+            self.check_batch(params, probe)
+        dtype = jnp.result_type(*leaves)
+        c, k = self.capacity, self.k
+        nan = jnp.full((c,), jnp.nan, dtype)
+        return MonitorState(
+            steps=jnp.full((c,), -1, jnp.int32),
+            eigenvalues=jnp.full((c, k), jnp.nan, dtype),
+            converged=jnp.zeros((c, k), bool),
+            hvps=jnp.zeros((c,), jnp.int32),
+            trace=nan,
+            alignment=nan,
+            loss=nan,
+            vectors=jnp.zeros((n, k), dtype),
+            have_vectors=jnp.zeros((), bool),
+            step=jnp.zeros((), jnp.int32),
+            count=jnp.zeros((), jnp.int32),
+            key=jax.random.key_data(jax.random.key(self.seed)),
+            diverged_at=jnp.full((), -1, jnp.int32),
+            diverged_what=jnp.zeros((), jnp.int32),
+            diverged_value=jnp.zeros((), dtype),
+        )
+
+    def check_batch(self, params: PyTree, batch: PyTree) -> None:
+        """Raise ValueError unless `batch` is a pytree of arrays sharing a leading batch axis
+        (divisible by microbatch_size) on which loss_fn(params, batch) is a scalar. Only shapes
+        are used (`jax.eval_shape`), so this is free and works under `jit`."""
+        leaves, treedef = jax.tree_util.tree_flatten(batch)
+        shapes = [tuple(np.shape(x)) for x in leaves]
+        where = f"probe batch {treedef} with leaf shapes {shapes}"
+        if not leaves or any(len(s) == 0 for s in shapes):
+            raise ValueError(f"{where}: needs array leaves with a leading batch axis")
+        sizes = {s[0] for s in shapes}
+        if len(sizes) != 1:
+            raise ValueError(f"{where}: leaves have different leading batch sizes {sorted(sizes)}")
+        b = sizes.pop()
+        if b == 0:
+            raise ValueError(f"{where}: the batch is empty")
+        mb = self.microbatch_size
+        if mb is not None and b % mb:
+            raise ValueError(f"{where}: batch size {b} is not a multiple of microbatch_size {mb}")
+        try:
+            out = jax.eval_shape(self.loss_fn, params, batch)
+        except Exception as err:  # noqa: BLE001 - any failure means the batch does not fit
+            raise ValueError(f"{where} does not fit loss_fn: {type(err).__name__}: {err}") from err
+        if not hasattr(out, "shape") or out.shape != ():
+            raise ValueError(f"{where}: loss_fn must return a scalar on it, got {out}")
+
+    # ------------------------------------------------------------------ measuring
+
+    def operator(self, params: PyTree, batch: PyTree):
+        """The curvature operator on `batch` (b, ...) as microbatches of microbatch_size."""
+        mb = self.microbatch_size
+
+        def split(x):
+            x = jnp.asarray(x)
+            return x[None] if mb is None else x.reshape((x.shape[0] // mb, mb) + x.shape[1:])
+
+        data = jax.tree_util.tree_map(split, batch)
+        if self.curvature == "ggn":
+            return ggn_operator(self.loss_fn.model_fn, self.loss_fn.per_example_loss, params, data)
+        return hessian_operator(self.loss_fn, params, data)
+
+    def measure(
+        self, params: PyTree, batch: PyTree, key: Array, v0: Array | None = None
+    ) -> Measurement:
+        """One measurement (no condition): top-k eigenpairs from v0 (random when None), the
+        trace estimate (when trace_probes > 0) and the probe loss. Traceable."""
+        op = self.operator(params, batch)
+        k_eig, k_trace = jax.random.split(key)
+        num_steps = self.num_steps or min(op.size, self.k + 20)
+        top = eigsh(op, self.k, key=k_eig, v0=v0, tol=self.tol, num_steps=num_steps)
+        hvps = jnp.asarray(top.num_matvecs, jnp.int32)
+        if self.trace_probes:
+            trace = hutchinson(op, self.trace_probes, key=k_trace).estimate
+            hvps = hvps + self.trace_probes
+        else:
+            trace = jnp.asarray(jnp.nan)
+        return Measurement(
+            eigenvalues=top.eigenvalues.astype(op.dtype),
+            eigenvectors=top.eigenvectors,
+            converged=top.converged,
+            hvps=hvps,
+            trace=jnp.asarray(trace, op.dtype),
+            loss=jnp.asarray(self.loss_fn(params, batch), op.dtype),
+        )
+
+    def update(
+        self,
+        state: MonitorState,
+        params: PyTree,
+        batch: PyTree,
+        *,
+        updates: PyTree | None = None,
+        loss: Array | None = None,
+    ) -> MonitorState:
+        """Advance the monitor by one training step; measure when step % every == 0.
+
+        params: the params the step starts from (the curvature is taken there); batch: the
+        probe batch (b, ...), a fixed one or the step's minibatch; updates: the update applied
+        at this step (for the alignment), optional; loss: the step's training loss, optional
+        (checked for divergence every step). Pure and traceable; call it inside the jitted step.
+        """
+        self.check_batch(params, batch)
+        step = state.step
+        healthy = state.diverged_at < 0
+        loss_bad = jnp.asarray(False) if loss is None else ~jnp.isfinite(loss)
+        take = (step % self.every == 0) & healthy & ~loss_bad
+        if updates is not None:
+            num = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(updates))
+            if num != state.vectors.shape[0]:
+                raise ValueError(
+                    f"updates have {num} entries, the monitor's params {state.vectors.shape[0]}"
+                )
+        state = lax.cond(
+            take, self._measure_into, lambda s, p, b, u: s, state, params, batch, updates
+        )
+        if loss is not None:
+            first, dtype = healthy & loss_bad, state.diverged_value.dtype
+            state = state._replace(
+                diverged_at=jnp.where(first, step, state.diverged_at),
+                diverged_what=jnp.where(first, 1, state.diverged_what),
+                diverged_value=jnp.where(first, jnp.asarray(loss, dtype), state.diverged_value),
+            )
+        return state._replace(step=step + 1)
+
+    def _measure_into(self, state, params, batch, updates):
+        key, sub, start = jax.random.split(jax.random.wrap_key_data(state.key), 3)
+        n = state.vectors.shape[0]
+        cold = jax.random.normal(start, (n,), state.vectors.dtype)
+        if self.warm_start:
+            warm = jnp.sum(state.vectors, axis=1)
+            v0 = jnp.where(state.have_vectors & jnp.any(warm != 0), warm, cold)
+        else:
+            v0 = cold
+        m = self.measure(params, batch, sub, v0)
+        fdt = state.eigenvalues.dtype
+        m = m._replace(
+            eigenvalues=m.eigenvalues.astype(fdt),
+            trace=m.trace.astype(fdt),
+            loss=m.loss.astype(fdt),
+        )
+        if updates is None:
+            alignment = jnp.asarray(jnp.nan, fdt)
+        else:
+            flat_updates = jnp.concatenate(
+                [jnp.ravel(x) for x in jax.tree_util.tree_leaves(updates)]
+            ).astype(state.vectors.dtype)
+            top = m.eigenvectors[:, 0]
+            norm = jnp.linalg.norm(flat_updates)
+            alignment = jnp.abs(top @ flat_updates) / jnp.where(norm > 0, norm, 1.0)
+            alignment = jnp.where(norm > 0, alignment, jnp.nan).astype(fdt)
+        slot = state.count % self.capacity
+        loss_bad = ~jnp.isfinite(m.loss)
+        eig_bad = ~jnp.all(jnp.isfinite(m.eigenvalues))
+        bad = loss_bad | eig_bad
+        if self.callback is not None:
+            jax.debug.callback(
+                functools.partial(_emit, self.callback),
+                state.step, m.eigenvalues, m.hvps, m.trace, alignment, m.loss,
+            )  # fmt: skip
+        good_vectors = jnp.all(jnp.isfinite(m.eigenvectors)) & ~bad
+        return state._replace(
+            steps=state.steps.at[slot].set(state.step),
+            eigenvalues=state.eigenvalues.at[slot].set(m.eigenvalues),
+            converged=state.converged.at[slot].set(m.converged),
+            hvps=state.hvps.at[slot].set(m.hvps),
+            trace=state.trace.at[slot].set(m.trace),
+            alignment=state.alignment.at[slot].set(alignment),
+            loss=state.loss.at[slot].set(m.loss),
+            vectors=jnp.where(
+                good_vectors, m.eigenvectors.astype(state.vectors.dtype), state.vectors
+            ),
+            have_vectors=state.have_vectors | good_vectors,
+            count=state.count + 1,
+            key=jax.random.key_data(key),
+            diverged_at=jnp.where(bad, state.step, state.diverged_at),
+            diverged_what=jnp.where(loss_bad, 2, jnp.where(eig_bad, 3, state.diverged_what)),
+            diverged_value=jnp.where(
+                loss_bad, m.loss, jnp.where(eig_bad, m.eigenvalues[0], state.diverged_value)
+            ),
+        )
+
+
+def curvature_monitor(
+    loss_fn: Callable[[PyTree, Any], Array],
+    *,
+    every: int = 100,
+    k: int = 1,
+    capacity: int = 1024,
+    curvature: Curvature = "hessian",
+    tol: float = 1e-4,
+    num_steps: int | None = None,
+    trace_probes: int = 0,
+    warm_start: bool = True,
+    microbatch_size: int | None = None,
+    callback: Callable[[dict], None] | None = None,
+    seed: int = 0,
+) -> Monitor:
+    """A curvature monitor of loss_fn(params, batch) -> scalar.
+
+    Args:
+      loss_fn: hashable loss (a `MeanLoss` or a module-level function); for curvature="ggn" a
+        `MeanLoss` (its model_fn and per_example_loss give the Gauss-Newton factors).
+      every: measure at steps 0, every, 2·every, ... (N >= 1).
+      k: top eigenvalues per measurement (1 <= k < number of parameters).
+      capacity: ring-buffer slots (the last `capacity` measurements are kept).
+      curvature: "hessian" or "ggn".
+      tol: Lanczos stopping tolerance on the Ritz residuals, relative (see `eigsh`).
+      num_steps: maximum Krylov size (default k + 20: a warm start converges in a few steps,
+        and the (num_steps, n) basis and its reorthogonalisation stay cheap).
+      trace_probes: Rademacher probes of a Hutchinson trace per measurement (0: no trace).
+      warm_start: start Lanczos from the sum of the previous top-k eigenvectors.
+      microbatch_size: split the probe batch into microbatches of this size (scanned; less
+        memory); None: one microbatch.
+      callback: host function called with a dict per measurement through `jax.debug.callback`
+        (e.g. `JsonlLog(path)`); must be hashable.
+      seed: PRNG seed of the cold start vectors and trace probes.
+    """
+    _check_int(every, "every (the measurement period N)", 1)
+    _check_int(k, "k", 1)
+    _check_int(capacity, "capacity", 1)
+    _check_int(trace_probes, "trace_probes", 0)
+    if num_steps is not None:
+        _check_int(num_steps, "num_steps", k)
+    if microbatch_size is not None:
+        _check_int(microbatch_size, "microbatch_size", 1)
+    if curvature not in ("hessian", "ggn"):
+        raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+    if curvature == "ggn" and not isinstance(loss_fn, MeanLoss):
+        raise ValueError(
+            f"curvature='ggn' needs loss_fn = MeanLoss(model_fn, per_example_loss), got {loss_fn!r}"
+        )
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
+        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+    try:
+        hash(loss_fn), hash(callback)
+    except TypeError as err:
+        raise ValueError(f"loss_fn and callback must be hashable: {err}") from err
+    return Monitor(
+        loss_fn, int(every), int(k), int(capacity), curvature, float(tol),
+        None if num_steps is None else int(num_steps), int(trace_probes), bool(warm_start),
+        None if microbatch_size is None else int(microbatch_size), callback, int(seed),
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- optax
+
+
+class MonitoringState(NamedTuple):
+    """optax state of `monitoring`: the monitor state and the fixed probe batch (or None)."""
+
+    monitor: MonitorState
+    probe: PyTree
+
+
+def monitoring(monitor: Monitor, probe: PyTree | None = None) -> optax.GradientTransformation:
+    """optax transformation that passes updates through unchanged and runs `monitor` on the
+    params of each step. Chain it last (it then sees the updates actually applied). The probe
+    batch is `probe` (kept in the state, so it is a jit argument) or, per call, the extra
+    argument `batch=`; the extra argument `loss=` enables the divergence check every step:
+
+        opt = optax.chain(optax.sgd(0.1), monitoring(monitor, probe))
+        updates, opt_state = opt.update(grads, opt_state, params, loss=loss)
+    """
+    if not isinstance(monitor, Monitor):
+        raise ValueError(f"monitoring needs a Monitor (curvature_monitor(...)), got {monitor!r}")
+
+    def init_fn(params):
+        return MonitoringState(monitor.init(params, probe), probe)
+
+    def update_fn(updates, state, params=None, *, batch=None, loss=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("monitoring needs params: call update(updates, state, params)")
+        batch = state.probe if batch is None else batch
+        if batch is None:
+            raise ValueError("monitoring needs a probe batch: monitoring(monitor, probe) or batch=")
+        new = monitor.update(state.monitor, params, batch, updates=updates, loss=loss)
+        return updates, MonitoringState(new, state.probe)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def monitor_state(tree: PyTree) -> MonitorState:
+    """The one `MonitorState` inside a pytree (an optax chain's state), or the state itself."""
+    found = [
+        x
+        for x in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, MonitorState))
+        if isinstance(x, MonitorState)
+    ]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one MonitorState in the tree, found {len(found)}")
+    return found[0]
+
+
+def read_log(tree: PyTree) -> MonitorLog:
+    """The recorded measurements in chronological order (numpy), from a `MonitorState` or any
+    pytree holding one."""
+    s = monitor_state(tree)
+    count, capacity = int(s.count), int(s.steps.shape[0])
+    m = min(count, capacity)
+    order = np.arange(count - m, count) % capacity
+    return MonitorLog(
+        *(np.asarray(getattr(s, f))[order] for f in MonitorLog._fields)  # same field names
+    )
+
+
+def check_finite(tree: PyTree) -> None:
+    """Raise `MonitorDivergence` (naming the step, what and its value) when the monitor saw a
+    non-finite training loss or measurement; the state it carries keeps every measurement
+    taken before (none is taken from that step on)."""
+    s = monitor_state(tree)
+    step = int(s.diverged_at)
+    if step < 0:
+        return
+    what = _WHAT.get(int(s.diverged_what), "value")
+    log = read_log(s)
+    kept = log.steps[log.steps < step] if log.steps.size else log.steps
+    last = f", the last at step {int(kept[-1])}" if kept.size else ""
+    raise MonitorDivergence(
+        f"{what} became {float(s.diverged_value)} at step {step}: training diverged (or the "
+        f"curvature is not finite there); the monitor kept {kept.size} measurements{last}",
+        s,
+        step,
+    )

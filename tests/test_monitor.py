@@ -1,0 +1,310 @@
+"""The curvature monitor (hessjax.monitor) and the edge-of-stability binary."""
+
+import json
+import os
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hessjax import monitor as hm
+from hessjax.curvature import MeanLoss, mse
+from hessjax.models import MLP
+
+
+def quadratic(params, batch):
+    """½ θᵀAθ with A the batch's single matrix: batch = (A[None],)."""
+    a = batch[0][0]
+    return 0.5 * params["t"] @ a @ params["t"]
+
+
+def _spd(n, seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    return (q * np.linspace(0.1, 10.0, n)) @ q.T
+
+
+def _run(monitor, state, params, batch, steps, loss_fn=None):
+    @jax.jit
+    def step(state, params):
+        loss = None if loss_fn is None else loss_fn(params, batch)
+        return monitor.update(state, params, batch, loss=loss)
+
+    for _ in range(steps):
+        state = step(state, params)
+    return state
+
+
+def test_quadratic_sharpness_is_top_eigenvalue():
+    a = _spd(30)
+    batch = (jnp.asarray(a, jnp.float32)[None],)
+    params = {"t": jnp.ones(30)}
+    monitor = hm.curvature_monitor(quadratic, every=1, k=3, capacity=4, num_steps=30)
+    state = _run(monitor, monitor.init(params, batch), params, batch, 3)
+    log = hm.read_log(state)
+    top = np.linalg.eigh(a)[0][::-1][:3]
+    assert log.steps.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(log.eigenvalues, np.tile(top, (3, 1)), rtol=1e-4)
+    assert log.converged.all()
+    np.testing.assert_allclose(log.loss, 0.5 * np.ones(30) @ a @ np.ones(30), rtol=1e-5)
+
+
+@pytest.mark.x64
+def test_mlp_sharpness_matches_dense_hessian():
+    model = MLP((5, 3), act="tanh")
+    x = jax.random.normal(jax.random.key(0), (16, 4))
+    y = jax.random.randint(jax.random.key(1), (16,), 0, 3)
+    params = jax.tree_util.tree_map(
+        lambda v: v.astype(jnp.float64), model.init(jax.random.key(2), x)
+    )
+    loss = MeanLoss(model.apply, mse)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    dense = np.asarray(jax.hessian(lambda f: loss(unravel(f), (x, y)))(flat))
+    want = np.linalg.eigh(dense)[0][::-1][:2]
+    monitor = hm.curvature_monitor(loss, every=1, k=2, tol=1e-8, num_steps=flat.size - 1)
+    state = monitor.update(monitor.init(params), params, (x, y))
+    assert state.eigenvalues.dtype == jnp.float64
+    np.testing.assert_allclose(hm.read_log(state).eigenvalues[0], want, rtol=1e-7)
+    # The Gauss-Newton matrix of MSE is PSD and its top eigenvalue is Jᵀ J's.
+    ggn = hm.curvature_monitor(loss, every=1, k=1, curvature="ggn", tol=1e-8, num_steps=30)
+    j = np.asarray(jax.jacobian(lambda f: model.apply(unravel(f), x).ravel())(flat))
+    g_state = ggn.update(ggn.init(params), params, (x, y))
+    np.testing.assert_allclose(
+        hm.read_log(g_state).sharpness, np.linalg.eigvalsh(j.T @ j / 16)[-1], rtol=1e-7
+    )
+
+
+def test_ring_buffer_wraps_and_cond_fires_every_n(tmp_path):
+    path = str(tmp_path / "monitor.jsonl")
+    a = _spd(10)
+    batch = (jnp.asarray(a, jnp.float32)[None],)
+    params = {"t": jnp.ones(10)}
+    monitor = hm.curvature_monitor(quadratic, every=3, k=1, capacity=3, callback=hm.JsonlLog(path))
+    state = _run(monitor, monitor.init(params, batch), params, batch, 17)
+    jax.effects_barrier()
+    log = hm.read_log(state)
+    assert int(state.count) == 6 and int(state.step) == 17
+    assert log.steps.tolist() == [9, 12, 15]  # the last 3 of 0, 3, ..., 15, oldest first
+    assert np.asarray(state.steps).tolist() == [9, 12, 15]  # slots 0..2 overwritten in turn
+    with open(path) as f:
+        lines = [json.loads(line) for line in f]
+    assert sorted(r["step"] for r in lines) == [0, 3, 6, 9, 12, 15]  # fired exactly there
+    assert all(abs(r["eigenvalues"][0] - 10.0) < 1e-3 for r in lines)
+
+
+def _gd_problem():
+    model = MLP((16, 3), act="tanh")
+    x = jax.random.normal(jax.random.key(0), (64, 6))
+    y = jax.random.randint(jax.random.key(1), (64,), 0, 3)
+    params = model.init(jax.random.key(2), x)
+    return MeanLoss(model.apply, mse), params, (x, y)
+
+
+def _gd_with_monitor(monitor, loss, params, batch, steps, lr=0.05):
+    @jax.jit
+    def chunk(params, state):
+        def step(carry, _):
+            params, state = carry
+            value, grads = jax.value_and_grad(loss)(params, batch)
+            updates = jax.tree_util.tree_map(lambda g: -lr * g, grads)
+            state = monitor.update(state, params, batch, updates=updates, loss=value)
+            return (optax.apply_updates(params, updates), state), None
+
+        return jax.lax.scan(step, (params, state), None, length=steps)[0]
+
+    return chunk(params, monitor.init(params, batch))
+
+
+def test_warm_start_spends_fewer_hvps_than_cold():
+    loss, params, batch = _gd_problem()
+    hvps = {}
+    for warm in (True, False):
+        monitor = hm.curvature_monitor(loss, every=5, k=2, capacity=20, warm_start=warm)
+        _, state = _gd_with_monitor(monitor, loss, params, batch, 100)
+        log = hm.read_log(state)
+        assert log.converged[1:].all()
+        hvps[warm] = log.hvps[1:].mean()  # the first measurement is cold for both
+    assert hvps[True] * 1.5 < hvps[False], hvps
+
+
+def test_optax_transform_and_alignment():
+    loss, params, batch = _gd_problem()
+    monitor = hm.curvature_monitor(loss, every=4, k=1, capacity=8, trace_probes=8)
+    opt = optax.chain(optax.sgd(0.05), hm.monitoring(monitor, batch))
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        value, grads = jax.value_and_grad(loss)(params, batch)
+        updates, opt_state = opt.update(grads, opt_state, params, loss=value)
+        return optax.apply_updates(params, updates), opt_state
+
+    for _ in range(9):
+        params, opt_state = step(params, opt_state)
+    log = hm.read_log(opt_state)
+    assert log.steps.tolist() == [0, 4, 8]
+    assert np.all((log.alignment >= 0) & (log.alignment <= 1 + 1e-6))
+    assert np.all(log.trace > 0) and np.all(log.hvps > 8)  # Lanczos + 8 trace probes
+    hm.check_finite(opt_state)  # healthy: no error
+
+
+def test_bad_inputs_name_the_value():
+    loss, params, batch = _gd_problem()
+    with pytest.raises(ValueError, match=r"every .* got 0"):
+        hm.curvature_monitor(loss, every=0)
+    with pytest.raises(ValueError, match=r"every .* got -3"):
+        hm.curvature_monitor(loss, every=-3)
+    n = sum(v.size for v in jax.tree_util.tree_leaves(params))
+    with pytest.raises(ValueError, match=rf"k = {n} must be smaller .* n = {n}"):
+        hm.curvature_monitor(loss, k=n).init(params)
+    monitor = hm.curvature_monitor(loss, every=2)
+    with pytest.raises(ValueError, match=r"probe batch .*\(64, 6\).*\(63,\).*different leading"):
+        monitor.init(params, (batch[0], batch[1][:63]))
+    with pytest.raises(ValueError, match=r"probe batch .*\(64, 7\).*does not fit loss_fn"):
+        monitor.init(params, (jnp.ones((64, 7)), batch[1]))
+    with pytest.raises(ValueError, match=r"probe batch .*\(64, 6\)"):  # no targets
+        jax.jit(lambda s, p: monitor.update(s, p, (batch[0],)))(monitor.init(params), params)
+    with pytest.raises(ValueError, match="ggn"):
+        hm.curvature_monitor(quadratic, curvature="ggn")
+
+    from experiments.edge_of_stability import check_step_sizes
+
+    with pytest.raises(ValueError, match=r"got -0.1"):
+        check_step_sizes([0.1, -0.1])
+    with pytest.raises(ValueError, match=r"got 0"):
+        check_step_sizes([0])
+
+
+def test_divergence_names_the_step_and_keeps_the_state():
+    loss, params, batch = _gd_problem()
+    monitor = hm.curvature_monitor(loss, every=5, k=1, capacity=50)
+    # Step size far beyond 2/sharpness: the loss overflows after some steps.
+    _, state = _gd_with_monitor(monitor, loss, params, batch, 200, lr=200.0)
+    with pytest.raises(hm.MonitorDivergence, match=r"training loss became (nan|inf) at step \d+"):
+        hm.check_finite(state)
+    try:
+        hm.check_finite(state)
+    except hm.MonitorDivergence as err:
+        step, kept = err.step, hm.read_log(err.state)
+    assert 0 < step < 200
+    assert kept.steps.size > 0 and kept.steps.max() <= step
+    good = kept.steps < step
+    assert np.all(np.isfinite(kept.sharpness[good]))
+    assert int(state.count) == kept.steps.size  # no measurement after the divergence
+
+
+# ----------------------------------------------------------------------------- the binary
+
+
+def _small_config():
+    from experiments.configs.edge_of_stability import get_config
+
+    c = get_config()
+    c.data.num_samples = 600
+    c.model.widths = (16,)
+    c.eos.num_train = 200
+    c.eos.learning_rates = (0.2, 0.4)
+    c.eos.steps = 60
+    c.eos.measure_every = 10
+    c.eos.checkpoint_every = 30
+    return c
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    from experiments import edge_of_stability
+
+    workdir = str(tmp_path_factory.mktemp("eos"))
+    return workdir, edge_of_stability.run(_small_config(), workdir)
+
+
+def test_binary_writes_results_and_figure(small_run):
+    workdir, results = small_run
+    for name in ("results.json", "edge_of_stability.png", "eos_lr0.ckpt", "eos_lr1.ckpt"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    assert [r["learning_rate"] for r in saved["runs"]] == [0.2, 0.4]
+    for r in saved["runs"]:
+        assert r["steps"] == [0, 10, 20, 30, 40, 50]
+        assert len(r["sharpness"]) == len(r["train_loss"]) == 6
+        assert len(r["loss_curve"]) == 60 and np.all(np.isfinite(r["sharpness"]))
+        np.testing.assert_allclose(r["train_loss"], np.asarray(r["loss_curve"])[::10], rtol=1e-5)
+
+
+def test_binary_resumes(small_run):
+    from experiments import edge_of_stability
+
+    workdir, first = small_run
+    again = edge_of_stability.run(_small_config(), workdir)  # every chunk from its checkpoint
+    for a, b in zip(first["runs"], again["runs"], strict=True):
+        assert a["sharpness"] == b["sharpness"] and a["loss_curve"] == b["loss_curve"]
+
+
+def test_binary_rejects_bad_step_size(tmp_path):
+    from experiments import common, edge_of_stability
+
+    c = _small_config()
+    c.eos.learning_rates = (0.1, 0.0)
+    with pytest.raises(common.ConfigError, match=r"eos.learning_rates = \(0.1, 0.0\)"):
+        edge_of_stability.run(c, str(tmp_path))
+
+
+def test_binary_reports_divergence(tmp_path):
+    from experiments import edge_of_stability
+
+    c = _small_config()
+    c.eos.learning_rates = (50.0,)
+    with pytest.raises(FloatingPointError, match=r"step size 50.0 diverged: .* at step \d+"):
+        edge_of_stability.run(c, str(tmp_path))
+    with open(tmp_path / "diverged.json") as f:
+        assert json.load(f)["steps"][0] == 0  # the measurements before the divergence kept
+
+
+def _edge_config(steps):
+    from experiments.configs.edge_of_stability import get_config
+
+    c = get_config()
+    c.eos.steps = steps
+    return c
+
+
+def _assert_at_edge(results):
+    for r in results["runs"]:
+        assert r["sharpness"][0] < 2 / r["learning_rate"], r["learning_rate"]
+        assert 0.9 <= r["ratio"] <= 1.2, (r["learning_rate"], r["ratio"])
+
+
+def test_edge_of_stability_small(tmp_path):
+    """A CI-sized run: the default problem, two step sizes, 1,000 steps."""
+    from experiments import edge_of_stability
+
+    c = _edge_config(1000)
+    c.eos.learning_rates = (0.2, 0.4)
+    _assert_at_edge(edge_of_stability.run(c, str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_edge_of_stability_default(tmp_path):
+    """The default run (three step sizes, 3,000 steps, about a minute on 2 cores)."""
+    from experiments import edge_of_stability
+
+    results = edge_of_stability.run(_edge_config(3000), str(tmp_path))
+    _assert_at_edge(results)
+    assert results["all_at_edge"]
+
+
+def test_readme_monitor_example_runs():
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # the notebook cell it continues
+    exec(compile(blocks[1], "README.md", "exec"), namespace)
+    log = namespace["log"]
+    assert log.steps.tolist() == [0, 100, 200] and np.all(log.sharpness > 0)
