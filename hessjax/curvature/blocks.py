@@ -13,11 +13,11 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hessjax.curvature.layout import ParamLayout, PyTree
 from hessjax.curvature.operators import CurvatureOperator
+from hessjax.linalg._arrays import concat
 from hessjax.linalg.partition import Partition
 
 Array = jax.Array
@@ -115,11 +115,11 @@ class _BlockDiagonalProduct:
         pieces = {}
         for i, part in enumerate(self.parts):
             mine = [(a, e) for a, e, b in self.leaves if b == i]
-            out = part(jnp.concatenate([v[a:e] for a, e in mine]), params, data)
+            out = part(concat([v[a:e] for a, e in mine]), params, data)
             offsets = np.cumsum([0] + [e - a for a, e in mine])
             for (a, _), lo, hi in zip(mine, offsets[:-1], offsets[1:], strict=True):
                 pieces[a] = out[lo:hi]
-        return jnp.concatenate([pieces[a] for a, _, _ in self.leaves])
+        return concat([pieces[a] for a, _, _ in self.leaves])
 
 
 def layer_block_diagonal(op: CurvatureOperator, partition: Partition) -> CurvatureOperator:

@@ -42,6 +42,7 @@ from jax import lax
 
 from hessjax.curvature.layout import check_precision, make_layout
 from hessjax.curvature.operators import CurvatureOperator
+from hessjax.linalg._arrays import concat
 
 Array = jax.Array
 PyTree = Any
@@ -417,7 +418,7 @@ def _kron_blocks_product(v: Array, factors: tuple[KroneckerFactors, ...]) -> Arr
     """Block-diagonal product: kron(A_l, G_l) on layer l's slice of v (in_l * out_l,)."""
     sizes = np.cumsum([f.a.shape[0] * f.g.shape[0] for f in factors])[:-1]
     parts = jnp.split(v, sizes)
-    return jnp.concatenate([kron_matvec(f, x) for f, x in zip(factors, parts, strict=True)])
+    return concat([kron_matvec(f, x) for f, x in zip(factors, parts, strict=True)])
 
 
 def _dense_paths(model: nn.Module, variables: PyTree, inputs: PyTree) -> list[str]:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax.linalg import _checks
+from hessjax.linalg._arrays import concat
 
 Array = jax.Array
 PyTree = Any
@@ -87,7 +88,7 @@ class ParamLayout:
         )
 
     def ravel_picked(self, picked: Sequence[Array]) -> Array:
-        return jnp.concatenate([jnp.ravel(x) for x in picked])
+        return concat([jnp.ravel(x) for x in picked])
 
     def unravel_picked(self, flat: Array) -> list[Array]:
         _checks.check_operand(flat, self.size, (1,))

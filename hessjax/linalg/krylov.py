@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from hessjax.linalg._arrays import concat
+
 Array = jax.Array
 WHICH = ("LA", "SA", "LM", "BE")
 _ORTHO_ROWS = 8  # basis rows per block of the block Gram-Schmidt
@@ -95,7 +97,7 @@ def _spread(blocks: Blocks | None, c: Array) -> Array:
             jnp.broadcast_to(c[..., i : i + 1], (*c.shape[:-1], e - a))
             for i, (a, e) in enumerate(blocks.ranges)
         ]
-        return jnp.concatenate(parts, -1)
+        return concat(parts, -1)
     return c[..., blocks.ids]
 
 
@@ -104,9 +106,7 @@ def _combine(blocks: Blocks | None, rows: Array, coef: Array) -> Array:
     if blocks is None:
         return rows.T @ coef[:, 0]
     if blocks.ids is None:
-        return jnp.concatenate(
-            [rows[:, a:e].T @ coef[:, i] for i, (a, e) in enumerate(blocks.ranges)]
-        )
+        return concat([rows[:, a:e].T @ coef[:, i] for i, (a, e) in enumerate(blocks.ranges)])
     return jnp.sum(rows * coef[:, blocks.ids], axis=0)
 
 
@@ -324,9 +324,7 @@ def ritz_vectors(state: KrylovState, s: Array) -> Array:
     if blocks is None:
         return state.basis.T @ s[0]
     if blocks.ids is None:
-        return jnp.concatenate(
-            [state.basis[:, a:e].T @ s[i] for i, (a, e) in enumerate(blocks.ranges)]
-        )
+        return concat([state.basis[:, a:e].T @ s[i] for i, (a, e) in enumerate(blocks.ranges)], 0)
     ids = blocks.ids
 
     def add(acc, row_and_coef):
