@@ -65,8 +65,8 @@ def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) 
     auto = flags.DEFINE_bool(
         "distributed", False,
         "Join a multi-process job with jax.distributed.initialize(), which detects the "
-        "cluster (Cloud TPU VMs of a pod slice, SLURM, Open MPI); the three flags above, when "
-        "given, override what it detects.",
+        "cluster (Cloud TPU VMs of a pod slice, SLURM, Open MPI); --coordinator_address, "
+        "--num_processes and --process_id, when given, override what it detects.",
     )  # fmt: skip
 
     def main(argv):
