@@ -32,28 +32,137 @@ from absl import app, flags, logging
 from flax import serialization
 from ml_collections import config_flags
 
-from hessjax import curvature, models, training
+from hessjax import curvature, distributed, models, training
 from hessjax.data import DATASET_NAMES, SOURCES, Dataset, load_dataset, microbatches
 
 
 def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
-    """Define --config (default configs/<name>.py) and --workdir (default runs/<name>), then
-    call run(config, workdir). Flags are defined only here, when a module runs as the program,
-    so several binaries can be imported in one process (tests) without duplicate flags."""
+    """Define --config (default configs/<name>.py), --workdir (default runs/<name>) and the
+    multi-process flags (--coordinator_address, --num_processes, --process_id, --distributed),
+    join the `jax.distributed` job when asked (`initialize_distributed`), then call
+    run(config, workdir). Flags are defined only here, when a module runs as the program, so
+    several binaries can be imported in one process (tests) without duplicate flags."""
     config = config_flags.DEFINE_config_file(
         "config", os.path.join(os.path.dirname(__file__), "configs", f"{name}.py")
     )
     workdir = flags.DEFINE_string("workdir", f"runs/{name}", "Where results and figures go.")
+    coordinator = flags.DEFINE_string(
+        "coordinator_address", None,
+        "Multi-process runs (jax.distributed): host:port of process 0, the same on every "
+        "process; with --num_processes and --process_id.",
+    )  # fmt: skip
+    num_processes = flags.DEFINE_integer(
+        "num_processes", None, "Multi-process runs: number of processes in the job."
+    )
+    process_id = flags.DEFINE_integer(
+        "process_id", None, "Multi-process runs: this process's index, 0 .. num_processes - 1."
+    )
+    local_ids = flags.DEFINE_list(
+        "local_device_ids", None,
+        "Multi-process runs: the local devices this process uses (e.g. 0,1,2,3 for one "
+        "process per node of 4 GPUs under SLURM, where JAX otherwise takes SLURM_LOCALID only).",
+    )  # fmt: skip
+    auto = flags.DEFINE_bool(
+        "distributed", False,
+        "Join a multi-process job with jax.distributed.initialize(), which detects the "
+        "cluster (Cloud TPU VMs of a pod slice, SLURM, Open MPI); --coordinator_address, "
+        "--num_processes and --process_id, when given, override what it detects.",
+    )  # fmt: skip
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         try:
+            initialize_distributed(
+                coordinator.value, num_processes.value, process_id.value, auto=auto.value,
+                local_device_ids=local_ids.value,
+            )  # fmt: skip
             run(split_string_tuples(config.value), workdir.value)
         except ConfigError as err:
             sys.exit(f"{err}")  # message on stderr, exit status 1, before any work
 
     app.run(main)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def check_process_flags(
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    auto: bool = False,
+) -> bool:
+    """Whether the flags ask for a multi-process job; raises ConfigError naming the flags
+    when they are inconsistent: some but not all of the three without --distributed,
+    --num_processes < 1, --process_id outside [0, num_processes), an address not host:port."""
+    given = {
+        "--coordinator_address": coordinator_address,
+        "--num_processes": num_processes,
+        "--process_id": process_id,
+    }
+    errors = []
+    if not auto and any(v is not None for v in given.values()):
+        missing = [f for f, v in given.items() if v is None]
+        if missing:
+            errors.append(
+                f"{', '.join(missing)} missing: give all of --coordinator_address, "
+                "--num_processes and --process_id, or --distributed to detect the cluster"
+            )
+    if num_processes is not None and num_processes < 1:
+        errors.append(f"--num_processes={num_processes}: must be >= 1")
+    if process_id is not None and (
+        process_id < 0 or (num_processes is not None and process_id >= max(num_processes, 1))
+    ):
+        bound = f"[0, {num_processes})" if num_processes is not None else ">= 0"
+        errors.append(f"--process_id={process_id}: must be in {bound}")
+    if coordinator_address is not None:
+        host, _, port = coordinator_address.rpartition(":")
+        if not host or not port.isdigit():
+            errors.append(f"--coordinator_address={coordinator_address!r}: must be host:port")
+    if errors:
+        raise ConfigError("invalid multi-process flags:\n  " + "\n  ".join(errors))
+    return auto or any(v is not None for v in given.values())
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto: bool = False,
+    local_device_ids: Sequence[int | str] | None = None,
+) -> bool:
+    """Join a multi-process job (`jax.distributed.initialize`) when the flags ask for one
+    (`check_process_flags`, before anything else touches JAX's backends); returns whether it
+    did. `auto` with no other flags lets JAX detect the cluster from the environment: Cloud
+    TPU VMs (every worker of a pod slice), SLURM (SLURM_JOB_NODELIST, SLURM_NTASKS,
+    SLURM_PROCID, ...) or Open MPI. CPU collectives use gloo, so CPU-only processes (the
+    tests: several local processes) can run sharded computations together."""
+    if not check_process_flags(coordinator_address, num_processes, process_id, auto):
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+        "local_device_ids": None
+        if local_device_ids is None
+        else [int(i) for i in local_device_ids],
+    }
+    jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+    logging.info(
+        "process %d of %d: %d local of %d devices",
+        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+    )  # fmt: skip
+    return True
+
+
+def is_writer() -> bool:
+    """Whether this process writes outputs: process 0 of a multi-process job (every process
+    of a single-process run is process 0). `write_atomic` (hence `write_json`,
+    `save_checkpoint` and the figures) and `prepare_workdir` do nothing elsewhere."""
+    return jax.process_index() == 0
 
 
 def as_tuple(value: Any, cast: Callable[[Any], Any] = str) -> tuple:
@@ -89,10 +198,14 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """A check of one config value and what it demands ("a positive integer")."""
+    """A check of one config value and what it demands ("a positive integer"; or a function
+    of the failing value giving that text, e.g. to say what is wrong with it)."""
 
     test: Callable[[Any], bool]
-    demand: str
+    demand: str | Callable[[Any], str]
+
+    def describe(self, value: Any) -> str:
+        return self.demand(value) if callable(self.demand) else self.demand
 
 
 def _is_int(v: Any) -> bool:
@@ -174,8 +287,50 @@ MODEL_RULES: dict[str, Rule] = {
 }
 
 
+def mesh_problem(spec: Any) -> str | None:
+    """What is wrong with a config.mesh value (None when nothing): a string "" (one device)
+    or "axis:size,..." over the axes fsdp and data using every device of the job
+    (`distributed.parse_mesh_spec(..., exact=True)`)."""
+    if not isinstance(spec, str):
+        return f"not a string but {type(spec).__name__}"
+    try:
+        distributed.parse_mesh_spec(
+            spec, jax.device_count(), axis_names=distributed.AXES, exact=True
+        )
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+MESH = Rule(
+    lambda v: mesh_problem(v) is None,
+    lambda v: (
+        f"'' (one device) or 'axis:size,...' over axes {', '.join(distributed.AXES)} "
+        f"using all {jax.device_count()} devices, e.g. 'data:{jax.device_count()}' "
+        f"({mesh_problem(v)})"
+    ),
+)
+
+
+def mesh_devices(config: ml_collections.ConfigDict) -> int:
+    """Number of devices config.mesh spans (1 for "")."""
+    sizes = distributed.parse_mesh_spec(config.mesh, jax.device_count())
+    return 1 if sizes is None else math.prod(sizes.values())
+
+
+def divides_mesh(field: str) -> Relation:
+    """Relation: config.<field> (a batch size) is divisible by the devices of config.mesh."""
+    return Relation(
+        field,
+        lambda c: "mesh" not in c or field_value(c, field) % mesh_devices(c) == 0,
+        "divisible by the number of devices of config.mesh (the batch axis is split over them)",
+    )
+
+
 # Every binary's RULES extend these (rules for fields a config lacks are skipped).
-SHARED_RULES: dict[str, Rule] = DATA_RULES | TRAIN_RULES | MODEL_RULES | {"seed": ANY_INT}
+SHARED_RULES: dict[str, Rule] = (
+    DATA_RULES | TRAIN_RULES | MODEL_RULES | {"seed": ANY_INT, "mesh": MESH}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +388,7 @@ def validate(
         f"config.{f} = {values[f]!r} has no validation rule" for f in values if f not in rules
     ]
     errors += [
-        f"config.{f} = {v!r}: must be {rules[f].demand}"
+        f"config.{f} = {v!r}: must be {rules[f].describe(v)}"
         for f, v in values.items()
         if f in rules and not rules[f].test(v)
     ]
@@ -298,7 +453,10 @@ def write_atomic(path: str, data: bytes | Callable[[BinaryIO], Any]) -> None:
     """Write `data` (bytes, or a function writing to a binary file object, e.g.
     `lambda f: np.save(f, x)`) to `path` atomically: a temporary file in the same directory,
     flushed and fsynced, then `os.replace`d over `path`. Readers see the old file or the new
-    one, never a partial one."""
+    one, never a partial one. Only the writer process writes (`is_writer`): elsewhere this
+    does nothing."""
+    if not is_writer():
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -324,7 +482,10 @@ def write_json(path: str, obj: Any) -> None:
 
 def prepare_workdir(workdir: str, outputs: Sequence[str]) -> None:
     """Create `workdir` and delete the previous run's `outputs` (file names in it), so that a
-    run that fails leaves only its own outputs, never a mix with an earlier run's."""
+    run that fails leaves only its own outputs, never a mix with an earlier run's. Only the
+    writer process (`is_writer`) touches the workdir."""
+    if not is_writer():
+        return
     os.makedirs(workdir, exist_ok=True)
     for name in outputs:
         with contextlib.suppress(FileNotFoundError):
@@ -430,6 +591,53 @@ def hessian_data(x, y, num_samples: int, microbatch_size: int | None = None):
         raise ValueError(f"Hessian num_samples {num_samples} > {len(y)} training samples")
     batch = (jnp.asarray(x[:num_samples]), jnp.asarray(y[:num_samples]))
     return batch if microbatch_size is None else microbatches(batch, microbatch_size)
+
+
+def check_mesh_fits(mesh: str, params, batch_size: int, setting: str = "config.mesh") -> None:
+    """Before heavy work: raise ValueError naming `setting` when the Hessian batch axis
+    (`batch_size` rows per microbatch) does not split over the mesh's devices, or when the
+    mesh asks for an FSDP split ("fsdp:f", f > 1) and no param leaf has an axis divisible by
+    f (nothing would be split). Leaves left whole beside split ones are logged."""
+    sizes = distributed.parse_mesh_spec(mesh, jax.device_count())
+    if sizes is None:
+        return
+    num = math.prod(sizes.values())
+    if batch_size % num:
+        raise ValueError(
+            f"{setting} = {mesh!r}: the Hessian batch axis ({batch_size} rows per microbatch) "
+            f"does not split over its {num} devices"
+        )
+    f = sizes.get(distributed.FSDP, 1)
+    if f == 1:
+        return
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    whole = [
+        jax.tree_util.keystr(path, simple=True, separator="/")
+        for path, x in leaves
+        if distributed.param_spec(x.shape, f) == jax.sharding.PartitionSpec()
+    ]
+    if len(whole) == len(leaves):
+        shapes = {jax.tree_util.keystr(p, simple=True, separator="/"): x.shape for p, x in leaves}
+        raise ValueError(
+            f"{setting} = {mesh!r}: no param leaf has an axis divisible by fsdp size {f}, "
+            f"nothing can be split: {shapes}"
+        )
+    if whole:
+        logging.info(
+            "mesh %s: param leaves replicated (no axis divisible by %d): %s", mesh, f, whole
+        )
+
+
+def placed_hessian(mesh: str, loss_fn, params, data, **kwargs):
+    """The Hessian operator of loss_fn over microbatched `data` ((m, b, ...) leaves, every
+    process passing the same data) on the mesh of config.mesh (`distributed.place`): params
+    split FSDP-style, b split over all devices (under several processes each transfers only
+    its own rows), the operator's vectors and the solvers' bases split along n. "" gives the
+    plain single-device operator. kwargs go to `curvature.hessian_operator` (e.g. select).
+    The one code path of the binaries for a sharded Hessian."""
+    placed = distributed.place(mesh or None, params, data)
+    op = curvature.hessian_operator(loss_fn, placed.params, placed.data, **kwargs)
+    return placed.operator(op)
 
 
 def timed(label: str, fn: Callable, *args, **kwargs):

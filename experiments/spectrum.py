@@ -3,6 +3,15 @@ r"""Main job: train a small network, then compute its Hessian spectrum.
   python -m experiments.spectrum --workdir=runs/spectrum
   python -m experiments.spectrum --workdir=runs/mnist \
       --config.data.name=mnist --config.data.dir=../shared/data/mnist
+  python -m experiments.spectrum --config.mesh=data:4 --config.hessian.microbatch_size=200
+  python -m experiments.spectrum --coordinator_address=HOST:PORT --num_processes=2 \
+      --process_id=0 --config.mesh=data:8   # and --process_id=1 on the other host
+
+With --config.mesh the trained params and the Hessian data are placed on the mesh
+(`common.placed_hessian`): every Hessian product, Lanczos basis and probe is split over the
+devices. Under several processes (`jax.distributed`, see BUILD.md) every process trains the
+same small network (replicated), transfers only its rows of the Hessian batch, and process 0
+alone writes the outputs.
 
 Writes into the workdir: eigenvectors.npy ((n, k) flat, params leaf order), spectrum.png and,
 last, results.json (eigenvalues, residuals, per-layer top eigenvalues, trace, density,
@@ -21,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common, figures
-from hessjax import curvature, linalg, training
+from hessjax import curvature, distributed, linalg, training
 
 OUTPUTS = ("results.json", "eigenvectors.npy", "spectrum.png")
 RULES = common.SHARED_RULES | {
@@ -47,6 +56,7 @@ RELATIONS = (
         "0 (default) or at least hessian.top_k",
     ),
     common.at_most_train_samples("train.batch_size"),
+    common.divides_mesh("hessian.microbatch_size"),
 )
 
 
@@ -62,6 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ds = common.load_data(config.data)
     model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    common.check_mesh_fits(config.mesh, params, h.microbatch_size)
 
     fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train")}
     (params, history), train_seconds = common.timed(
@@ -73,7 +84,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("test accuracy %.4f", test_acc)
 
     data = common.hessian_data(ds.x_train, ds.y_train, h.num_samples, h.microbatch_size)
-    op = curvature.hessian_operator(loss_fn, params, data)
+    op = common.placed_hessian(config.mesh, loss_fn, params, data)
     num_steps = h.num_steps or linalg.default_num_steps(h.top_k, op.size)
     logging.info(
         "Hessian over %d samples (%d microbatches): top-%d eigenpairs, <= %d Lanczos steps",
@@ -83,11 +94,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "top eigenpairs", linalg.eigsh, op, h.top_k, key=k_eig, num_steps=num_steps, tol=h.tol
     )
     logging.info("top eigenvalues %s (%d HVPs)", np.round(top.eigenvalues, 4), top.num_matvecs)
-    vectors = np.asarray(top.eigenvectors)
+    vectors = distributed.to_host(top.eigenvectors)  # gathered when split over processes
     common.write_atomic(os.path.join(workdir, "eigenvectors.npy"), lambda f: np.save(f, vectors))
 
     layer_top: dict[str, float] = {}
-    if h.per_layer:  # all layer blocks H_ll in one compiled Lanczos, restricted products
+    if h.per_layer and config.mesh:
+        # block_eigsh hangs on a data-sharded operator (XLA CPU, jax 0.10.2: its compiled
+        # while loop never returns on 4 virtual devices); one sharded eigsh per layer instead
+        for name, size in zip(*_layers(op), strict=True):
+            block = common.placed_hessian(config.mesh, loss_fn, params, data, select=name)
+            res = linalg.eigsh(block, 1, key=k_eig, tol=h.tol)
+            layer_top[name] = float(res.eigenvalues[0])
+            logging.info("layer %s (%d params): top eigenvalue %.4f", name, size, layer_top[name])
+    elif h.per_layer:  # all layer blocks H_ll in one compiled Lanczos, restricted products
         part = curvature.partition_by_layer(op.layout)
         blocks, _ = common.timed(
             "per-layer top eigenvalues",
@@ -153,6 +172,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json, eigenvectors.npy and spectrum.png to %s", workdir)
     return results
+
+
+def _layers(op) -> tuple[list[str], list[int]]:
+    part = curvature.partition_by_layer(op.layout)
+    return list(part.names), [int(n) for n in part.sizes]
 
 
 if __name__ == "__main__":

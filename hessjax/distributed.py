@@ -31,8 +31,16 @@ eigsh, thick-restart eigsh and sketch_eigh eigenvalues, hutchpp traces and SLQ m
 the single-device ones to float32 round-off (≤ 3e-7 relative), the Lanczos basis comes back
 (m, n / 8) per device, eigenvectors (n / 8, k), and the compiled Lanczos and thick-restart
 HLO gathers params only, never a basis. tests/test_distributed.py checks data-parallel
-products and eigsh, and the placement helpers, on 4 devices. Multi-host (untested): call
-`jax.distributed.initialize()` first; the meshes span `jax.devices()` of all processes.
+products and eigsh, and the placement helpers, on 4 devices.
+
+Several processes (`jax.distributed`, JAX's multi-controller runtime): call
+`jax.distributed.initialize(...)` first; meshes then span `jax.devices()` of all processes.
+`replicate`, `shard_params` and `shard_vector` take the same value on every process and
+build only the local shards; `shard_microbatches` takes the whole data on every process and
+transfers only this process's rows (`process_rows`), `shard_local_microbatches` takes only
+those rows (`jax.make_array_from_process_local_data`); `to_host` gathers results split over
+processes. Tested by tests/test_multihost.py: 2 CPU processes of 2 devices, gloo collectives,
+eigsh and hutchpp equal one process of 4 devices.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from hessjax.linalg.operator import Operator, with_vector_sharding
 PyTree = Any
 FSDP = "fsdp"
 DATA = "data"
+AXES = (FSDP, DATA)  # the axes `place` knows: params split over "fsdp", data over all
 
 
 def _mesh(sizes: tuple[int, ...], names: tuple[str, ...]) -> Mesh:
@@ -85,32 +94,58 @@ def model_data_mesh(num_model: int, num_data: int) -> Mesh:
     return _mesh((num_model, num_data), (FSDP, DATA))
 
 
-def parse_mesh(spec: str | None) -> Mesh | None:
-    """Mesh from a config string "name:size,name:size", e.g. "data:4", "fsdp:8" or
-    "fsdp:2,data:4" (axes in that order); one size may be -1 (or omitted: "data") for all
-    remaining devices. None or "" gives None (one device, nothing sharded)."""
+def parse_mesh_spec(
+    spec: str | None,
+    num_devices: int,
+    *,
+    axis_names: tuple[str, ...] | None = None,
+    exact: bool = False,
+) -> dict[str, int] | None:
+    """Axis sizes {name: size} of a mesh string (see `parse_mesh`) for `num_devices` devices,
+    without touching any device (config validation runs it before any work). None or ""
+    gives None. Raises ValueError saying what is wrong: bad syntax, a repeated axis, an axis
+    not in `axis_names` (when given), more than one size -1 or omitted, sizes that need more
+    devices than `num_devices` (or, if `exact`, that do not multiply to it)."""
     if spec is None or not spec.strip():
         return None
-    names, sizes = [], []
+    sizes: dict[str, int] = {}
     for part in spec.split(","):
         name, _, size = part.strip().partition(":")
-        if not name or name in names:
+        name = name.strip()
+        if not name or name in sizes:
             raise ValueError(f"bad mesh spec {spec!r}: empty or repeated axis name")
+        if axis_names is not None and name not in axis_names:
+            msg = f"bad mesh spec {spec!r}: axis {name!r} is not one of {', '.join(axis_names)}"
+            raise ValueError(msg)
         try:
-            sizes.append(int(size) if size.strip() else -1)
+            sizes[name] = int(size) if size.strip() else -1
         except ValueError:
             msg = f"bad mesh spec {spec!r}: size of {name!r} is not an integer"
             raise ValueError(msg) from None
-        names.append(name)
-    if sizes.count(-1) > 1:
+        if sizes[name] < 1 and sizes[name] != -1:
+            raise ValueError(f"bad mesh spec {spec!r}: size of {name!r} must be >= 1")
+    free = [n for n, s in sizes.items() if s == -1]
+    if len(free) > 1:
         raise ValueError(f"bad mesh spec {spec!r}: at most one size may be -1 or omitted")
-    if -1 in sizes:
-        known = math.prod(s for s in sizes if s != -1)
-        if len(jax.devices()) % known:
-            msg = f"mesh {spec!r}: {len(jax.devices())} devices, not divisible by {known}"
+    if free:
+        known = math.prod(s for s in sizes.values() if s != -1)
+        if num_devices % known:
+            msg = f"mesh {spec!r}: {num_devices} devices, not divisible by {known}"
             raise ValueError(msg)
-        sizes[sizes.index(-1)] = len(jax.devices()) // known
-    return _mesh(tuple(sizes), tuple(names))
+        sizes[free[0]] = num_devices // known
+    total = math.prod(sizes.values())
+    if total > num_devices or (exact and total != num_devices):
+        raise ValueError(f"mesh {spec!r} needs {total} devices, {num_devices} available")
+    return sizes
+
+
+def parse_mesh(spec: str | None, *, axis_names: tuple[str, ...] | None = None) -> Mesh | None:
+    """Mesh from a config string "name:size,name:size", e.g. "data:4", "fsdp:8" or
+    "fsdp:2,data:4" (axes in that order); one size may be -1 (or omitted: "data") for all
+    remaining devices. None or "" gives None (one device, nothing sharded). The mesh spans
+    `jax.devices()`: under several processes (`jax.distributed`) every process's devices."""
+    sizes = parse_mesh_spec(spec, len(jax.devices()), axis_names=axis_names)
+    return None if sizes is None else _mesh(tuple(sizes.values()), tuple(sizes))
 
 
 def _axes(mesh: Mesh, axes) -> tuple[str, ...]:
@@ -125,27 +160,86 @@ def _entry(axes: tuple[str, ...]):
     return axes[0] if len(axes) == 1 else axes
 
 
-def shard_microbatches(data: PyTree, mesh: Mesh, axis_name: str | tuple[str, ...] | None = None):
-    """Place (m, b, ...) leaves with the batch axis b split over `axis_name` (a mesh axis or a
-    tuple of them; default: every axis of the mesh)."""
+def _put(x, sharding: NamedSharding) -> jax.Array:
+    """`jax.device_put(x, sharding)`; when the sharding spans several processes
+    (`jax.distributed`), every process holds the same x and builds only the shards on its own
+    devices from it (`jax.make_array_from_callback`)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _batch_sharding(mesh: Mesh, axis_name) -> tuple[NamedSharding, int]:
     axes = _axes(mesh, axis_name)
     num = math.prod(mesh.shape[a] for a in axes)
-    sharding = NamedSharding(mesh, PartitionSpec(None, _entry(axes)))
+    return NamedSharding(mesh, PartitionSpec(None, _entry(axes))), num
+
+
+def _check_batch(x, num: int, batch_size: int | None = None) -> None:
+    b = np.shape(x)[1] if np.ndim(x) >= 2 else None
+    if b is None or (batch_size or b) % num:
+        raise ValueError(
+            f"data leaves need shape (m, b, ...) with b divisible by {num} devices, "
+            f"got {np.shape(x)}" + ("" if batch_size is None else f" (global b = {batch_size})")
+        )
+
+
+def process_rows(mesh: Mesh, batch_size: int, axis_name=None) -> slice:
+    """The slice of the batch axis b (of `batch_size` rows, split as `shard_microbatches`
+    splits it) that this process's devices hold: under `jax.distributed` each process loads
+    only these rows of every (m, b, ...) leaf and passes them to `shard_local_microbatches`.
+    One process: slice(0, batch_size)."""
+    sharding, num = _batch_sharding(mesh, axis_name)
+    if batch_size % num:
+        raise ValueError(f"batch size {batch_size} is not divisible by {num} devices")
+    index = sharding.addressable_devices_indices_map((1, batch_size))
+    rows = sorted({idx[1].indices(batch_size)[:2] for idx in index.values()})
+    lo, hi = rows[0][0], rows[-1][1]
+    if sum(stop - start for start, stop in rows) != hi - lo:
+        raise ValueError(f"this process's devices hold rows {rows} of b: not one contiguous slice")
+    return slice(lo, hi)
+
+
+def shard_local_microbatches(local_data: PyTree, mesh: Mesh, axis_name=None) -> PyTree:
+    """Global (m, b, ...) arrays from each process's own rows (m, b_local, ...) of the batch
+    axis, the rows `process_rows(mesh, b)` names (`jax.make_array_from_process_local_data`);
+    b = b_local · number of processes. One process: the same as `shard_microbatches`."""
+    sharding, num = _batch_sharding(mesh, axis_name)
+    procs = len({d.process_index for d in mesh.devices.flat})
 
     def put(x):
-        if x.ndim < 2 or x.shape[1] % num:
-            raise ValueError(
-                f"data leaves need shape (m, b, ...) with b divisible by {num} devices, "
-                f"got {x.shape}"
-            )
-        return jax.device_put(x, sharding)
+        x = np.asarray(x)
+        _check_batch(x, 1)
+        shape = (x.shape[0], x.shape[1] * procs, *x.shape[2:])
+        _check_batch(x, num, shape[1])
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return jax.tree_util.tree_map(put, local_data)
+
+
+def shard_microbatches(data: PyTree, mesh: Mesh, axis_name: str | tuple[str, ...] | None = None):
+    """Place (m, b, ...) leaves with the batch axis b split over `axis_name` (a mesh axis or a
+    tuple of them; default: every axis of the mesh). Under several processes every process
+    passes the whole data and transfers only its own rows (`process_rows`)."""
+    sharding, num = _batch_sharding(mesh, axis_name)
+
+    def put(x):
+        _check_batch(x, num)
+        if sharding.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        rows = process_rows(mesh, x.shape[1], axis_name)
+        local = np.asarray(x[:, rows])
+        return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
     return jax.tree_util.tree_map(put, data)
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Place every leaf of `tree` (e.g. params) on all devices of `mesh`."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Place every leaf of `tree` (e.g. params) on all devices of `mesh` (of all processes:
+    each process passes the same tree)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree_util.tree_map(lambda x: _put(x, sharding), tree)
 
 
 def param_spec(shape: tuple[int, ...], num: int, axis_name: str = FSDP) -> PartitionSpec:
@@ -166,7 +260,7 @@ def shard_params(params: PyTree, mesh: Mesh, axis_name: str = FSDP) -> PyTree:
 
     def put(x):
         spec = param_spec(np.shape(x), num, axis_name)
-        return jax.device_put(x, NamedSharding(mesh, spec))
+        return _put(x, NamedSharding(mesh, spec))
 
     return jax.tree_util.tree_map(put, params)
 
@@ -186,7 +280,25 @@ def shard_operator(op: Operator, mesh: Mesh, axis_name=None) -> Operator:
 def shard_vector(x: jax.Array, mesh: Mesh, axis_name=None) -> jax.Array:
     """Put x (n, ...) with n split as `vector_sharding` (n must split evenly)."""
     entry = vector_sharding(mesh, axis_name).spec[0]
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(entry, *[None] * (x.ndim - 1))))
+    return _put(x, NamedSharding(mesh, PartitionSpec(entry, *[None] * (x.ndim - 1))))
+
+
+def to_host(tree: PyTree) -> PyTree:
+    """Every array leaf of `tree` as a whole numpy array on every process: a plain copy when
+    the process holds all of it (one process, or replicated), else gathered from all processes
+    (`multihost_utils.process_allgather`, a collective: every process must call it)."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree_util.tree_map(get, tree)
 
 
 class Placement(NamedTuple):

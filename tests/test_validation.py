@@ -7,6 +7,7 @@ import sys
 import time
 
 import ml_collections
+import numpy as np
 import pytest
 
 from experiments import common
@@ -30,6 +31,10 @@ BAD = [
     ("mask_overlap", "sketch.outer", 100, "at least sketch.k"),
     ("continual", "strategies", ("finetune", "nope"), "distinct names"),
     ("continual", "train.learning_rate", 0.0, "(0.0, inf)"),
+    ("spectrum", "mesh", "data:5", "mesh 'data:5' needs 5 devices, 4 available"),
+    ("spectrum", "mesh", "data:2", "using all 4 devices"),
+    ("spectrum", "mesh", "model:4", "axis 'model' is not one of fsdp, data"),
+    ("spectrum", "mesh", "data:x", "size of 'data' is not an integer"),
 ]
 
 
@@ -75,6 +80,24 @@ def test_bad_value_fails_before_any_work(binary, field, value, demand, tmp_path)
     message = str(info.value)
     assert f"config.{field} = {value!r}" in message and demand in message, message
     assert not os.path.exists(workdir)
+
+
+def test_mesh_must_split_the_hessian_batch_and_some_params(tmp_path):
+    """A mesh whose device count does not divide the Hessian microbatch, or an FSDP split that
+    no param leaf allows, fails with the setting named, before any data or training."""
+    from experiments import spectrum
+
+    config = _config("spectrum")
+    config.mesh = "data:4"  # default hessian.microbatch_size = 250
+    with pytest.raises(common.ConfigError) as info:
+        spectrum.run(config, str(tmp_path / "run"))
+    assert "config.hessian.microbatch_size = 250: must be divisible by" in str(info.value)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=r"config.mesh = 'fsdp:4'.*no param leaf.*'a': \(3, 5\)"):
+        common.check_mesh_fits("fsdp:4", {"a": np.ones((3, 5))}, 8)
+    with pytest.raises(ValueError, match=r"config.mesh = 'data:4'.*6 rows.*4 devices"):
+        common.check_mesh_fits("data:4", {"a": np.ones((3, 5))}, 6)
+    common.check_mesh_fits("fsdp:2,data:2", {"a": np.ones((3, 4)), "b": np.ones(3)}, 8)
 
 
 def test_every_failing_field_is_listed_and_unruled_fields_are_errors():

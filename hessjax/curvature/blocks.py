@@ -18,6 +18,7 @@ import numpy as np
 from hessjax.curvature.layout import ParamLayout, PyTree
 from hessjax.curvature.operators import CurvatureOperator
 from hessjax.linalg._arrays import concat
+from hessjax.linalg.operator import vector_sharding, with_vector_sharding
 from hessjax.linalg.partition import Partition
 
 Array = jax.Array
@@ -126,9 +127,15 @@ def layer_block_diagonal(op: CurvatureOperator, partition: Partition) -> Curvatu
     """The block-diagonal part D = Σ_i P_i H P_i of a curvature operator for a partition whose
     blocks are unions of whole leaves (e.g. `partition_by_layer`), computed with restricted
     products: block i's product differentiates only w.r.t. block i's leaves, so it is cheaper
-    than a masked full product. For `linalg.block_eigsh(..., block_diagonal=D)`."""
+    than a masked full product. For `linalg.block_eigsh(..., block_diagonal=D)`. An operator
+    with a declared vector layout (`linalg.with_vector_sharding`, e.g. from
+    `distributed.shard_operator`) gives a D with the same layout."""
     if not isinstance(op, CurvatureOperator):
         raise ValueError("layer_block_diagonal needs an in-memory CurvatureOperator (data=)")
+    sharding = vector_sharding(op)
+    if sharding is not None:
+        inner = layer_block_diagonal(with_vector_sharding(op, None), partition)
+        return with_vector_sharding(inner, sharding)
     layout = op.layout
     shapes = zip(layout.shapes, layout.selected, strict=True)
     sizes = [int(np.prod(s)) if on else 0 for s, on in shapes]
