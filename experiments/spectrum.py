@@ -98,15 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     common.write_atomic(os.path.join(workdir, "eigenvectors.npy"), lambda f: np.save(f, vectors))
 
     layer_top: dict[str, float] = {}
-    if h.per_layer and config.mesh:
-        # block_eigsh hangs on a data-sharded operator (XLA CPU, jax 0.10.2: its compiled
-        # while loop never returns on 4 virtual devices); one sharded eigsh per layer instead
-        for name, size in zip(*_layers(op), strict=True):
-            block = common.placed_hessian(config.mesh, loss_fn, params, data, select=name)
-            res = linalg.eigsh(block, 1, key=k_eig, tol=h.tol)
-            layer_top[name] = float(res.eigenvalues[0])
-            logging.info("layer %s (%d params): top eigenvalue %.4f", name, size, layer_top[name])
-    elif h.per_layer:  # all layer blocks H_ll in one compiled Lanczos, restricted products
+    if h.per_layer:  # all layer blocks H_ll in one compiled Lanczos, restricted products
         part = curvature.partition_by_layer(op.layout)
         blocks, _ = common.timed(
             "per-layer top eigenvalues",
@@ -172,11 +164,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json, eigenvectors.npy and spectrum.png to %s", workdir)
     return results
-
-
-def _layers(op) -> tuple[list[str], list[int]]:
-    part = curvature.partition_by_layer(op.layout)
-    return list(part.names), [int(n) for n in part.sizes]
 
 
 if __name__ == "__main__":

@@ -12,8 +12,14 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hessjax import distributed
-from hessjax.curvature import MeanLoss, cross_entropy, hessian_operator
-from hessjax.linalg import eigsh
+from hessjax.curvature import (
+    MeanLoss,
+    cross_entropy,
+    hessian_operator,
+    layer_block_diagonal,
+    partition_by_layer,
+)
+from hessjax.linalg import block_eigsh, eigsh
 
 MODEL = nn.Sequential([nn.Dense(8), jnp.tanh, nn.Dense(3)])
 
@@ -62,6 +68,26 @@ def test_sharded_hessian_products_and_eigsh_equal_single_device(problem):
     )
     top, top_sharded = (eigsh(o, 3, key=jax.random.key(4)) for o in (op, sharded))
     np.testing.assert_allclose(top_sharded.eigenvalues, top.eigenvalues, rtol=1e-4)
+
+
+def test_block_eigsh_on_sharded_data_equals_single_device(problem):
+    """It hung: the per-block eigh of its convergence test, batched by vmap, was split over
+    the mesh and the devices disagreed on when to stop the loop."""
+    loss_fn, params, data = problem
+    mesh = distributed.data_mesh(4)
+    ops = [
+        hessian_operator(loss_fn, params, data),
+        hessian_operator(
+            loss_fn, distributed.replicate(params, mesh), distributed.shard_microbatches(data, mesh)
+        ),
+    ]
+    part = partition_by_layer(ops[0].layout)
+    want, got = (
+        block_eigsh(o, part, 1, key=jax.random.key(5), block_diagonal=layer_block_diagonal(o, part))
+        for o in ops
+    )
+    assert want.converged.all() and got.converged.all()
+    np.testing.assert_allclose(got.eigenvalues, want.eigenvalues, rtol=1e-4)
 
 
 def test_placement_checks_inputs(problem):

@@ -297,7 +297,9 @@ def ritz(state: KrylovState, k: int, which: str, dtype=None) -> Ritz:
         return theta[sel], s, residuals, jnp.max(jnp.abs(theta[sel]))
 
     cast = [x.astype(dtype) for x in (state.alpha, state.beta, state.spike)]
-    return Ritz(*jax.vmap(one)(*cast, block_steps(state)))
+    # lax.map, not vmap: a batched eigh may be split over a device mesh by sharding
+    # propagation, and devices would then disagree on a convergence test (a hang)
+    return Ritz(*lax.map(lambda xs: one(*xs), (*cast, block_steps(state))))
 
 
 def converged(state: KrylovState, k: int, which: str, tol: float) -> Array:
