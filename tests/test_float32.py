@@ -156,3 +156,16 @@ def test_hutchpp_accepts_numpy_integers(mat):
     op = dense_operator(jnp.asarray(mat, jnp.float32))
     est = hutchpp(op, np.int64(9), key=KEY)
     assert est.num_matvecs == 9 and isinstance(est.num_matvecs, int)
+
+
+def test_sketch_of_a_curvature_operator_in_float32():
+    """The sketch's float64 core (inside enable_x64) once met the flat ravel of the curvature
+    product with int64 slice starts against int32 bounds (a TypeError in lax.clamp)."""
+
+    def loss(p, batch):
+        return jnp.mean(jnp.tanh(batch @ p["w"]) ** 2)
+
+    w = jax.random.normal(jax.random.key(1), (6, 4), jnp.float32)
+    op = hessian_operator(loss, {"w": w, "b": jnp.zeros(3)}, jnp.ones((1, 8, 6), jnp.float32))
+    res = sketch_eigh(op, 3, key=KEY, outer=6, inner=12, error_probes=4)
+    assert res.eigenvalues.dtype == jnp.float32 and np.all(np.isfinite(res.eigenvalues))

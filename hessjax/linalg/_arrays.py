@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -27,6 +28,8 @@ def concat(parts: Sequence[jax.Array], axis: int = -1) -> jax.Array:
     for p in parts:
         start = [0] * len(shape)
         start[axis] = offset
-        out = lax.dynamic_update_slice(out, p.astype(out.dtype), start)
+        # int32 starts: Python ints become int64 inside an enable_x64 context (the sketch's
+        # float64 core) and mismatch the int32 bounds
+        out = lax.dynamic_update_slice(out, p.astype(out.dtype), [np.int32(i) for i in start])
         offset += p.shape[axis]
     return out
