@@ -48,6 +48,7 @@ from jax import lax
 
 from hessjax.curvature import MeanLoss, ggn_operator, hessian_operator
 from hessjax.linalg import eigsh, hutchinson
+from hessjax.training import find_state
 
 Array = jax.Array
 PyTree = Any
@@ -483,14 +484,7 @@ def monitoring(monitor: Monitor, probe: PyTree | None = None) -> optax.GradientT
 
 def monitor_state(tree: PyTree) -> MonitorState:
     """The one `MonitorState` inside a pytree (an optax chain's state), or the state itself."""
-    found = [
-        x
-        for x in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, MonitorState))
-        if isinstance(x, MonitorState)
-    ]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one MonitorState in the tree, found {len(found)}")
-    return found[0]
+    return find_state(tree, MonitorState)
 
 
 def read_log(tree: PyTree) -> MonitorLog:

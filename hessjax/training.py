@@ -89,3 +89,15 @@ def train(
 def accuracy(model_fn: Callable[[PyTree, Array], Array], params: PyTree, x: Array, y: Array):
     """Fraction () of argmax(model_fn(params, x)) == y."""
     return jnp.mean(jnp.argmax(model_fn(params, x), axis=-1) == y)
+
+
+def find_state(tree: PyTree, cls: type):
+    """The one instance of `cls` (a NamedTuple state) inside a pytree, e.g. an optax chain's
+    opt_state, or `tree` itself when it is one; ValueError unless exactly one is found."""
+    found = [
+        x for x in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, cls))
+        if isinstance(x, cls)
+    ]  # fmt: skip
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one {cls.__name__} in the tree, found {len(found)}")
+    return found[0]

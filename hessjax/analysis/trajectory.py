@@ -41,6 +41,7 @@ import optax
 from numpy.typing import ArrayLike
 
 from hessjax.linalg.subspace import OverlapCurve, overlap_curve
+from hessjax.training import find_state
 
 Array = jax.Array
 PyTree = Any
@@ -153,14 +154,7 @@ def recording(capacity: int, every: int = 1) -> optax.GradientTransformation:
 def recorder_state(tree: PyTree) -> RecorderState:
     """The one `RecorderState` inside a pytree (e.g. the opt_state of a chain holding
     `recording`); the state itself is returned as it is."""
-    found = [
-        x
-        for x in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, RecorderState))
-        if isinstance(x, RecorderState)
-    ]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one RecorderState in the tree, found {len(found)}")
-    return found[0]
+    return find_state(tree, RecorderState)
 
 
 class Trajectory(NamedTuple):
