@@ -2,6 +2,7 @@
 
 import gzip
 import random
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -339,3 +340,9 @@ def test_default_data_dir():
     directory = default_data_dir("mnist")
     if directory is not None:
         assert Path(directory).parts[-3:] == ("shared", "data", "mnist")
+
+
+def test_load_tfds_without_tensorflow_datasets(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
+    with pytest.raises(RuntimeError, match=r"hessjax\[tfds\].*config.data.dir"):
+        load_tfds("mnist")

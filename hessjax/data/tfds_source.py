@@ -48,12 +48,17 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
       MNIST) and y of shape (N,) int32.
 
     Raises:
-      RuntimeError: tensorflow_datasets cannot be imported or the data are not available.
+      RuntimeError: tensorflow_datasets (the ``tfds`` extra) is not installed, or the data are
+        not available.
     """
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
-        raise _load_error(name, data_dir, err) from err
+        raise RuntimeError(
+            f"Loading {name!r} through TFDS needs tensorflow_datasets, an optional dependency: "
+            "pip install 'hessjax[tfds]', or set --config.data.dir to a folder holding the four "
+            f"idx files of {name} (train-images-idx3-ubyte.gz, ...)."
+        ) from err
     try:
         train, test = tfds.data_source(
             name, split=["train", "test"], data_dir=data_dir, download=False
