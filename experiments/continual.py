@@ -255,7 +255,8 @@ def _reset(runner: Runner, opt_state, params):
     fresh = runner.optimizer.init(params)
     if runner.memory_cls is None:
         return fresh
-    return cl.set_memory(fresh, cl.get_memory(opt_state, runner.memory_cls))
+    memory = cl.get_memory(opt_state, runner.memory_cls)  # checked when it was set
+    return cl.set_memory(fresh, memory, check_values=False)
 
 
 def run_strategy(

@@ -25,9 +25,9 @@ act as nothing, so a fixed-capacity zero-padded memory keeps every shape fixed a
 
 What is checked where (each failure a ValueError naming the value):
 * building a memory (`ewc_state`, `curvature_penalty_state`, `project_out(basis)`,
-  `gpm_project(bases)`) and `set_memory`: its values (`memory.check()`: orthonormal or zero
-  columns, finite, weights and Fisher >= 0) and, for `set_memory`, that it has the tree,
-  shapes and dtypes of the memory it replaces;
+  `gpm_project(bases)`) and `set_memory` (unless told the values were checked): its values
+  (`memory.check()`: orthonormal or zero columns, finite, weights and Fisher >= 0) and, for
+  `set_memory`, that it has the tree, shapes and dtypes of the memory it replaces;
 * `init(params)`: that the memory fits the params (`memory.check_params(params)`: tree,
   shapes, rows of a basis), statically, without reading values;
 * `update`: shapes only (it runs under `jit`, where values cannot raise). A memory written
@@ -506,11 +506,14 @@ def get_memory(opt_state: PyTree, cls: type) -> NamedTuple:
     return find_state(opt_state, cls)
 
 
-def set_memory(opt_state: PyTree, memory: NamedTuple) -> PyTree:
+def set_memory(opt_state: PyTree, memory: NamedTuple, check_values: bool = True) -> PyTree:
     """opt_state with its one memory of type(memory) replaced by `memory`, after checking
     `memory.check()` (orthonormal bases, finite, non-negative weights) and that it has the
     tree, shapes and dtypes of the memory it replaces (so a jitted step does not recompile
-    and a basis of the wrong size or another params tree is caught here)."""
+    and a basis of the wrong size or another params tree is caught here). check_values=False
+    skips `memory.check()` (an O(n k²) Gram matrix for a basis) but not the shape checks: for
+    a memory read back (`get_memory`) from a state it was checked into, e.g. to carry it
+    into a fresh optimiser state."""
     cls = type(memory)
     old = find_state(opt_state, cls)
     ta, tb = jax.tree_util.tree_structure(old), jax.tree_util.tree_structure(memory)
@@ -522,7 +525,8 @@ def set_memory(opt_state: PyTree, memory: NamedTuple) -> PyTree:
                 f"new {cls.__name__} leaf is {jnp.result_type(y)}{list(np.shape(y))}, the state "
                 f"holds {jnp.result_type(x)}{list(np.shape(x))}"
             )
-    memory.check()
+    if check_values:
+        memory.check()
     return jax.tree_util.tree_map(
         lambda x: memory if isinstance(x, cls) else x,
         opt_state, is_leaf=lambda x: isinstance(x, cls),
