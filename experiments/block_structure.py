@@ -222,6 +222,7 @@ def dynamic_force(cfg: ml_collections.ConfigDict, seed: int, key: jax.Array) -> 
     )  # fmt: skip
 
     optimizer = training.make_optimizer(cfg.optimizer, cfg.learning_rate)
+    train_step = training.make_train_step(loss_fn, optimizer)  # compiled once, all segments
     opt_state = optimizer.init(params)
     records, done = [], 0
     for i, step in enumerate(_checkpoints(cfg.steps, cfg.num_checkpoints, cfg.spacing)):
@@ -230,6 +231,7 @@ def dynamic_force(cfg: ml_collections.ConfigDict, seed: int, key: jax.Array) -> 
                 loss_fn, params, x, y, optimizer=optimizer, num_steps=step - done,
                 batch_size=cfg.batch_size, key=jax.random.fold_in(train_key, i),
                 log_every=step - done, opt_state=opt_state, return_opt_state=True,
+                step=train_step,
             )  # fmt: skip
             done = step
         rec = {

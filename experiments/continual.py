@@ -7,15 +7,21 @@ forgetting per strategy.
       --config.data.name=mnist --config.data.dir=../shared/data/mnist  # permuted MNIST
 
 Strategies (experiments/configs/continual.py): finetune, ewc, ogd, gpm, hessian_project,
-hessian_penalty, weight_svd_project, update_pca_project; each is an optax chain of the base
-optimiser and a `hessjax.continual` transformation whose memory (protected basis, penalty,
-Fisher) lives in the optimiser state and grows after each task from that task's data.
-All strategies of one seed start from the same initial params and see the same minibatches.
+hessian_penalty, weight_svd_project, update_pca_project: each a `hessjax.continual.Strategy`
+(STRATEGY_BUILDERS maps the config to its factory). This file only orchestrates: per strategy
+one optax chain of the base optimiser and the strategy's transform of a fixed-capacity memory
+and one compiled training loop (`training.make_train_step`), reused over seeds and tasks;
+after each task `strategy.remember` grows the memory and `set_memory` writes it into the
+optimiser state. All strategies of one seed start from the same initial params and see the
+same minibatches. A strategy whose training loss becomes non-finite (or whose memory cannot
+be computed) is recorded as diverged (seed, task, step) in results.json, the table and the
+figure's legend, and the others run on.
 
 Writes into the workdir: accuracy_matrices.npz ({strategy: (seeds, T, T)}),
 first_task_accuracy.png and, last, results.json (accuracy matrices, per-seed metrics,
-mean ± std table, timings, the record of trained tasks); the previous run's copies are deleted
-first. Also events.jsonl (appended: one line per task started / checkpointed) and
+mean ± std table, divergences, timings, the record of trained tasks); the previous run's copies
+are deleted first. Also events.jsonl (appended: one line per task started / checkpointed /
+diverged) and
 checkpoints/seed_<s>/<strategy>.ckpt, rewritten atomically after each completed task (params,
 optimizer state with the memories, RNG, the accuracy rows so far). A killed run restarted with
 the same config and workdir resumes after the last completed task of every (seed, strategy);
@@ -30,7 +36,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +48,6 @@ from absl import logging
 from experiments import common, figures
 from hessjax import continual as cl
 from hessjax import curvature, training
-from hessjax.analysis import trajectory
 
 OUTPUTS = ("results.json", "accuracy_matrices.npz", "first_task_accuracy.png")
 
@@ -98,8 +103,8 @@ def _num_update_records(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Context:
-    """What the strategies of one run share: model and loss (hashable, so compilations are
-    reused), the resolved config, a params template and the sizes derived from it."""
+    """What the strategies of one run share: model and loss, the resolved config, a params
+    template and the sizes derived from it."""
 
     model: Any
     loss_fn: curvature.MeanLoss
@@ -111,187 +116,61 @@ class Context:
     def num_params(self) -> int:
         return curvature.make_layout(self.params).size
 
+    @property
+    def learning_rate(self) -> float:
+        return float(self.config.train.learning_rate)
+
+    def capacity(self, per_task: int) -> int:
+        """A zero-padded memory for per_task columns from each old task (all but the last)."""
+        return per_task * (self.num_tasks - 1)
+
     def memory_batch(self, task: cl.Task) -> tuple[jax.Array, jax.Array]:
         """The task's first memory.num_samples training pairs as (m, b, ...) microbatches."""
         m = self.config.memory
         return common.hessian_data(task.x_train, task.y_train, m.num_samples, m.microbatch_size)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Strategy:
-    """optimizer: the whole optax chain (built once, so its compilation is reused over tasks
-    and seeds); memory_fields: its state fields that carry over tasks (kept when the optimiser
-    is reset); remember(ctx, opt_state, params, task, t, key) -> opt_state with task t added
-    to the memory (None: no memory)."""
-
-    name: str
-    optimizer: optax.GradientTransformation
-    memory_fields: tuple[str, ...] = ()
-    remember: Callable[..., Any] | None = None
-
-
-def _base(ctx: Context) -> optax.GradientTransformation:
-    return training.make_optimizer(ctx.config.train.optimizer, ctx.config.train.learning_rate)
-
-
-def _get(state, field: str):
-    return optax.tree_utils.tree_get(state, field)
-
-
-def _set(state, **fields):
-    return optax.tree_utils.tree_set(state, **fields)
-
-
-def _projection(ctx: Context, name: str, capacity: int, directions, extra=()) -> Strategy:
-    """Base optimiser, then `project_out` of a zero-padded (n, capacity) basis that grows by
-    directions(ctx, opt_state, params, task, key) (n, m) after each task."""
-    zeros = jnp.zeros((ctx.num_params, capacity), jnp.float32)
-    tx = optax.chain(_base(ctx), cl.project_out(zeros), *extra)
-
-    def remember(ctx, opt_state, params, task, t, key):
-        used = cl.used_columns(_get(opt_state, "basis"))
-        vectors = directions(ctx, opt_state, params, task, key)
-        new = cl.extend_basis(used if used.shape[1] else None, vectors)
-        if new.shape[1] > capacity:  # cannot happen with the capacities below
-            raise RuntimeError(f"{name}: basis of {new.shape[1]} > capacity {capacity}")
-        logging.info("%s: protected basis %d -> %d", name, used.shape[1], new.shape[1])
-        return _set(opt_state, basis=cl.pad_columns(new, capacity))
-
-    return Strategy(name, tx, ("basis",), remember)
-
-
-def _hessian_top(ctx: Context, params, task: cl.Task, key) -> cl.Directions:
+def _hessian(ctx: Context) -> dict[str, Any]:
     h = ctx.config.hessian
-    d = cl.hessian_directions(
-        ctx.loss_fn, params, ctx.memory_batch(task), int(h.k), key=key,
-        num_steps=int(h.num_steps) or None, tol=float(h.tol),
-    )  # fmt: skip
-    values = np.asarray(d.values)
-    logging.info("top-%d Hessian eigenvalues %.4g .. %.4g", values.size, values[0], values[-1])
-    return d
+    return {"k": int(h.k), "capacity": ctx.capacity(int(h.k)),
+            "num_steps": int(h.num_steps) or None, "tol": float(h.tol)}  # fmt: skip
 
 
-def _finetune(ctx: Context) -> Strategy:
-    return Strategy("finetune", _base(ctx))
-
-
-def _ewc(ctx: Context) -> Strategy:
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, ctx.params)
-    penalty = cl.ewc_penalty(cl.EwcState(zeros, zeros), strength=float(ctx.config.ewc.strength))
-
-    def remember(ctx, opt_state, params, task, t, key):
-        fisher = cl.fisher_diagonal(ctx.loss_fn, params, ctx.memory_batch(task))
-        old = cl.EwcState(_get(opt_state, "precision"), _get(opt_state, "weighted_anchor"))
-        new = cl.ewc_state(params, fisher, previous=old)
-        return _set(opt_state, precision=new.precision, weighted_anchor=new.weighted_anchor)
-
-    tx = optax.chain(penalty, _base(ctx))
-    return Strategy("ewc", tx, ("precision", "weighted_anchor"), remember)
-
-
-def _ogd(ctx: Context) -> Strategy:
+def _ogd(ctx: Context) -> cl.Strategy:
     m = int(ctx.config.ogd.num_samples)
-
-    def directions(ctx, opt_state, params, task, key):  # true-class logit gradients (OGD-GTL)
-        return cl.logit_gradients(ctx.model.apply, params, task.x_train[:m], task.y_train[:m])
-
-    return _projection(ctx, "ogd", m * (ctx.num_tasks - 1), directions)
+    return cl.ogd(ctx.model.apply, m, ctx.capacity(m))
 
 
-def _gpm(ctx: Context) -> Strategy:
+def _gpm(ctx: Context) -> cl.Strategy:
     g = ctx.config.gpm
-    rows = {name: x.shape[1] for name, x in _dense_inputs_shapes(ctx).items()}
-    tx = optax.chain(
-        _base(ctx),
-        cl.gpm_project({name: jnp.zeros((d, d), jnp.float32) for name, d in rows.items()}),
-    )
-
-    def remember(ctx, opt_state, params, task, t, key):
-        padded = _get(opt_state, "layer_bases")
-        used = {name: cl.used_columns(b) for name, b in padded.items()}
-        threshold = min(float(g.threshold) + t * float(g.threshold_increment), 0.9999)
-        acts = cl.dense_inputs(ctx.model, params, jnp.asarray(task.x_train[: int(g.num_samples)]))
-        bases = cl.gpm_extend({k: b for k, b in used.items() if b.shape[1]}, acts, threshold)
-        logging.info(
-            "gpm: threshold %.4f, basis sizes %s", threshold,
-            {name: int(b.shape[1]) for name, b in bases.items()},
-        )  # fmt: skip
-        new = {name: cl.pad_columns(bases[name], padded[name].shape[1]) for name in padded}
-        return _set(opt_state, layer_bases=new)
-
-    return Strategy("gpm", tx, ("layer_bases",), remember)
+    return cl.gpm(ctx.model, float(g.threshold), int(g.num_samples), float(g.threshold_increment))
 
 
-def _dense_inputs_shapes(ctx: Context) -> dict[str, Any]:
-    x = jnp.zeros((1,) + tuple(ctx.config.input_shape), jnp.float32)
-    return jax.eval_shape(lambda p, x: cl.dense_inputs(ctx.model, p, x), ctx.params, x)
-
-
-def _hessian_project(ctx: Context) -> Strategy:
-    def directions(ctx, opt_state, params, task, key):
-        return _hessian_top(ctx, params, task, key).vectors
-
-    return _projection(
-        ctx, "hessian_project", int(ctx.config.hessian.k) * (ctx.num_tasks - 1), directions
-    )
-
-
-def _hessian_penalty(ctx: Context) -> Strategy:
-    h = ctx.config.hessian
-    k, n = int(h.k), ctx.num_params
-    capacity = k * (ctx.num_tasks - 1)
-    zeros = cl.CurvaturePenaltyState(
-        jnp.zeros((n, capacity), jnp.float32),
-        jnp.zeros((capacity,), jnp.float32),
-        jnp.zeros((capacity,), jnp.float32),
-    )
-    tx = optax.chain(cl.curvature_penalty(zeros, strength=float(h.penalty_strength)), _base(ctx))
-
-    def remember(ctx, opt_state, params, task, t, key):
-        d = _hessian_top(ctx, params, task, key)
-        new = cl.curvature_penalty_state(params, d.vectors, jnp.maximum(d.values, 0))
-        slots = slice(t * k, (t + 1) * k)  # one block of k directions per old task
-        return _set(
-            opt_state,
-            directions=_get(opt_state, "directions").at[:, slots].set(new.directions),
-            weights=_get(opt_state, "weights").at[slots].set(new.weights),
-            targets=_get(opt_state, "targets").at[slots].set(new.targets),
-        )
-
-    return Strategy("hessian_penalty", tx, ("directions", "weights", "targets"), remember)
-
-
-def _weight_svd_project(ctx: Context) -> Strategy:
+def _weight_svd_project(ctx: Context) -> cl.Strategy:
     k = int(ctx.config.weight_svd.k)
     per_task = cl.weight_svd_directions(ctx.params, k).vectors.shape[1]  # Σ_layers min(k, rank)
-
-    def directions(ctx, opt_state, params, task, key):
-        return cl.weight_svd_directions(params, k).vectors
-
-    return _projection(ctx, "weight_svd_project", per_task * (ctx.num_tasks - 1), directions)
+    return cl.weight_svd_project(k, ctx.capacity(per_task))
 
 
-def _update_pca_project(ctx: Context) -> Strategy:
+def _update_pca_project(ctx: Context) -> cl.Strategy:
     k = int(ctx.config.update_pca.k)
-    num_records, every = _num_update_records(ctx.config)
-
-    def directions(ctx, opt_state, params, task, key):
-        # the last num_records applied updates of this task (the recorder is reset with the
-        # optimiser at each task; without reset_optimizer the ring holds the latest ones)
-        updates = trajectory.read_snapshots(opt_state).updates
-        return cl.update_pca_directions(updates, k).vectors
-
-    extra = (trajectory.recording(num_records, every),)
-    return _projection(ctx, "update_pca_project", k * (ctx.num_tasks - 1), directions, extra)
+    return cl.update_pca_project(k, *_num_update_records(ctx.config), capacity=ctx.capacity(k))
 
 
-STRATEGY_BUILDERS: dict[str, Callable[[Context], Strategy]] = {
-    "finetune": _finetune,
-    "ewc": _ewc,
+# name -> builder(ctx) -> hessjax.continual.Strategy. A new strategy is one entry here (plus
+# its config section in STRATEGY_SECTIONS and experiments/configs/continual.py).
+STRATEGY_BUILDERS: dict[str, Callable[[Context], cl.Strategy]] = {
+    "finetune": lambda ctx: cl.finetune(),
+    "ewc": lambda ctx: cl.ewc(ctx.loss_fn, float(ctx.config.ewc.strength), ctx.learning_rate),
     "ogd": _ogd,
     "gpm": _gpm,
-    "hessian_project": _hessian_project,
-    "hessian_penalty": _hessian_penalty,
+    "hessian_project": lambda ctx: cl.hessian_project(ctx.loss_fn, **_hessian(ctx)),
+    "hessian_penalty": lambda ctx: cl.hessian_penalty(
+        ctx.loss_fn,
+        strength=float(ctx.config.hessian.penalty_strength),
+        learning_rate=ctx.learning_rate,
+        **_hessian(ctx),
+    ),  # fmt: skip
     "weight_svd_project": _weight_svd_project,
     "update_pca_project": _update_pca_project,
 }
@@ -306,27 +185,34 @@ STRATEGY_SECTIONS = {  # the config sections each strategy reads besides data/mo
     "update_pca_project": ("update_pca",),
 }
 
-# Contexts and strategies by resolved config, so runs in one process (tests, notebooks) reuse
-# the same optimiser objects and therefore the compiled training loops.
-_CACHE: dict[str, tuple[Context, dict[str, Strategy]]] = {}
+
+class Runner(NamedTuple):
+    """One strategy of a run: the optimiser (base optimiser, then the strategy's transform of
+    a fixed-shape empty memory), its compiled training loop and the memory's class (None for
+    a memory-less strategy). Built once per run, reused over seeds and tasks."""
+
+    strategy: cl.Strategy
+    optimizer: optax.GradientTransformation
+    step: training.TrainStep
+    memory_cls: type | None
 
 
-def _setup(config: ml_collections.ConfigDict, seq: cl.TaskSequence):
+def make_runner(ctx: Context, name: str) -> Runner:
+    strategy = STRATEGY_BUILDERS[name](ctx)
+    memory = strategy.init_memory(ctx.params)
+    base = training.make_optimizer(ctx.config.train.optimizer, ctx.learning_rate)
+    optimizer = optax.chain(base, strategy.transform(memory))
+    step = training.make_train_step(ctx.loss_fn, optimizer)
+    return Runner(strategy, optimizer, step, None if memory is None else type(memory))
+
+
+def make_context(config: ml_collections.ConfigDict, seq: cl.TaskSequence) -> Context:
+    cfg = ml_collections.ConfigDict(config.to_dict())
     input_shape = tuple(seq.tasks[0].x_train.shape[1:])
-    cache_key = json.dumps(
-        [config.to_dict(), input_shape, seq.num_classes, seq.num_tasks], sort_keys=True, default=str
-    )
-    if cache_key not in _CACHE:
-        cfg = ml_collections.ConfigDict(config.to_dict())
-        cfg.input_shape = input_shape
-        model = common.build_model(cfg.model, seq.num_classes)
-        params = model.init(jax.random.key(0), jnp.zeros((1,) + input_shape, jnp.float32))
-        loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
-        ctx = Context(model, loss_fn, cfg, params, seq.num_tasks)
-        strategies = {name: STRATEGY_BUILDERS[name](ctx) for name in config.strategies}
-        _CACHE.clear()  # keep one config's optimisers (their zero memories) alive at a time
-        _CACHE[cache_key] = (ctx, strategies)
-    return _CACHE[cache_key]
+    model = common.build_model(cfg.model, seq.num_classes)
+    params = model.init(jax.random.key(0), jnp.zeros((1,) + input_shape, jnp.float32))
+    loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+    return Context(model, loss_fn, cfg, params, seq.num_tasks)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -364,33 +250,45 @@ def _evaluate(ctx: Context, params, seq: cl.TaskSequence) -> list[float]:
     ]
 
 
-def _reset(strategy: Strategy, opt_state, params):
+def _reset(runner: Runner, opt_state, params):
     """A fresh optimiser state that keeps the strategy's memory."""
-    fresh = strategy.optimizer.init(params)
-    if not strategy.memory_fields:
+    fresh = runner.optimizer.init(params)
+    if runner.memory_cls is None:
         return fresh
-    return _set(fresh, **{f: _get(opt_state, f) for f in strategy.memory_fields})
+    memory = cl.get_memory(opt_state, runner.memory_cls)  # checked when it was set
+    return cl.set_memory(fresh, memory, check_values=False)
 
 
 def run_strategy(
     ctx: Context,
-    strategy: Strategy,
+    runner: Runner,
     seq: cl.TaskSequence,
     seed: int,
     workdir: str,
     events: _Events,
 ) -> dict:
-    """Train `strategy` through the task sequence (resuming from its last checkpoint); returns
-    {rows (T, T) accuracy matrix as lists, trained [{task, run}], history, seconds}."""
-    config = ctx.config
+    """Train one strategy through the task sequence (resuming from its last checkpoint);
+    returns {rows (T, T) accuracy matrix as lists, trained [{task, run}], history, seconds,
+    diverged}. When training diverges (a non-finite loss) or the memory cannot be computed,
+    diverged = {task, step, error} and the rows from that task on are NaN; the run stops
+    there (checkpointed as such, so a restart does not retry it)."""
+    config, strategy = ctx.config, runner.strategy
     num_tasks = seq.num_tasks
     k_init, key = jax.random.split(jax.random.key(seed))
     params = ctx.model.init(k_init, jnp.asarray(seq.tasks[0].x_train[:1]))
-    opt_state = strategy.optimizer.init(params)
+    opt_state = runner.optimizer.init(params)
     fingerprint = _fingerprint(config, strategy.name, seed)
-    meta = {"rows": [], "trained": [], "history": [], "seconds": {"train": 0.0, "memory": 0.0}}
+    meta = {"rows": [], "trained": [], "history": [], "seconds": {"train": 0.0, "memory": 0.0},
+            "diverged": None}  # fmt: skip
     start = 0
     path = os.path.join(workdir, "checkpoints", f"seed_{seed}", f"{strategy.name}.ckpt")
+
+    def save(t: int, event: str) -> None:
+        if config.checkpoint:
+            state = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(key)}
+            common.save_checkpoint(path, fingerprint, state, meta)
+            events(event, seed=seed, strategy=strategy.name, task=t)
+
     if config.checkpoint:
         target = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(key)}
         loaded = common.load_checkpoint(path, fingerprint, target)
@@ -405,59 +303,87 @@ def run_strategy(
         events("start", seed=seed, strategy=strategy.name, task=t)
         key, k_train, k_memory = jax.random.split(key, 3)
         if t > 0 and config.train.reset_optimizer:
-            opt_state = _reset(strategy, opt_state, params)
+            opt_state = _reset(runner, opt_state, params)
         begin = time.perf_counter()
-        params, history, opt_state = training.train(
-            ctx.loss_fn, params, jnp.asarray(task.x_train), jnp.asarray(task.y_train),
-            optimizer=strategy.optimizer, num_steps=int(config.train.steps),
-            batch_size=int(config.train.batch_size), key=k_train,
-            log_every=int(config.train.log_every), opt_state=opt_state, return_opt_state=True,
-        )  # fmt: skip
+        try:
+            params, history, opt_state = training.train(
+                ctx.loss_fn, params, jnp.asarray(task.x_train), jnp.asarray(task.y_train),
+                optimizer=runner.optimizer, num_steps=int(config.train.steps),
+                batch_size=int(config.train.batch_size), key=k_train,
+                log_every=int(config.train.log_every), opt_state=opt_state,
+                return_opt_state=True, step=runner.step,
+            )  # fmt: skip
+        except training.TrainingDiverged as e:
+            failure = {"task": t, "step": e.step, "error": str(e)}
+        else:
+            failure = None
         meta["seconds"]["train"] += time.perf_counter() - begin
-        row = _evaluate(ctx, params, seq)
-        logging.info(
-            "[seed %d %s] task %d: loss %.4f, accuracies %s",
-            seed, strategy.name, t, history[-1][1], np.round(row, 3),
-        )  # fmt: skip
-        if strategy.remember is not None and t < num_tasks - 1:
-            begin = time.perf_counter()
-            opt_state = jax.block_until_ready(
-                strategy.remember(ctx, opt_state, params, task, t, k_memory)
-            )
-            meta["seconds"]["memory"] += time.perf_counter() - begin
+        if failure is None:
+            row = _evaluate(ctx, params, seq)
+            logging.info(
+                "[seed %d %s] task %d: loss %.4f, accuracies %s",
+                seed, strategy.name, t, history[-1][1], np.round(row, 3),
+            )  # fmt: skip
+            if runner.memory_cls is not None and t < num_tasks - 1:
+                begin = time.perf_counter()
+                try:
+                    memory = strategy.remember(
+                        cl.get_memory(opt_state, runner.memory_cls), params,
+                        ctx.memory_batch(task), key=k_memory, opt_state=opt_state,
+                    )  # fmt: skip
+                    opt_state = jax.block_until_ready(cl.set_memory(opt_state, memory))
+                except (FloatingPointError, ValueError) as e:  # e.g. a non-finite Fisher
+                    failure = {"task": t, "step": int(config.train.steps), "error": str(e)}
+                meta["seconds"]["memory"] += time.perf_counter() - begin
+        if failure is not None:
+            logging.warning("[seed %d %s] diverged: %s", seed, strategy.name, failure)
+            meta["diverged"] = failure
+            meta["rows"] += [[float("nan")] * num_tasks for _ in range(t, num_tasks)]
+            save(t, "diverged")
+            break
         meta["rows"].append(row)
         meta["history"].append(history)
         meta["trained"].append({"task": t, "run": events.run_id})
-        if config.checkpoint:
-            state = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(key)}
-            common.save_checkpoint(path, fingerprint, state, meta)
-            events("checkpoint", seed=seed, strategy=strategy.name, task=t)
+        save(t, "checkpoint")
     return meta
 
 
-def _mean_std(values) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for one value)."""
+def _mean_std(values) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (ddof=1; 0 for one value); None for no values."""
     values = np.asarray(values, np.float64)
+    if values.size == 0:
+        return None
     std = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
     return float(np.mean(values)), std
 
 
-def format_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
-    """Aligned text table: strategy | ACC | BWT | forgetting as mean ± std."""
-    header = ("strategy", "ACC", "BWT", "forgetting")
+def format_table(summary: dict[str, dict]) -> str:
+    """Aligned text table: strategy | ACC | BWT | forgetting as mean ± std over the seeds that
+    did not diverge | diverged (seeds out of all)."""
+    header = ("strategy", "ACC", "BWT", "forgetting", "diverged")
+
+    def cell(v):
+        return "—" if v is None else f"{v[0]:+.3f} ± {v[1]:.3f}"
+
     lines = [header] + [
-        (name,) + tuple(f"{m[k][0]:+.3f} ± {m[k][1]:.3f}" for k in ("acc", "bwt", "forgetting"))
+        (name,) + tuple(cell(m[k]) for k in ("acc", "bwt", "forgetting"))
+        + (f"{m['diverged']}/{m['seeds']}",)
         for name, m in summary.items()
-    ]
+    ]  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
     )
 
 
+def _json_rows(matrix: np.ndarray) -> list:
+    """An accuracy matrix as nested lists, NaN (rows after a divergence) as None."""
+    return [[None if np.isnan(v) else float(v) for v in row] for row in np.asarray(matrix)]
+
+
 RULES = common.SHARED_RULES | {
     "seeds": common.ints_at_least(0),
-    "strategies": common.subset_of(STRATEGY_NAMES),
+    "strategies": common.subset_of(STRATEGY_BUILDERS),  # read at validation: extensible
     "data.name": common.one_of(*DATASET_DEFAULTS),
     "tasks.kind": common.one_of("permuted", "split"),
     "tasks.num_tasks": common.int_at_least(2),
@@ -490,6 +416,16 @@ RULES = common.SHARED_RULES | {
 }
 RELATIONS = (
     common.at_most("memory.microbatch_size", "memory.num_samples"),
+    *(
+        common.Relation(
+            f"{name}.num_samples",
+            lambda c, name=name: (
+                name not in c.strategies or c[name].num_samples <= c.memory.num_samples
+            ),
+            "at most memory.num_samples (its samples are taken from the memory batch)",
+        )
+        for name in ("ogd", "gpm")
+    ),
     common.Relation(
         "update_pca.num_records",
         lambda c: (
@@ -501,7 +437,9 @@ RELATIONS = (
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Run (or resume) the whole job; returns the results dict also written to results.json."""
+    """Run (or resume) the whole job; returns the results dict also written to results.json.
+    A (seed, strategy) that diverges is recorded (results["diverged"], the table, the
+    figure's legend) and the others run on."""
     config = resolve_config(config)
     common.validate(config, RULES, RELATIONS)
     common.prepare_workdir(workdir, OUTPUTS)
@@ -513,42 +451,45 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     matrices: dict[str, list[np.ndarray]] = {name: [] for name in config.strategies}
     per_seed: dict[str, list[dict]] = {name: [] for name in config.strategies}
     trained: list[dict] = []
+    diverged: list[dict] = []
     seconds: dict[str, dict[str, float]] = {
         name: {"train": 0.0, "memory": 0.0} for name in config.strategies
     }
-    ctx = None
+    ctx = runners = None
     for seed in config.seeds:
         seq = cl.task_sequence(dataset, config.tasks, seed=int(seed))
-        ctx, strategies = _setup(config, seq)
+        if ctx is None:  # one model, optimiser and compiled loop per strategy for all seeds
+            ctx = make_context(config, seq)
+            runners = {name: make_runner(ctx, name) for name in config.strategies}
         logging.info(
             "seed %d: %s, %d tasks of %d train / %d test samples, %d params",
             seed, seq.name, seq.num_tasks, len(seq.tasks[0].y_train), len(seq.tasks[0].y_test),
             ctx.num_params,
         )  # fmt: skip
         for name in config.strategies:
-            out = run_strategy(ctx, strategies[name], seq, int(seed), workdir, events)
-            r = np.asarray(out["rows"])
+            out = run_strategy(ctx, runners[name], seq, int(seed), workdir, events)
+            r = np.asarray(out["rows"], np.float64)
             matrices[name].append(r)
-            m = cl.continual_metrics(r)
-            per_seed[name].append({"seed": int(seed)} | m._asdict())
             trained += [{"seed": int(seed), "strategy": name} | e for e in out["trained"]]
             for k in seconds[name]:
                 seconds[name][k] += out["seconds"][k]
+            if out.get("diverged") is not None:
+                diverged.append({"seed": int(seed), "strategy": name} | out["diverged"])
+                nothing = dict.fromkeys(("acc", "bwt", "forgetting"))
+                per_seed[name].append({"seed": int(seed), "diverged": out["diverged"]} | nothing)
+                continue
+            m = cl.continual_metrics(r)
+            per_seed[name].append({"seed": int(seed)} | m._asdict())
             logging.info(
                 "[seed %d %s] ACC %.4f BWT %+.4f forgetting %.4f",
-                seed,
-                name,
-                m.acc,
-                m.bwt,
-                m.forgetting,
-            )
+                seed, name, m.acc, m.bwt, m.forgetting,
+            )  # fmt: skip
 
-    summary = {
-        name: {
-            k: _mean_std([row[k] for row in per_seed[name]]) for k in ("acc", "bwt", "forgetting")
-        }
-        for name in config.strategies
-    }
+    summary = {}
+    for name in config.strategies:
+        ok = [row for row in per_seed[name] if row["acc"] is not None]
+        summary[name] = {k: _mean_std([row[k] for row in ok]) for k in ("acc", "bwt", "forgetting")}
+        summary[name] |= {"seeds": len(per_seed[name]), "diverged": len(per_seed[name]) - len(ok)}
     table = format_table(summary)
     logging.info(
         "ACC / BWT / forgetting over seeds %s (mean ± std):\n%s", list(config.seeds), table
@@ -563,15 +504,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "sequence": seq.name,
         "num_params": int(ctx.num_params),
         "seeds": [int(s) for s in config.seeds],
-        "accuracy_matrices": {name: [m.tolist() for m in ms] for name, ms in matrices.items()},
+        "accuracy_matrices": {name: [_json_rows(m) for m in ms] for name, ms in matrices.items()},
         "metrics": per_seed,
         "summary": summary,
         "table": table,
+        "diverged": diverged,
         "trained": trained,
         "seconds": seconds | {"total": time.perf_counter() - start},
         "run": run_id,
     }
-    curves = {name: np.stack(ms)[:, :, 0] for name, ms in matrices.items()}
+    curves = {}
+    for name, ms in stacked.items():
+        label = name if not summary[name]["diverged"] else (
+            f"{name} (diverged {summary[name]['diverged']}/{summary[name]['seeds']})"
+        )  # fmt: skip
+        curves[label] = ms[:, :, 0]
     figures.plot_first_task_accuracy(
         curves,
         os.path.join(workdir, "first_task_accuracy.png"),

@@ -393,12 +393,17 @@ def plot_first_task_accuracy(
 ) -> None:
     """Accuracy on one task (default the first) as tasks are added: curves[strategy] is
     (seeds, T), row s the accuracies R[i, task] after training tasks i = 0..T-1 of seed s;
-    one line per strategy (mean over seeds) with a ± std band. Saved to `path` (PNG)."""
+    one line per strategy (mean over seeds) with a ± std band; NaN entries (a diverged seed)
+    are left out of the mean, and a point no seed reached is not drawn. Saved to `path` (PNG)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for i, (name, values) in enumerate(curves.items()):
         v = np.asarray(values, np.float64).reshape(-1, np.shape(values)[-1])
         x = np.arange(1, v.shape[1] + 1)
-        mean, std = v.mean(axis=0), v.std(axis=0, ddof=1) if v.shape[0] > 1 else 0 * v[0]
+        count = np.sum(np.isfinite(v), axis=0)
+        total = np.where(count > 0, np.nansum(v, axis=0), np.nan)
+        mean = total / np.maximum(count, 1)
+        dev = np.nansum((v - mean) ** 2, axis=0)
+        std = np.where(count > 1, np.sqrt(dev / np.maximum(count - 1, 1)), 0.0)
         style = "-" if i < 10 else "--"
         ax.plot(x, mean, style, marker="o", ms=3.5, color=f"C{i % 10}", label=name)
         ax.fill_between(x, mean - std, mean + std, color=f"C{i % 10}", alpha=0.15, lw=0)

@@ -370,6 +370,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"checkpoints must be non-negative steps, got {config.checkpoints}")
     t = config.train
     optimizer = training.make_optimizer(t.optimizer, t.learning_rate)
+    train_step = training.make_train_step(loss_fn, optimizer)  # compiled once, all segments
     x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     state = {"params": params, "opt_state": optimizer.init(params)}
     done, history, records, spectra = 0, [], [], {"exact": [], "sketch": []}
@@ -387,7 +388,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     loss_fn, state["params"], x_train, y_train, optimizer=optimizer,
                     num_steps=step - done, batch_size=t.batch_size,
                     key=jax.random.fold_in(k_train, done), log_every=t.log_every,
-                    opt_state=state["opt_state"], return_opt_state=True,
+                    opt_state=state["opt_state"], return_opt_state=True, step=train_step,
                 )  # fmt: skip
                 state = {"params": new_params, "opt_state": opt_state}
                 history = history + [(done + s, loss) for s, loss in segment]

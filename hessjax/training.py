@@ -1,14 +1,17 @@
 """A minimal jitted training loop for the experiments: optax, minibatches drawn on device,
-`log_every` steps per compiled `lax.scan` chunk so progress can be logged between chunks."""
+`log_every` steps per compiled `lax.scan` chunk so progress can be logged between chunks.
+`make_train_step(loss_fn, optimizer)` compiles the loop for one loss and optimizer (closed
+over, not static jit arguments); `train` runs it and stops on a non-finite loss."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Array = jax.Array
@@ -24,19 +27,50 @@ def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformat
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer", "num_steps", "batch_size"))
-def _train_chunk(params, opt_state, key, x, y, *, loss_fn, optimizer, num_steps, batch_size):
-    def step(carry, key):
-        params, opt_state = carry
-        idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
-        loss, grads = jax.value_and_grad(loss_fn)(params, (x[idx], y[idx]))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+class TrainingDiverged(FloatingPointError):
+    """The training loss became non-finite: `step` is the end of the first chunk of
+    `log_every` steps whose mean loss (`loss`) was not finite."""
 
-    (params, opt_state), losses = jax.lax.scan(
-        step, (params, opt_state), jax.random.split(key, num_steps)
-    )
-    return params, opt_state, jnp.mean(losses)
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"training loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+class TrainStep(NamedTuple):
+    """A compiled training loop for one (loss_fn, optimizer): `run(params, opt_state, key, x,
+    y, num_steps=..., batch_size=...) -> (params, opt_state, mean loss)` takes `num_steps`
+    minibatch steps (batch_size samples drawn uniformly from x (N, ...), y (N,)) in one
+    `lax.scan`. Its compilations live on `run` (one per shape and num_steps / batch_size), so
+    keeping the TrainStep keeps them; nothing is cached at module level."""
+
+    loss_fn: Callable[[PyTree, tuple[Array, Array]], Array]
+    optimizer: optax.GradientTransformation
+    run: Callable[..., tuple[PyTree, PyTree, Array]]
+
+
+def make_train_step(
+    loss_fn: Callable[[PyTree, tuple[Array, Array]], Array], optimizer: optax.GradientTransformation
+) -> TrainStep:
+    """The `TrainStep` of loss_fn(params, (x, y)) -> scalar and an optax optimizer. Neither is
+    a jit argument: both are closed over by the jitted loop (the optimizer's state, e.g. a
+    continual-learning memory, is an argument), so any optimizer object works, hashable or
+    not, and building a new one never hits a stale compilation."""
+
+    @functools.partial(jax.jit, static_argnames=("num_steps", "batch_size"))
+    def run(params, opt_state, key, x, y, *, num_steps: int, batch_size: int):
+        def step(carry, key):
+            params, opt_state = carry
+            idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
+            loss, grads = jax.value_and_grad(loss_fn)(params, (x[idx], y[idx]))
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(
+            step, (params, opt_state), jax.random.split(key, num_steps)
+        )
+        return params, opt_state, jnp.mean(losses)
+
+    return TrainStep(loss_fn, optimizer, run)
 
 
 def train(
@@ -53,6 +87,7 @@ def train(
     log: Callable[[int, float], None] | None = None,
     opt_state: PyTree | None = None,
     return_opt_state: bool = False,
+    step: TrainStep | None = None,
 ) -> tuple[PyTree, list[tuple[int, float]]] | tuple[PyTree, list[tuple[int, float]], PyTree]:
     """Train for `num_steps` minibatch steps on (x (N, ...), y (N,)).
 
@@ -60,10 +95,18 @@ def train(
     `log(step, loss)` is called after every chunk of `log_every` steps. To train in segments
     (measuring between them) without resetting the optimizer, pass the previous segment's
     `opt_state` (default: optimizer.init(params)) and set `return_opt_state` to get
-    (params, history, opt_state).
+    (params, history, opt_state). `step`: `make_train_step(loss_fn, optimizer)` of these very
+    objects, to reuse its compilation over calls (default: a new one, compiled in this call).
+
+    Raises TrainingDiverged (a FloatingPointError) naming the step when a chunk's mean loss
+    is not finite.
     """
     if batch_size > x.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {x.shape[0]} training samples")
+    if step is None:
+        step = make_train_step(loss_fn, optimizer)
+    elif step.loss_fn is not loss_fn or step.optimizer is not optimizer:
+        raise ValueError("step was made from another loss_fn or optimizer than those passed")
     if opt_state is None:
         opt_state = optimizer.init(params)
     history: list[tuple[int, float]] = []
@@ -71,14 +114,13 @@ def train(
     while done < num_steps:
         chunk = min(log_every, num_steps - done)
         key, sub = jax.random.split(key)
-        params, opt_state, loss = _train_chunk(
-            params, opt_state, sub, x, y,
-            loss_fn=loss_fn, optimizer=optimizer, num_steps=chunk, batch_size=batch_size,
-        )  # fmt: skip
+        params, opt_state, loss = step.run(
+            params, opt_state, sub, x, y, num_steps=chunk, batch_size=batch_size
+        )
         done += chunk
         loss = float(loss)
-        if not jnp.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} at step {done}")
+        if not np.isfinite(loss):
+            raise TrainingDiverged(done, loss)
         history.append((done, loss))
         if log is not None:
             log(done, loss)

@@ -4,10 +4,12 @@ experiments/continual.py end to end in JAX's default float32 (forgetting and kil
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -18,7 +20,7 @@ import pytest
 from _x64 import enable_x64
 
 from hessjax import continual as cl
-from hessjax import curvature
+from hessjax import curvature, training
 from hessjax.analysis import trajectory
 from hessjax.data import Dataset
 
@@ -171,44 +173,83 @@ def test_projection_and_extend_basis_in_float32():
 # ----------------------------------------------------------------------------- penalties
 
 
-@pytest.mark.x64
-def test_curvature_penalty_gradient_equals_grad_of_quadratic_form():
-    params = _tree(jax.random.key(0))
-    anchor = _tree(jax.random.key(1))
-    n = _flat(params).size
-    e = _orthonormal(jax.random.key(2), n, 4)
-    lam = jnp.array([3.0, 1.5, 0.2, 0.0], F64)
-
-    def quad(p):
-        d = _flat(p) - _flat(anchor)
-        return 0.5 * jnp.sum(lam * (e.T @ d) ** 2)
-
-    tx = cl.curvature_penalty(anchor, e, lam)
-    grads = _tree(jax.random.key(3))
-    out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-    want = _flat(grads) + _flat(jax.grad(quad)(params))
-    np.testing.assert_allclose(_flat(out), want, rtol=1e-12, atol=1e-12)
-
-    # two old tasks with different anchors and non-orthogonal directions: sum of the penalties
-    anchor2 = _tree(jax.random.key(4))
-    e2 = _orthonormal(jax.random.key(5), n, 2)
-    lam2 = jnp.array([0.7, 2.0], F64)
-
-    def quad2(p):
-        d = _flat(p) - _flat(anchor2)
-        return quad(p) + 0.5 * jnp.sum(lam2 * (e2.T @ d) ** 2)
-
-    state = cl.concat_penalty_states(
-        cl.curvature_penalty_state(anchor, e, lam), cl.curvature_penalty_state(anchor2, e2, lam2)
+def _prox_oracle(z, hessian, linear, c):
+    """argmin_x ½‖x − z‖² + c (½ xᵀHx − linearᵀx): the dense solve of (I + cH) x = z + c b."""
+    n = z.shape[0]
+    return np.linalg.solve(
+        np.eye(n) + c * np.asarray(hessian), np.asarray(z) + c * np.asarray(linear)
     )
-    tx2 = cl.curvature_penalty(state, strength=2.5)
-    out2, _ = tx2.update(grads, tx2.init(params), params)
-    want2 = _flat(grads) + 2.5 * _flat(jax.grad(quad2)(params))
-    np.testing.assert_allclose(_flat(out2), want2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.x64
+def test_curvature_penalty_prox_matches_the_dense_solve():
+    """Two old tasks with different anchors and overlapping, non-orthogonal directions: the
+    canonical merged state and its closed-form prox equal (I + ηsH)⁻¹ (z + ηs b), H = Σ_t
+    E_t Λ_t E_tᵀ, b = Σ_t E_t Λ_t E_tᵀ θ_t, solved densely in float64."""
+    params = _tree(jax.random.key(0))
+    n = _flat(params).size
+    anchors = [_tree(jax.random.key(1)), _tree(jax.random.key(4))]
+    e1 = _orthonormal(jax.random.key(2), n, 4)
+    e2 = jnp.concatenate([e1[:, :1] + 0.5 * _orthonormal(jax.random.key(5), n, 1),
+                          jax.random.normal(jax.random.key(6), (n, 2), F64)], axis=1)  # fmt: skip
+    lam1, lam2 = jnp.array([3.0, 1.5, 0.2, 0.0], F64), jnp.array([0.7, 2.0, 0.4], F64)
+    state = cl.curvature_penalty_state(
+        anchors[1], e2, lam2, previous=cl.curvature_penalty_state(anchors[0], e1, lam1)
+    )
+    state.check()  # orthonormal directions, weights >= 0
+    assert state.directions.shape == (n, 6)  # rank 3 (λ = 0 dropped) + 3
+    hess = sum((e * lam) @ e.T for e, lam in ((e1, lam1), (e2, lam2)))
+    linear = sum(
+        (e * lam) @ (e.T @ _flat(a))
+        for (e, lam), a in zip(((e1, lam1), (e2, lam2)), anchors, strict=True)
+    )
+    grads = _tree(jax.random.key(3))
+    for strength in (1.0, 40.0, 1e4):
+        lr = 0.05
+        tx = optax.chain(optax.sgd(lr), cl.curvature_penalty(state, strength, learning_rate=lr))
+        out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        z = _flat(params) - lr * _flat(grads)
+        want = _prox_oracle(z, hess, linear, lr * strength)
+        np.testing.assert_allclose(_flat(params) + _flat(out), want, rtol=1e-10, atol=1e-10)
+    # padded to a capacity, the same penalty
+    padded = cl.curvature_penalty_state(anchors[0], e1, lam1, capacity=7)
+    assert padded.directions.shape == (n, 7) and float(jnp.sum(padded.weights > 0)) == 3
+    with pytest.raises(ValueError, match="capacity"):
+        cl.curvature_penalty_state(anchors[0], e1, lam1, capacity=2)
     with pytest.raises(ValueError, match="params"):
         tx.update(grads, tx.init(params))
     with pytest.raises(ValueError, match=">= 0"):
-        cl.curvature_penalty(anchor, e, -lam)
+        cl.curvature_penalty_state(anchors[0], e1, -lam1)
+
+
+@pytest.mark.x64
+def test_infinite_strength_limit_is_projection():
+    """Starting at the anchor, the low-rank penalty's update at s → ∞ is the projected update
+    (I − EEᵀ) u of `project_out` on the directions with λ > 0; EWC's params go to the anchor
+    on every coordinate with F > 0."""
+    params = _tree(jax.random.key(0))
+    n = _flat(params).size
+    e = _orthonormal(jax.random.key(2), n, 3)
+    state = cl.curvature_penalty_state(params, e, jnp.array([2.0, 0.5, 1.0], F64))
+    grads = _tree(jax.random.key(3))
+    lr = 0.05
+    prox = optax.chain(optax.sgd(lr), cl.curvature_penalty(state, 1e13, learning_rate=lr))
+    proj = optax.chain(optax.sgd(lr), cl.project_out(e))
+    got = _flat(prox.update(grads, prox.init(params), params)[0])
+    want = _flat(proj.update(grads, proj.init(params), params)[0])
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert np.max(np.abs(want - _flat(grads) * -lr)) > 1e-3  # the projection did something
+
+    anchor = _tree(jax.random.key(4))
+    fisher = jax.tree_util.tree_map(
+        lambda a: jnp.abs(a) * (jnp.arange(a.size).reshape(a.shape) % 3), anchor
+    )
+    ewc = optax.chain(optax.sgd(lr), cl.ewc_penalty(cl.ewc_state(anchor, fisher), 1e13, lr))
+    new = optax.apply_updates(params, ewc.update(grads, ewc.init(params), params)[0])
+    free = optax.apply_updates(params, jax.tree_util.tree_map(lambda g: -lr * g, grads))
+    pinned = _flat(fisher) > 0
+    np.testing.assert_allclose(_flat(new)[pinned], _flat(anchor)[pinned], atol=1e-10)
+    np.testing.assert_allclose(_flat(new)[~pinned], _flat(free)[~pinned], atol=1e-12)
 
 
 class _Linear(nn.Module):
@@ -243,23 +284,122 @@ def test_ewc_fisher_and_penalty_by_hand(linear):
     np.testing.assert_allclose(fisher["params"]["Dense_0"]["kernel"], np.mean(dw**2, 0), rtol=1e-12)
     np.testing.assert_allclose(fisher["params"]["Dense_0"]["bias"], np.mean(r**2, 0), rtol=1e-12)
 
+    # two tasks: the prox of s/2 Σ_t Σ_i F_t,i (θ_i − θ_t,i)² after SGD, coordinate by
+    # coordinate x = (z + c Σ_t F_t θ_t) / (1 + c Σ_t F_t), c = η s, z = θ − η g
     anchor = jax.tree_util.tree_map(lambda a: a + 0.3, params)
-    tx = cl.ewc_penalty(anchor, fisher, strength=7.0)
-    grads = jax.tree_util.tree_map(jnp.ones_like, params)
-    out, _ = tx.update(grads, tx.init(params), params)
-    for name in ("kernel", "bias"):
-        f = fisher["params"]["Dense_0"][name]
-        want = 1.0 + 7.0 * f * (-0.3)  # g + λ F (θ − θ_old)
-        np.testing.assert_allclose(out["params"]["Dense_0"][name], want, rtol=1e-12)
-    # two tasks: λ Σ_t F_t (θ − θ_t)
     anchor2 = jax.tree_util.tree_map(lambda a: a - 0.1, params)
     fisher2 = jax.tree_util.tree_map(lambda f: 2 * f + 0.5, fisher)
     state = cl.ewc_state(anchor2, fisher2, previous=cl.ewc_state(anchor, fisher))
-    tx2 = cl.ewc_penalty(state, strength=7.0)
-    out2, _ = tx2.update(grads, tx2.init(params), params)
-    f1, f2 = fisher["params"]["Dense_0"]["kernel"], fisher2["params"]["Dense_0"]["kernel"]
-    want = 1.0 + 7.0 * (f1 * (-0.3) + f2 * 0.1)
-    np.testing.assert_allclose(out2["params"]["Dense_0"]["kernel"], want, rtol=1e-12)
+    lr, s = 0.05, 7.0
+    tx = optax.chain(optax.sgd(lr), cl.ewc_penalty(state, strength=s, learning_rate=lr))
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    out, _ = tx.update(grads, tx.init(params), params)
+    for name in ("kernel", "bias"):
+        f1, f2 = fisher["params"]["Dense_0"][name], fisher2["params"]["Dense_0"][name]
+        p = params["params"]["Dense_0"][name]
+        z, c = p - lr, lr * s
+        want = (z + c * (f1 * (p + 0.3) + f2 * (p - 0.1))) / (1 + c * (f1 + f2))
+        np.testing.assert_allclose(p + out["params"]["Dense_0"][name], want, rtol=1e-12)
+
+
+@pytest.mark.x64
+def test_penalties_stay_finite_for_every_strength(linear):
+    """SGD at lr 0.05 on a second task under the EWC and low-rank Hessian penalties of the
+    first, strengths 1 and 1e4: finite losses, and the stronger penalty ends with a far
+    smaller value. The explicit penalty step
+    diverges at the largest strength (what the proximal form prevents)."""
+    model, params, x, y = linear
+    loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+    data = (x.reshape(2, 3, 4), y.reshape(2, 3))
+    y2 = (y + 1) % 3
+    key = jax.random.key(0)
+    for strategy_fn in (
+        lambda s: cl.ewc(loss_fn, s, 0.05),
+        lambda s: cl.hessian_penalty(loss_fn, k=4, strength=s, learning_rate=0.05, tol=None),
+    ):
+        drift = []
+        for s in (1.0, 1e4):  # each strength compiles a training loop: two
+            strategy = strategy_fn(s)
+            memory = strategy.remember(strategy.init_memory(params), params, data, key=key)
+            opt = optax.chain(optax.sgd(0.05), strategy.transform(memory))
+            new, history = training.train(loss_fn, params, x, y2, optimizer=opt, num_steps=100,
+                                          batch_size=6, key=key, log_every=100)  # fmt: skip
+            assert all(np.isfinite(loss) for _, loss in history), (strategy.name, s)
+            if strategy.name == "ewc":  # the penalty's value, Σ F (θ − θ_old)²
+                drift.append(
+                    float(jnp.sum(_flat(memory.precision) * (_flat(new) - _flat(params)) ** 2))
+                )
+            else:  # Σ λ_i (<θ, e_i> − τ_i)²
+                d = memory.directions.T @ _flat(new) - memory.targets
+                drift.append(float(jnp.sum(memory.weights * d**2)))
+        assert drift[0] > 100 * drift[1], (strategy.name, drift)
+    # the explicit step θ <- θ − η (∇L + s F ⊙ (θ − θ_old)) at s = 1e4: |1 − η s F| > 1
+    fisher = cl.fisher_diagonal(loss_fn, params, data)
+    assert max(float(jnp.max(f)) for f in jax.tree_util.tree_leaves(fisher)) * 0.05 * 1e4 > 2
+
+    def explicit(_, theta):
+        g = jax.grad(loss_fn)(theta, (x, y2))
+        return jax.tree_util.tree_map(
+            lambda t, gi, f, a: t - 0.05 * (gi + 1e4 * f * (t - a)), theta, g, fisher, params
+        )
+
+    theta = jax.jit(lambda p: jax.lax.fori_loop(0, 100, explicit, p))(params)
+    assert not np.all(np.abs(_flat(theta)) < 1e6)
+
+
+def test_bad_memories_and_strengths_raise():
+    params = _tree(jax.random.key(0), jnp.float32)
+    other = {"params": {"Dense_0": params["params"]["Dense_0"]}}  # another params tree
+    n = _flat(params).size
+    grads = _tree(jax.random.key(1), jnp.float32)
+    # a memory of another params tree: caught at init and at remember
+    ewc = cl.ewc(lambda p, b: jnp.sum(_flat(p) ** 2), 10.0, 0.1)
+    memory = ewc.init_memory(other)
+    with pytest.raises(ValueError, match="another tree"):
+        optax.chain(optax.sgd(0.1), ewc.transform(memory)).init(params)
+    with pytest.raises(ValueError, match="another tree"):
+        ewc.remember(memory, params, (jnp.ones((1, 2, 4)), jnp.ones((1, 2))))
+    # a basis of the wrong size
+    basis = _orthonormal(jax.random.key(2), n + 1, 3, jnp.float32)
+    with pytest.raises(ValueError, match="rows"):
+        cl.project_out(basis).init(params)
+    wrong = cl.curvature_penalty_state(other, _orthonormal(jax.random.key(2), 15, 2, jnp.float32),
+                                       jnp.ones(2))  # fmt: skip
+    with pytest.raises(ValueError, match="rows"):
+        cl.curvature_penalty(wrong, 1.0, 0.1).init(params)
+    # a non-orthonormal basis swapped into a state: set_memory checks it (tree_set does not,
+    # and the projection then inflates a unit update)
+    good = _orthonormal(jax.random.key(3), n, 3, jnp.float32)
+    opt = optax.chain(optax.sgd(1.0), cl.project_out(good))
+    state = opt.init(params)
+    bad = cl.ProjectionState(good * 10.0)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        cl.set_memory(state, bad)
+    with pytest.raises(ValueError, match="float32"):
+        cl.set_memory(state, cl.ProjectionState(good[:, :2]))
+    swapped = optax.tree_utils.tree_set(state, basis=bad.basis)
+    unit = jax.tree_util.tree_map(jnp.ones_like, grads)
+    assert float(jnp.max(jnp.abs(_flat(opt.update(unit, swapped, params)[0])))) > 10
+    fine = cl.set_memory(state, cl.ProjectionState(-good))
+    assert cl.get_memory(fine, cl.ProjectionState).basis[0, 0] == -good[0, 0]
+    with pytest.raises(ValueError, match="not orthonormal"):
+        cl.project_out(good * 2.0)
+    # strengths and learning rates <= 0 or NaN
+    ewc_memory = cl.ewc_state(params, jax.tree_util.tree_map(jnp.ones_like, params))
+    pen = cl.curvature_penalty_state(params, good, jnp.ones(3))
+    for bad_value in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="strength"):
+            cl.ewc_penalty(ewc_memory, bad_value, 0.1)
+        with pytest.raises(ValueError, match="strength"):
+            cl.curvature_penalty(pen, bad_value, 0.1)
+        with pytest.raises(ValueError, match="learning_rate"):
+            cl.curvature_penalty(pen, 1.0, bad_value)
+        with pytest.raises(ValueError, match="strength"):
+            cl.ewc(None, bad_value, 0.1)
+        with pytest.raises(ValueError, match="strength"):
+            cl.hessian_penalty(None, 3, bad_value, 0.1)
+    with pytest.raises(ValueError, match="non-finite"):
+        cl.ewc_state(params, jax.tree_util.tree_map(lambda a: a * jnp.nan, params))
 
 
 @pytest.mark.x64
@@ -579,6 +719,86 @@ def test_kill_and_resume_gives_the_uninterrupted_result(reference, tmp_path):
     assert len(trained) == len(set(trained)) == 3 * 2 * 3  # none lost, none twice
     by = {(e["seed"], e["strategy"], e["task"]): e["run"] for e in got["trained"]}
     assert by[(0, "hessian_project", 0)] == runs[0] and by[(2, "hessian_project", 2)] == runs[1]
+
+
+class _Count(NamedTuple):
+    """A toy memory: the number of tasks remembered."""
+
+    n: jax.Array
+
+    def check(self) -> None:
+        pass
+
+    def check_params(self, params) -> None:
+        pass
+
+
+def _broken() -> cl.Strategy:
+    """Multiplies every update by 1e30 once a task is remembered, so training diverges at
+    task 1 (a whole strategy in a few lines: how a new one is added)."""
+
+    def transform(memory):
+        def update(updates, state, params=None):
+            scale = jnp.where(state.n > 0, 1e30, 1.0)
+            return jax.tree_util.tree_map(lambda u: u * scale, updates), state
+
+        return optax.GradientTransformation(lambda params: memory, update)
+
+    return cl.Strategy(
+        "broken", lambda params: _Count(jnp.zeros((), jnp.int32)),
+        lambda memory, params, data, **kw: _Count(memory.n + 1), transform,
+    )  # fmt: skip
+
+
+def test_a_diverging_strategy_is_recorded_and_the_others_run_on(tmp_path, monkeypatch):
+    from experiments import continual
+
+    monkeypatch.setitem(continual.STRATEGY_BUILDERS, "broken", lambda ctx: _broken())
+    c = _tiny_config()
+    c.seeds, c.strategies = (0,), ("finetune", "broken")
+    c.data.num_samples, c.train.steps, c.train.log_every = 1000, 20, 10
+    c.memory.num_samples, c.memory.microbatch_size = 100, 50
+    workdir = str(tmp_path)
+    got = continual.run(c, workdir)
+    assert got["diverged"] == [
+        {
+            "seed": 0,
+            "strategy": "broken",
+            "task": 1,
+            "step": 10,
+            "error": got["diverged"][0]["error"],
+        }
+    ]
+    assert "not finite" in got["diverged"][0]["error"] or "nan" in got["diverged"][0]["error"]
+    broken = got["accuracy_matrices"]["broken"][0]
+    assert all(v is not None for v in broken[0]) and broken[1] == broken[2] == [None] * 3
+    assert np.all(np.isfinite(got["accuracy_matrices"]["finetune"][0]))
+    assert got["summary"]["broken"]["diverged"] == 1 and got["summary"]["broken"]["acc"] is None
+    assert got["summary"]["finetune"]["diverged"] == 0
+    row = next(line for line in got["table"].splitlines() if line.startswith("broken"))
+    assert "—" in row and "1/1" in row
+    assert os.path.getsize(os.path.join(workdir, "first_task_accuracy.png")) > 0
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f)["diverged"] == got["diverged"]  # strict JSON: no NaN
+    again = continual.run(c, workdir)  # resumes: the divergence is not retried
+    assert again["diverged"] == got["diverged"]
+    with open(os.path.join(workdir, "events.jsonl")) as f:
+        events = [json.loads(line) for line in f]
+    second = [e for e in events if e["run"] == again["run"] and e["event"] == "start"]
+    assert not second
+
+
+def test_readme_continual_example_runs():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    (block,) = [b for b in blocks if "strategy.remember" in b]
+    assert len(block.strip().splitlines()) <= 22
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    rows = np.asarray(namespace["rows"])
+    assert rows.shape == (3, 3) and np.all(np.isfinite(rows))
+    assert np.all(np.diag(rows) > 0.3)  # each task learnt (chance 0.1; measured 0.42 - 0.49)
+    assert namespace["memory"].basis.shape[1] == 30  # 10 directions per task
 
 
 def test_binary_parses_flags_and_rejects_unknown_strategy(tmp_path):

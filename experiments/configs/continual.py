@@ -12,11 +12,11 @@ from experiments.configs.common import data_config, train_config
 
 STRATEGIES = (
     "finetune",  # plain fine-tuning (no protection)
-    "ewc",  # diagonal empirical Fisher penalty
+    "ewc",  # diagonal empirical Fisher penalty (proximal step)
     "ogd",  # orthogonal gradient descent (true-class logit gradients)
     "gpm",  # gradient projection memory (per-layer input subspaces)
     "hessian_project",  # project out the old tasks' top Hessian eigenvectors
-    "hessian_penalty",  # ½ Σ λ_i <θ − θ_old, e_i>² along them
+    "hessian_penalty",  # ½ Σ λ_i <θ − θ_old, e_i>² along them (proximal step)
     "weight_svd_project",  # project out rank-one u_i v_iᵀ of each kernel's SVD
     "update_pca_project",  # project out the top principal directions of the updates
 )
@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.memory.microbatch_size = 250
 
     c.ewc = ml_collections.ConfigDict()
-    c.ewc.strength = 0.0  # λ; 0 = dataset default
+    c.ewc.strength = 0.0  # λ; 0 = dataset default (a proximal step: no value diverges)
 
     c.ogd = ml_collections.ConfigDict()
     c.ogd.num_samples = 0  # old-task samples whose true-class logit gradients are kept; 0 = default

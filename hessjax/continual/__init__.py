@@ -1,8 +1,15 @@
 """Continual learning with the Hessian's structure against catastrophic forgetting.
 
-* transforms (optax, compose with any optimiser): `project_out` (global or per-layer protected
-  subspace; also OGD), `gpm_project`, `curvature_penalty` (low-rank Hessian EWC),
-  `ewc_penalty`; the updates for update-PCA are recorded by `analysis.trajectory.recording`;
+* strategies (`strategies`): each a `Strategy` of `init_memory(params)`, a pure
+  `remember(memory, params, data, key=...)` that adds a finished task, and
+  `transform(memory)`, an optax transformation chained after any optimiser: `finetune`,
+  `ewc`, `ogd`, `gpm`, `hessian_project`, `hessian_penalty`, `weight_svd_project`,
+  `update_pca_project`, and `projection` to build more; `set_memory` / `get_memory` swap a
+  memory in an optimiser state (checked);
+* transforms (optax, chained after any optimiser): `project_out` (global or per-layer
+  protected subspace; also OGD), `gpm_project`, and the proximal penalties `ewc_penalty`,
+  `curvature_penalty` (low-rank Hessian EWC), `proximal_penalty` (the hook for new
+  quadratics); the updates for update-PCA are recorded by `analysis.trajectory.recording`;
 * subspace sources on an old task: `hessian_directions`, `weight_svd_directions`,
   `update_pca_directions`, `logit_gradients` (OGD), `fisher_diagonal` (EWC), `dense_inputs` +
   `gpm_extend` (GPM); growing orthonormal bases: `extend_basis`, `pad_columns` (re-exported
@@ -25,10 +32,23 @@ from hessjax.continual.sources import (
     dense_layers,
     fisher_diagonal,
     gpm_extend,
+    gpm_sizes,
     hessian_directions,
     logit_gradients,
     update_pca_directions,
     weight_svd_directions,
+)
+from hessjax.continual.strategies import (
+    Strategy,
+    ewc,
+    finetune,
+    gpm,
+    hessian_penalty,
+    hessian_project,
+    ogd,
+    projection,
+    update_pca_project,
+    weight_svd_project,
 )
 from hessjax.continual.tasks import (
     Task,
@@ -48,13 +68,16 @@ from hessjax.continual.transforms import (
     EwcState,
     GpmState,
     ProjectionState,
-    concat_penalty_states,
+    check_positive,
     curvature_penalty,
     curvature_penalty_state,
     ewc_penalty,
     ewc_state,
+    get_memory,
     gpm_project,
     project_out,
+    proximal_penalty,
+    set_memory,
 )
 from hessjax.linalg.subspace import (
     check_orthonormal,
@@ -72,13 +95,14 @@ __all__ = [
     "EwcState",
     "GpmState",
     "ProjectionState",
+    "Strategy",
     "Task",
     "TaskSequence",
     "average_accuracy",
     "backward_transfer",
     "check_accuracy_matrix",
     "check_orthonormal",
-    "concat_penalty_states",
+    "check_positive",
     "continual_metrics",
     "curvature_penalty",
     "curvature_penalty_state",
@@ -86,15 +110,23 @@ __all__ = [
     "default_tol",
     "dense_inputs",
     "dense_layers",
+    "ewc",
     "ewc_penalty",
     "ewc_state",
     "extend_basis",
+    "finetune",
     "fisher_diagonal",
     "forgetting",
+    "get_memory",
+    "gpm",
     "gpm_extend",
     "gpm_project",
+    "gpm_sizes",
     "hessian_directions",
+    "hessian_penalty",
+    "hessian_project",
     "logit_gradients",
+    "ogd",
     "pad_columns",
     "permutations",
     "permuted_mnist",
@@ -102,11 +134,16 @@ __all__ = [
     "permuted_tasks",
     "project_out",
     "project_vector",
+    "projection",
+    "proximal_penalty",
+    "set_memory",
     "split_mnist",
     "split_mnist1d",
     "split_tasks",
     "task_sequence",
     "update_pca_directions",
+    "update_pca_project",
     "used_columns",
     "weight_svd_directions",
+    "weight_svd_project",
 ]

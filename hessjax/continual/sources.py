@@ -9,7 +9,8 @@ layout of `hessian_operator` and of `eigsh` eigenvectors:
 * `update_pca_directions`: principal directions of recorded parameter updates.
 * `logit_gradients`: per-example logit gradients (the memory of OGD).
 * `fisher_diagonal`: the diagonal empirical Fisher (the memory of EWC).
-* `dense_inputs` and `gpm_extend`: per-layer input subspaces with an energy threshold (GPM).
+* `dense_inputs`, `gpm_sizes` and `gpm_extend`: per-layer input subspaces with an energy
+  threshold (GPM).
 """
 
 from __future__ import annotations
@@ -195,6 +196,13 @@ def dense_inputs(
             x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
         out[name] = x
     return out
+
+
+def gpm_sizes(params: PyTree) -> dict[str, int]:
+    """{dense layer: d}, the rows of its GPM basis as `dense_inputs` builds them: the
+    kernel's inputs, + 1 when the layer has a bias."""
+    kernels = {ks.name: ks.shape for ks in kernel_slices(make_layout(params))}
+    return {name: kernels[name][0] + int(_has_bias(params, name)) for name in dense_layers(params)}
 
 
 def _has_bias(params: PyTree, layer: str) -> bool:

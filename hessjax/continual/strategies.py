@@ -1,0 +1,309 @@
+"""Continual-learning strategies as three pure, composable pieces (optax style).
+
+A `Strategy` is
+
+* `init_memory(params) -> memory`: the empty memory for a params template (a NamedTuple
+  with `check()` and `check_params(params)` methods, see `transforms`; None for fine-tuning);
+* `remember(memory, params, data, *, key, opt_state=None) -> memory`: the memory with one
+  finished task added, computed at its trained `params` on `data`, that task's samples in the
+  loss's batch format with a leading microbatch axis, leaves (m, b, ...) (for the strategies
+  here: (x (m, b, ...), y (m, b))); `key` for randomised solvers (Lanczos); `opt_state` for
+  strategies that read what the training recorded (update-PCA);
+* `transform(memory) -> optax.GradientTransformation`: chained after the base optimiser,
+  `optax.chain(optax.sgd(lr), strategy.transform(memory))`; its state holds the memory.
+
+A notebook sequence (any loss_fn(params, batch); see README "Continual learning"):
+
+    strategy = hessian_project(loss_fn, k=20)
+    memory = strategy.init_memory(params)
+    for task in tasks:
+        opt = optax.chain(optax.sgd(0.05), strategy.transform(memory))
+        params, _ = training.train(loss_fn, params, task.x_train, task.y_train, optimizer=opt,
+                                   num_steps=500, batch_size=64, key=key)
+        memory = strategy.remember(memory, params, data_of(task), key=key)
+
+Rebuilding the optimiser per task recompiles its step. To compile once, give the strategy a
+fixed `capacity` (a zero-padded memory of constant shape), build the optimiser and
+`training.make_train_step` once from `init_memory(params)`, and after each task write the new
+memory into the optimiser state with `set_memory(opt_state, memory)` (checked); that is what
+experiments/continual.py does.
+
+Adding a strategy: write a factory returning `Strategy(name, init_memory, remember,
+transform)`. Its memory is a NamedTuple state (the transform's `init` returns it: reuse
+`transforms._memory_transform`, or `proximal_penalty` for a quadratic penalty with a
+closed-form prox) with `check()` (values: orthonormal, finite, >= 0; raise ValueError) and
+`check_params(params)` (static fit to the params). Then register it in experiments/continual.py
+(`STRATEGY_BUILDERS`: one entry mapping the config to the factory's arguments, plus its config
+section in `STRATEGY_SECTIONS` and experiments/configs/continual.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hessjax.analysis import trajectory
+from hessjax.continual import sources
+from hessjax.continual.transforms import (
+    CurvaturePenaltyState,
+    EwcState,
+    GpmState,
+    ProjectionState,
+    check_positive,
+    curvature_penalty,
+    curvature_penalty_state,
+    ewc_penalty,
+    ewc_state,
+    gpm_project,
+    project_out,
+)
+from hessjax.curvature import make_layout
+from hessjax.linalg.subspace import extend_basis, pad_columns, used_columns
+
+Array = jax.Array
+PyTree = Any
+LossFn = Callable[[PyTree, Any], Array]
+
+
+class Strategy(NamedTuple):
+    """name; init_memory(params) -> memory; remember(memory, params, data, *, key,
+    opt_state=None) -> memory; transform(memory) -> optax.GradientTransformation (chain it
+    after the base optimiser). See the module docstring."""
+
+    name: str
+    init_memory: Callable[[PyTree], Any]
+    remember: Callable[..., Any]
+    transform: Callable[[Any], optax.GradientTransformation]
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _capacity(value: int | None) -> int | None:
+    return None if value is None else _positive_int(value, "capacity")
+
+
+def _samples(data: PyTree, count: int) -> tuple[Array, Array]:
+    """The first `count` samples of microbatched (x (m, b, ...), y (m, b)) as (count, ...)."""
+    if not isinstance(data, tuple | list) or len(data) != 2:
+        raise ValueError("data must be (x (m, b, ...), y (m, b)) microbatches")
+    x, y = (jnp.reshape(a, (-1,) + tuple(np.shape(a)[2:])) for a in data)
+    if count > x.shape[0]:
+        raise ValueError(f"need {count} samples of the task, data has {x.shape[0]}")
+    return x[:count], y[:count]
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def finetune() -> Strategy:
+    """No protection: the memory is None and the transform the identity."""
+    return Strategy(
+        "finetune", lambda params: None, lambda memory, params, data, **kw: None,
+        lambda memory: optax.identity(),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- projections
+
+
+def _grow(memory: ProjectionState, vectors: Array, capacity: int | None) -> ProjectionState:
+    """memory with span(vectors) (n, m) added to its basis, zero-padded to `capacity`."""
+    used = used_columns(memory.basis)
+    new = extend_basis(used if used.shape[1] else None, vectors.astype(memory.basis.dtype))
+    if capacity is None:
+        return ProjectionState(new)
+    if new.shape[1] > capacity:
+        raise ValueError(f"the protected basis needs {new.shape[1]} columns > capacity {capacity}")
+    return ProjectionState(pad_columns(new, capacity))
+
+
+def projection(
+    name: str,
+    directions: Callable[..., Array],
+    capacity: int | None = None,
+    extra: tuple[optax.GradientTransformation, ...] = (),
+) -> Strategy:
+    """A strategy that projects updates out of a growing global basis (`project_out`):
+    remember adds directions(params, data, key=..., opt_state=...) (n, m) of the finished task,
+    orthonormalised against the basis (`extend_basis`). capacity: a zero-padded basis of
+    that many columns (fixed shape; ValueError when it would overflow), None to let it grow.
+    extra: transformations chained after the projection (e.g. a recorder)."""
+    capacity = _capacity(capacity)
+
+    def init_memory(params):
+        n = make_layout(params).size
+        return ProjectionState(jnp.zeros((n, capacity or 0), make_layout(params).dtype))
+
+    def remember(memory, params, data, *, key=None, opt_state=None):
+        memory.check_params(params)
+        return _grow(memory, directions(params, data, key=key, opt_state=opt_state), capacity)
+
+    return Strategy(
+        name, init_memory, remember, lambda memory: optax.chain(project_out(memory), *extra)
+    )
+
+
+def hessian_project(
+    loss_fn: LossFn,
+    k: int,
+    capacity: int | None = None,
+    num_steps: int | None = None,
+    tol: float | None = 1e-4,
+) -> Strategy:
+    """Project updates out of the top-k Hessian eigenvectors of every old task
+    (`sources.hessian_directions` on `data`, Lanczos with `num_steps`, `tol`)."""
+    k = _positive_int(k, "k")
+
+    def directions(params, data, *, key, opt_state):
+        return sources.hessian_directions(
+            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol
+        ).vectors
+
+    return projection("hessian_project", directions, capacity)
+
+
+def ogd(model_fn: Callable[[PyTree, Array], Array], num_samples: int, capacity: int | None = None):
+    """Orthogonal gradient descent (Farajtabar et al. 2020), OGD-GTL: project updates out of
+    the true-class logit gradients of the first `num_samples` samples of each old task.
+    model_fn(params, x) -> logits, hashable (e.g. a Linen `model.apply`)."""
+    num_samples = _positive_int(num_samples, "num_samples")
+
+    def directions(params, data, *, key, opt_state):
+        x, y = _samples(data, num_samples)
+        return sources.logit_gradients(model_fn, params, x, y)
+
+    return projection("ogd", directions, capacity)
+
+
+def weight_svd_project(k: int, capacity: int | None = None) -> Strategy:
+    """Project updates out of the top-k rank-one directions u_i v_iᵀ of every kernel's SVD at
+    each old task's trained params (`sources.weight_svd_directions`; data unused)."""
+    k = _positive_int(k, "k")
+
+    def directions(params, data, *, key, opt_state):
+        return sources.weight_svd_directions(params, k).vectors
+
+    return projection("weight_svd_project", directions, capacity)
+
+
+def update_pca_project(
+    k: int, num_records: int, every: int, capacity: int | None = None
+) -> Strategy:
+    """Project updates out of the top-k principal directions of each old task's applied
+    updates. The transform records them (`trajectory.recording(num_records, every)` chained
+    after the projection: sums of `every` consecutive updates, a ring of `num_records`), so
+    `remember` needs `opt_state=` (the state trained on the task; ValueError without)."""
+    k = _positive_int(k, "k")
+
+    def directions(params, data, *, key, opt_state):
+        if opt_state is None:
+            raise ValueError("update_pca_project.remember needs opt_state= (the recorded updates)")
+        updates = trajectory.read_snapshots(opt_state).updates
+        return sources.update_pca_directions(updates, k).vectors
+
+    extra = (trajectory.recording(num_records, every),)
+    return projection("update_pca_project", directions, capacity, extra)
+
+
+def gpm(
+    model: nn.Module, threshold: float, num_samples: int, threshold_increment: float = 0.0
+) -> Strategy:
+    """Gradient projection memory (Saha et al. 2021) of a Linen `model` (params = its
+    variables): each dense layer's update projected out of a basis of its inputs on the first
+    `num_samples` samples of old tasks (`sources.gpm_extend`), task t's energy threshold
+    min(threshold + t · threshold_increment, 0.9999). Bases are zero-padded to (d, d), so
+    the memory's shape is fixed."""
+    num_samples = _positive_int(num_samples, "num_samples")
+    if not 0 < float(threshold) <= 1:
+        raise ValueError(f"GPM threshold must be in (0, 1], got {threshold}")
+
+    def init_memory(params):
+        dtype = make_layout(params).dtype
+        bases = {name: jnp.zeros((d, d), dtype) for name, d in sources.gpm_sizes(params).items()}
+        return GpmState(bases, jnp.zeros((), jnp.int32))
+
+    def remember(memory, params, data, *, key=None, opt_state=None):
+        memory.check_params(params)
+        t = int(memory.num_tasks)
+        thr = min(float(threshold) + t * float(threshold_increment), 0.9999)
+        x, _ = _samples(data, num_samples)
+        acts = sources.dense_inputs(model, params, x)
+        used = {name: used_columns(b) for name, b in memory.layer_bases.items()}
+        bases = sources.gpm_extend({k: b for k, b in used.items() if b.shape[1]}, acts, thr)
+        padded = {
+            name: pad_columns(bases[name], b.shape[1]) for name, b in memory.layer_bases.items()
+        }
+        return GpmState(padded, jnp.asarray(t + 1, jnp.int32))
+
+    return Strategy("gpm", init_memory, remember, gpm_project)
+
+
+# ----------------------------------------------------------------------------- penalties
+
+
+def ewc(loss_fn: LossFn, strength: float, learning_rate: float) -> Strategy:
+    """Elastic weight consolidation: the diagonal empirical Fisher of each old task
+    (`sources.fisher_diagonal` on `data`) as a proximal penalty of `strength`
+    (`ewc_penalty`); learning_rate: the base optimiser's, for the proximal step."""
+    check_positive(strength, "ewc strength")
+    check_positive(learning_rate, "ewc learning_rate")
+
+    def init_memory(params):
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        return EwcState(zeros, zeros)
+
+    def remember(memory, params, data, *, key=None, opt_state=None):
+        memory.check_params(params)
+        return ewc_state(params, sources.fisher_diagonal(loss_fn, params, data), memory)
+
+    return Strategy(
+        "ewc", init_memory, remember, lambda memory: ewc_penalty(memory, strength, learning_rate)
+    )
+
+
+def hessian_penalty(
+    loss_fn: LossFn,
+    k: int,
+    strength: float,
+    learning_rate: float,
+    capacity: int | None = None,
+    num_steps: int | None = None,
+    tol: float | None = 1e-4,
+) -> Strategy:
+    """The low-rank Hessian penalty: each old task adds ½ Σ_i λ_i <θ − θ_t, e_i>² over its
+    top-k Hessian eigenpairs (negative λ clipped to 0), merged into one orthonormal quadratic
+    (`curvature_penalty_state`), applied as a proximal penalty of `strength`
+    (`curvature_penalty`). capacity: zero-pad the memory to that many directions (None: grow)."""
+    k = _positive_int(k, "k")
+    capacity = _capacity(capacity)
+    check_positive(strength, "hessian_penalty strength")
+    check_positive(learning_rate, "hessian_penalty learning_rate")
+
+    def init_memory(params):
+        layout = make_layout(params)
+        size = capacity or 0
+        zeros = jnp.zeros((size,), layout.dtype)
+        return CurvaturePenaltyState(jnp.zeros((layout.size, size), layout.dtype), zeros, zeros)
+
+    def remember(memory, params, data, *, key, opt_state=None):
+        memory.check_params(params)
+        top = sources.hessian_directions(
+            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol
+        )
+        weights = jnp.maximum(top.values, 0)
+        return curvature_penalty_state(params, top.vectors, weights, memory, capacity)
+
+    return Strategy(
+        "hessian_penalty", init_memory, remember,
+        lambda memory: curvature_penalty(memory, strength, learning_rate),
+    )  # fmt: skip
