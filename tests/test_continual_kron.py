@@ -234,3 +234,21 @@ def test_bad_input(setup):
     wrong = optax.tree_utils.tree_set(state, scale={**state.scale, "Dense_1": jnp.ones((2, 2))})
     with pytest.raises(ValueError, match="scale of 'Dense_1'"):
         kron.kron_transform(wrong)
+
+
+def test_identity_state_then_a_new_memory_swapped_in(setup):
+    params, _, _, mem = setup
+    tx = optax.chain(optax.sgd(0.1), kron.kron_transform(kron.kron_identity_state(params)))
+    opt_state = tx.init(params)
+    u = random_updates(params, 6)
+    step = jax.jit(tx.update)
+    out, _ = step(u, opt_state, params)
+    for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(u), strict=True):
+        np.testing.assert_allclose(a, -0.1 * b, rtol=1e-12)
+    new = kron.kron_projection_state(mem, 0.9, "input")
+    swapped = optax.tree_utils.tree_set(opt_state, **new._asdict())
+    out, _ = step(u, swapped, params)
+    direct, _ = kron.kron_transform(new).update(jax.tree_util.tree_map(lambda x: -0.1 * x, u), new)
+    for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(direct), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    assert step._cache_size() == 1  # the swapped-in memory did not recompile

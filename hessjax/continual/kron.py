@@ -165,6 +165,21 @@ class KronState(NamedTuple):
     anchor: dict[str, Array]
 
 
+def kron_identity_state(params: PyTree, layers: Sequence[str] | None = None) -> KronState:
+    """The state of a `kron_transform` that changes nothing (U = I, S = 1, anchor 0), for each
+    dense layer of `params` (default all, `dense_layers`): the memory before the first task,
+    with the shapes of every later state, so an optimiser built on it takes them by
+    `optax.tree_utils.tree_set(opt_state, **new_state._asdict())` without recompiling."""
+    layers = dense_layers(params) if layers is None else list(layers)
+    mats = layer_matrices(params, layers)
+    return KronState(
+        {k: jnp.eye(m.shape[0], dtype=m.dtype) for k, m in mats.items()},
+        {k: jnp.eye(m.shape[1], dtype=m.dtype) for k, m in mats.items()},
+        {k: jnp.ones(m.shape, m.dtype) for k, m in mats.items()},
+        {k: jnp.zeros(m.shape, m.dtype) for k, m in mats.items()},
+    )
+
+
 def _eigh_desc(m: Array) -> tuple[np.ndarray, np.ndarray]:
     w, v = np.linalg.eigh(np.asarray(m, np.float64))
     return w[::-1], v[:, ::-1]
