@@ -26,7 +26,6 @@ Strategies, `name` or `name:key=value,...`:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import environment  # noqa: E402
+from experiments.common import write_json  # noqa: E402  (atomic)
 from hessjax import continual as cl  # noqa: E402
 from hessjax import curvature, models, training  # noqa: E402
 from hessjax.continual import kron  # noqa: E402
@@ -182,6 +182,28 @@ def run_one(runner, model, loss_fn, seq, seed, proto) -> np.ndarray:
     return np.asarray(rows)
 
 
+def run_strategy(name, opts, dataset, tasks_cfg, seeds, proto) -> dict:
+    """Accuracy matrices, metrics (per seed and mean ± std), memory logs of one strategy."""
+    mats, logs, begin = [], [], time.perf_counter()
+    runner = None
+    for seed in seeds:
+        seq = cl.task_sequence(dataset, tasks_cfg, seed=seed)
+        if runner is None:  # one optimiser object for all seeds: one compilation
+            model = models.MLP((100, 100, seq.num_classes), act="relu")
+            loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+            params = model.init(jax.random.key(0), jnp.zeros((1, 784), jnp.float32))
+            base = training.make_optimizer(proto["optimizer"], proto["lr"])
+            runner = Runner(name, opts, model, loss_fn, params, base, proto["lr"])
+        runner.memory, runner.log = None, []
+        mats.append(run_one(runner, model, loss_fn, seq, seed, proto))
+        logs.append(runner.log)
+    metrics = [cl.continual_metrics(r)._asdict() for r in mats]
+    summary = {k: mean_std([m[k] for m in metrics]) for k in ("acc", "bwt", "forgetting")}
+    return {"summary": summary, "metrics": metrics, "memory_log": logs,
+            "accuracy_matrices": [r.tolist() for r in mats],
+            "seconds": time.perf_counter() - begin}  # fmt: skip
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default="sgd")
@@ -206,40 +228,31 @@ def main(argv=None) -> dict:
     test_size = proto["test_size"] if args.tasks == "permuted" else 0
     tasks_cfg = {"kind": args.tasks, "num_tasks": 5, "train_size": proto["train_size"],
                  "test_size": test_size}  # fmt: skip
-    results = {}
-    for spec, (name, opts) in zip(args.strategies.split(";"), specs, strict=True):
-        mats, logs, begin = [], [], time.perf_counter()
-        runner = None
-        for seed in seeds:
-            seq = cl.task_sequence(dataset, tasks_cfg, seed=seed)
-            if runner is None:  # one optimiser object for all seeds: one compilation
-                model = models.MLP((100, 100, seq.num_classes), act="relu")
-                loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
-                params = model.init(jax.random.key(0), jnp.zeros((1, 784), jnp.float32))
-                base = training.make_optimizer(proto["optimizer"], proto["lr"])
-                runner = Runner(name, opts, model, loss_fn, params, base, proto["lr"])
-            runner.memory, runner.log = None, []
-            mats.append(run_one(runner, model, loss_fn, seq, seed, proto))
-            logs.append(runner.log)
-        metrics = [cl.continual_metrics(r)._asdict() for r in mats]
-        summary = {k: mean_std([m[k] for m in metrics]) for k in ("acc", "bwt", "forgetting")}
-        results[spec] = {"summary": summary, "metrics": metrics, "memory_log": logs,
-                         "accuracy_matrices": [r.tolist() for r in mats],
-                         "seconds": time.perf_counter() - begin}  # fmt: skip
-        print(f"{spec}: ACC {summary['acc'][0]:.3f} ± {summary['acc'][1]:.3f}  "
-              f"BWT {summary['bwt'][0]:+.3f} ± {summary['bwt'][1]:.3f}  "
-              f"({results[spec]['seconds']:.0f} s)", flush=True)  # fmt: skip
-    print(f"\n{args.tasks} MNIST, {args.protocol} protocol, seeds {seeds}")
-    print(f"{'strategy':48s} {'ACC':>15s} {'BWT':>16s}")
-    for spec, r in results.items():
-        (a, sa), (b, sb) = r["summary"]["acc"], r["summary"]["bwt"]
-        print(f"{spec:48s} {a:.3f} ± {sa:.3f}   {b:+.3f} ± {sb:.3f}")
     out = args.out or os.path.join(
         os.path.dirname(__file__), "results", f"continual_{args.tasks}_{args.protocol}.json"
     )
-    with open(out, "w") as f:
-        json.dump({"env": environment("continual_strategies", "mnist", args),
-                   "protocol": proto, "results": results}, f, indent=1)  # fmt: skip
+    results = {}
+    for spec, (name, opts) in zip(args.strategies.split(";"), specs, strict=True):
+        try:
+            results[spec] = run_strategy(name, opts, dataset, tasks_cfg, seeds, proto)
+        except Exception as err:  # record it; the other strategies run on
+            results[spec] = {"error": f"{type(err).__name__}: {err}"}
+            print(f"{spec}: FAILED {results[spec]['error']}", flush=True)
+            continue
+        summary = results[spec]["summary"]
+        print(f"{spec}: ACC {summary['acc'][0]:.3f} ± {summary['acc'][1]:.3f}  "
+              f"BWT {summary['bwt'][0]:+.3f} ± {summary['bwt'][1]:.3f}  "
+              f"({results[spec]['seconds']:.0f} s)", flush=True)  # fmt: skip
+        write_json(out, {"env": environment("continual_strategies", "mnist", args),
+                         "protocol": proto, "results": results})  # fmt: skip
+    print(f"\n{args.tasks} MNIST, {args.protocol} protocol, seeds {seeds}")
+    print(f"{'strategy':48s} {'ACC':>15s} {'BWT':>16s}")
+    for spec, r in results.items():
+        if "error" in r:
+            print(f"{spec:48s} failed: {r['error']}")
+            continue
+        (a, sa), (b, sb) = r["summary"]["acc"], r["summary"]["bwt"]
+        print(f"{spec:48s} {a:.3f} ± {sa:.3f}   {b:+.3f} ± {sb:.3f}")
     print(f"wrote {out}")
     return results
 
