@@ -7,9 +7,11 @@ Its Hessian block is approximated (Wu et al. 2020; Ritter, Botev, Barber 2018; K
     H_W ≈ kron(A, G),   A = E[x̃ x̃ᵀ] (d, d),   G = E[M] (out, out),
 
 in the row-major flattening of W (`hessjax.curvature.kronecker`). A task sequence is
-remembered by summing each task's factors, A = Σ_t A_t and G = Σ_t G_t (`kron_remember`);
-since every cross term A_s ⊗ G_t is PSD (G_t clipped at 0), (Σ A_t) ⊗ (Σ G_t⁺) ⪰ Σ_t A_t ⊗
-G_t⁺: the summed factors over-protect, never under-protect, the sum of the tasks' curvatures.
+remembered by summing each task's factors, A = Σ_t A_t and G = Σ_t G_t (`kron_remember`).
+Where the G_t are PSD (the output layer under cross-entropy; Gauss-Newton parts) every cross
+term A_s ⊗ G_t is PSD, so (Σ A_t) ⊗ (Σ G_t) ⪰ Σ_t A_t ⊗ G_t: the summed factors over-protect,
+never under-protect, the sum of the tasks' curvatures. Hidden layers' exact G may be
+indefinite; their negative eigenvalues γ count as 0 (G⁺) below.
 
 With eigendecompositions A = U_a diag(α) U_aᵀ and G = U_g diag(γ) U_gᵀ (orthogonal U_a, U_g),
 vec(U_a C U_gᵀ) = (U_a ⊗ U_g) vec(C), so C = U_aᵀ Δ U_g are the coordinates of an update Δ in
@@ -22,13 +24,15 @@ these coordinates elementwise by a (d, out) matrix S (`KronState.scale`):
   along a protected eigenvector u_i ⊗ w_j. `mode="input"` protects all j for the top i of A
   (the span of the old inputs: GPM's subspace from the summed input second moments);
   `mode="product"` protects the pairs of largest α_i γ_j (curvature mass), freeing the output
-  directions the old tasks' loss is flat in.
+  directions the old tasks' loss is flat in (on permuted MNIST this costs plasticity: a new
+  task's gradients x δᵀ have δ in the top directions of G too; benchmarks/README.md).
 * proximal penalty (`kron_prox_state`): the online structured Laplace penalty
-  q(θ) = ½ s (θ − θ*)ᵀ H (θ − θ*) with H = kron(A, G⁺) (G⁺: negative γ clipped to 0) and the
-  anchor θ* (the parameters after the last old task), applied as a proximal step after the
-  base optimiser's update u: θ⁺ = argmin_θ ½‖θ − (θ + u)‖² + η q(θ)
-  = θ* + (I + η s H)⁻¹ (θ + u − θ*), i.e. with δ = θ − θ* the applied update is
-  U_a (S ⊙ U_aᵀ (δ + u) U_g) U_gᵀ − δ with S_ij = 1 / (1 + η s α_i γ_j⁺). Since
+  q(θ) = ½ s (θ − θ*)ᵀ H (θ − θ*) with H = kron(A, G⁺) / T (G⁺: negative γ clipped to 0; T
+  the number of old tasks) and the anchor θ* (the parameters after the last old task),
+  applied as a proximal step after the base optimiser's update u:
+  θ⁺ = argmin_θ ½‖θ − (θ + u)‖² + η q(θ) = θ* + (I + η s H)⁻¹ (θ + u − θ*), i.e. with
+  δ = θ − θ* the applied update is
+  U_a (S ⊙ U_aᵀ (δ + u) U_g) U_gᵀ − δ with S_ij = 1 / (1 + η s α_i γ_j⁺ / T). Since
   0 < S_ij ≤ 1, ‖θ⁺ − θ*‖ ≤ ‖θ + u − θ*‖ for every strength s > 0: the step cannot diverge
   (an explicit gradient step on q diverges once η s α γ > 2); s → ∞ gives S → 1[αγ⁺ = 0],
   the projection of θ + u − θ* onto the null space of H.
@@ -266,10 +270,10 @@ def _check_positive(value: float, name: str) -> float:
 def kron_prox_state(
     memory: KronMemory, anchor: PyTree, strength: float, learning_rate: float
 ) -> KronState:
-    """The proximal Kronecker-factored penalty ½ s (θ − θ*)ᵀ kron(A, G⁺) (θ − θ*) per layer
-    (module docstring), anchored at params-shaped `anchor` θ*: S_ij = 1 / (1 + η s α_i γ_j⁺)
-    with η = learning_rate (the base optimiser's step) and s = strength (> 0). The product of
-    the summed factors is divided by the memory's number of tasks T: for T similar tasks
+    """The proximal Kronecker-factored penalty ½ s (θ − θ*)ᵀ kron(A, G⁺) / T (θ − θ*) per layer
+    (module docstring), anchored at params-shaped `anchor` θ*: S_ij = 1 / (1 + η s α_i γ_j⁺ / T)
+    with η = learning_rate (the base optimiser's step), s = strength (> 0), G⁺ the summed G
+    with negative eigenvalues set to 0 and T the memory's number of tasks: for T similar tasks
     (Σ A_t) ⊗ (Σ G_t) / T ≈ Σ_t A_t ⊗ G_t, the online Laplace precision."""
     _check_memory(memory)
     strength = _check_positive(strength, "strength")
