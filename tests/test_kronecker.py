@@ -290,7 +290,7 @@ def test_unknown_layer(variables, ce_batch):
     with pytest.raises(ValueError, match=r"Dense_7.*\['Dense_0', 'Dense_1', 'Dense_2'\]"):
         dense_layer_io(MODEL, variables, ce_batch[0], "Dense_7")
     for fn in (output_hessians, kronecker_factors, exact_layer_hessian):
-        with pytest.raises(ValueError, match="no Dense module with path 'Dense_7'"):
+        with pytest.raises(ValueError, match="no dense or conv layer 'Dense_7' was called"):
             fn(MODEL, variables, ce_batch, cross_entropy, "Dense_7")
     with pytest.raises(ValueError, match="layer must be"):
         dense_layer_io(MODEL, variables, ce_batch[0], "")
