@@ -290,3 +290,19 @@ def test_bad_tag_and_option_inputs(conv_setup):
         dense(x, w, name="")
     with pytest.raises(ValueError, match="strides"):
         conv(x[..., None], jnp.ones((3, 1, 2)), name="c", strides=0)
+
+
+def test_batch_norm_mlp_in_inference_mode(conv_setup):
+    """models.MLP(batch_norm=True): after set_batch_statistics(x) the inference-mode network
+    equals the train-mode one on x; the exact block of a layer feeding a BatchNorm is the
+    kernel Hessian (per-sample analysis with the stored statistics)."""
+    from hessjax.models import set_batch_statistics, train_mode_apply
+
+    _, (x, y) = conv_setup
+    model = MLP((4, C), act="relu", batch_norm=True)
+    v = set_batch_statistics(model, f64(model.init(jax.random.key(8), x[:1])), x)
+    np.testing.assert_allclose(model.apply(v, x), train_mode_apply(model, v, x), rtol=1e-10)
+    assert layer_names(model, v, x) == ["Dense_0", "Dense_1"]
+    exact = exact_layer_hessian(model, v, (x, y), cross_entropy, "Dense_0")
+    oracle = kernel_hessian(model.apply, v, (x, y), cross_entropy, ("params", "Dense_0", "kernel"))
+    assert_close(exact, oracle)
