@@ -10,7 +10,7 @@ arXiv 2010.04261).
 Trains a model (model A: an MLP, or a ConvNet with model.kind=conv) and, from another seed on
 the same data, a second one (model B). For every dense and conv layer of A: the top-K
 eigenpairs of the exact kernel Hessian block H = E[Σ_pq P_p P_qᵀ ⊗ M_pq] (dense
-`exact_layer_hessian` + eigh for small layers, else `eigsh` of the matrix-free
+`exact_and_factors` + eigh for small layers, else `eigsh` of the matrix-free
 `hessian_operator(select='<layer>/kernel')`) and of its Kronecker approximation
 E[Σ_p P_p P_pᵀ] ⊗ E[M] (`kron_eigh`; for Dense layers E[xxᵀ] ⊗ E[M]), their overlap for
 k = 1 .. K (K = 3C by default) and their top-C eigenvalues, the low rank of the top
@@ -175,7 +175,7 @@ def layer_eigen(
     chunk = min(int(h.chunk_size), len(batch[1]))
     ce = curvature.cross_entropy
     if n <= h.dense_max_size:
-        block = curvature.exact_layer_hessian(
+        block, factors = curvature.exact_and_factors(
             model, params, batch, ce, layer, chunk_size=chunk, curvature=curvature_kind
         )
         values, vectors = np.linalg.eigh(np.asarray(block, np.float64))
@@ -194,11 +194,13 @@ def layer_eigen(
             logging.warning("[%s] eigsh: %d of %d pairs unconverged", layer,
                             int(np.sum(~np.asarray(res.converged))), k)  # fmt: skip
         values = np.asarray(res.eigenvalues, np.float64)
-        vectors = np.asarray(res.eigenvectors, np.float64)
+        # float32 Ritz vectors, orthonormal to ~1e-7: re-orthonormalised in float64 (QR keeps
+        # the span of every leading set of columns, i.e. each top-k eigenspace)
+        vectors = np.linalg.qr(np.asarray(res.eigenvectors, np.float64))[0]
         method = "eigsh"
-    factors = curvature.kronecker_factors(
-        model, params, batch, ce, layer, chunk_size=chunk, curvature=curvature_kind
-    )
+        factors = curvature.kronecker_factors(
+            model, params, batch, ce, layer, chunk_size=chunk, curvature=curvature_kind
+        )
     kron = curvature.kron_eigh(factors, k)
     patches = jax.eval_shape(
         lambda v, x: curvature.layer_patches(model, v, x, layer), params, batch[0]
@@ -217,12 +219,20 @@ def layer_eigen(
 
 
 def all_layers(model, params, batch, k: int, h, seed: int, curvature_kind="hessian") -> dict:
-    """layer -> `layer_eigen` for every dense/conv layer of the model, in call order."""
+    """layer -> `layer_eigen` for every dense/conv layer of the model, in call order, with
+    min(k, J*out - 1) eigenpairs for a layer of at most k kernel entries."""
     key = jax.random.key(seed)
     names = curvature.layer_names(model, params, batch[0][:1])
     return {
         name: layer_eigen(
-            model, params, batch, name, k, h, jax.random.fold_in(key, i), curvature_kind
+            model,
+            params,
+            batch,
+            name,
+            min(k, math.prod(kernel_shape(params, name)) - 1),
+            h,
+            jax.random.fold_in(key, i),
+            curvature_kind,
         )  # fmt: skip
         for i, name in enumerate(names)
     }
@@ -245,12 +255,12 @@ def _rounded(values, digits=4) -> list[float]:
 
 
 def overlap_summary(eig: LayerEigen, marks: list[int], num_classes: int) -> dict:
-    """Overlap exact vs Kronecker for k = 1 .. K and at the `marks`, and the top-C
+    """Overlap exact vs Kronecker for k = 1 .. K and at the `marks` up to K, and the top-C
     eigenvalues of both (`eigenvalue_comparison`)."""
     curve = kron_analysis.exact_vs_kronecker_overlap(eig.exact_vectors, eig.kron_vectors)
     return {
         "overlap_exact_vs_kron": curve.as_dict(),
-        "overlap_exact_vs_kron_at": {str(k): curve.at(k) for k in marks},
+        "overlap_exact_vs_kron_at": {str(k): curve.at(k) for k in marks if k <= curve.ks[-1]},
         "eigenvalues_top_c": eigenvalue_comparison(eig, num_classes),
     }
 
@@ -363,12 +373,13 @@ def overlap_marks(num_classes: int, top_k: int) -> list[int]:
     return sorted({k for k in (1, num_classes, 2 * num_classes, 3 * num_classes) if k <= top_k})
 
 
-def cross_seed(eig_a: dict, eig_b: dict, marks: list[int]) -> dict:
+def cross_seed(eig_a: dict, eig_b: dict, all_marks: list[int]) -> dict:
     """Per layer: overlap vs k of model A's and model B's top eigenspaces (exact blocks and
     Kronecker approximations), and |cos| between their mean layer inputs."""
     out = {}
     for name, a in eig_a.items():
         b = eig_b[name]
+        marks = [k for k in all_marks if k <= len(a.exact_values)]
         curve = kron_analysis.cross_model_overlap(a.exact_vectors, b.exact_vectors)
         kron_curve = kron_analysis.cross_model_overlap(a.kron_vectors, b.kron_vectors)
         xa, xb = (np.asarray(e.factors.x_mean, np.float64) for e in (a, b))
@@ -444,7 +455,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 **overlap_summary(eig, marks, num_classes),
                 "exact_eigenvalues": _rounded(eig.exact_values, 6),
                 "kron_eigenvalues": _rounded(eig.kron_values, 6),
-                "exact_hessian_vs_exact_ggn_at": {str(k): vs_hessian.at(k) for k in marks},
+                "exact_hessian_vs_exact_ggn_at": {
+                    str(k): vs_hessian.at(k) for k in marks if k <= vs_hessian.ks[-1]
+                },
             }
             logging.info(
                 "[%s, Gauss-Newton M] exact-vs-Kronecker overlap %s; top-C eigenvalue ratios "

@@ -129,7 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows = []
     for setting in settings(config):
         path = os.path.join(workdir, f"setting_{tag(setting)}.json")
-        fingerprint = common.config_hash(setting_config(config, setting).to_dict() | setting)
+        fingerprint = setting_fingerprint(config, setting)
         row = {"setting": setting, "tag": tag(setting)}
         cached = load_row(path, fingerprint)
         t0 = time.perf_counter()
@@ -176,6 +176,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("near-1 (>= %.2f) settings: %s; failed: %s", near, near_one, results["failed"])
     return results
+
+
+def setting_fingerprint(config, setting: dict) -> str:
+    """Hash of what determines a setting's measurements: its config without the sweep
+    section, and the setting's values (not which axis it varies)."""
+    c = setting_config(config, setting).to_dict()
+    del c["sweep"]
+    return common.config_hash(c | {k: v for k, v in setting.items() if k != "axis"})
 
 
 def load_row(path: str, fingerprint: str) -> dict | None:

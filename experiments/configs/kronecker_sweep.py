@@ -33,8 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     # One-at-a-time variations of the base (model.widths width, train.steps, data.name,
     # model.activation); each list must be non-empty. Both forms of M are measured always.
     c.sweep = ml_collections.ConfigDict()
-    c.sweep.widths = (16, 64, 128)  # hidden width (every hidden layer, base depth)
-    c.sweep.steps = (0, 300, 10000)  # training steps (0: at initialisation)
+    c.sweep.widths = (16, 128)  # hidden width (every hidden layer, base depth)
+    c.sweep.steps = (0, 10000)  # training steps (0: at initialisation)
     c.sweep.datasets = ("mnist1d", "gaussian_mixture")  # data.name
     c.sweep.activations = ("relu", "tanh")  # tanh: exact and Gauss-Newton M differ
     c.sweep.near_one = 0.9  # report the settings whose top-C overlap is >= this in all layers

@@ -494,7 +494,8 @@ def _check_options(chunk_size: int | None, curvature: str) -> None:
 
 def _statistics(model, variables, batch, per_example_loss, layer, chunk_size, kind, curvature):
     """The traced body of the public functions: per-sample output curvatures ("hessians"),
-    the Kronecker factors ("factors") or the exact block ("exact")."""
+    the Kronecker factors ("factors"), the exact block ("exact") or both ("both": one pass
+    over the samples)."""
     n = jax.tree_util.tree_leaves(batch[0])[0].shape[0]
     shapes = _call_shapes(model, variables, batch[0], layer)
     (_, p, j), c = shapes.x.shape, shapes.z.shape[-1]
@@ -513,20 +514,26 @@ def _statistics(model, variables, batch, per_example_loss, layer, chunk_size, ki
         )
         return m.reshape(n, c, c) if p == 1 else m
 
-    def factor_stats(chunk):
-        x, m = per_sample(chunk)
+    def factor_sums(x, m):
         diag = jnp.diagonal(m, axis1=1, axis2=3)  # (b, out, out, P): the blocks M[p, p]
         return jnp.einsum("npj,npk->jk", x, x), jnp.sum(diag, axis=(0, 3)), jnp.sum(x, (0, 1))
 
-    def exact_stats(chunk):
-        x, m = per_sample(chunk)
+    def exact_sum(x, m):
         return jnp.einsum("npj,npcqd,nqk->jckd", x, m, x)
 
-    if kind == "factors":
-        a, g, x_sum = _chunked_sum(factor_stats, batch, n, chunk_size)
-        return KroneckerFactors(a=a / n, g=g / (n * p), x_mean=x_sum / (n * p))
-    total = _chunked_sum(exact_stats, batch, n, chunk_size) / n
-    return total.reshape(j * c, j * c)
+    def stats(chunk):
+        x, m = per_sample(chunk)
+        return (
+            factor_sums(x, m) if kind != "exact" else None,
+            exact_sum(x, m) if kind != "factors" else None,
+        )
+
+    f_sums, total = _chunked_sum(stats, batch, n, chunk_size)
+    factors = None if f_sums is None else KroneckerFactors(
+        a=f_sums[0] / n, g=f_sums[1] / (n * p), x_mean=f_sums[2] / (n * p)
+    )  # fmt: skip
+    exact = None if total is None else (total / n).reshape(j * c, j * c)
+    return {"factors": factors, "exact": exact, "both": (exact, factors)}[kind]
 
 
 _STATIC = ("model", "per_example_loss", "layer", "chunk_size", "kind", "curvature")
@@ -612,6 +619,22 @@ def exact_layer_hessian(
     products; chunk_size as in `kronecker_factors`.
     """
     return _run(model, variables, batch, per_example_loss, layer, chunk_size, "exact", curvature)
+
+
+def exact_and_factors(
+    model: Model,
+    variables: PyTree,
+    batch: tuple[Any, Any],
+    per_example_loss: PerExampleLoss,
+    layer: str,
+    *,
+    chunk_size: int | None = None,
+    curvature: str = "hessian",
+) -> tuple[Array, KroneckerFactors]:
+    """(`exact_layer_hessian`, `kronecker_factors`) of the same layer in one pass over the
+    samples (the per-sample M computed once): the exact block (J*out, J*out) and its
+    Kronecker factors, arguments as there."""
+    return _run(model, variables, batch, per_example_loss, layer, chunk_size, "both", curvature)
 
 
 def _check_factors(factors: KroneckerFactors) -> tuple[int, int]:
