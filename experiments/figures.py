@@ -231,7 +231,7 @@ def plot_exact_vs_kron(
     """Exact layer block vs its Kronecker approximation, one column per layer: top row the
     overlap of their top-k eigenspaces vs k (one line per form of M, chance dotted), bottom
     row their top eigenvalues vs index (exact solid, Kronecker dashed; log scale where all are
-    positive). forms: {form name (e.g. 'exact M', 'Gauss-Newton M'): {layer: {
+    positive; equal forms, as in ReLU nets, overlap exactly). forms: {form name (e.g. 'exact M', 'Gauss-Newton M'): {layer: {
     'overlap_exact_vs_kron': OverlapCurve.as_dict(), 'exact_eigenvalues': [...],
     'kron_eigenvalues': [...]}}}. Saved to `path` (PNG)."""
     layers = list(next(iter(forms.values())))
@@ -242,7 +242,8 @@ def plot_exact_vs_kron(
         for i, (form, per_layer) in enumerate(forms.items()):
             r = per_layer[name]
             curve = r["overlap_exact_vs_kron"]
-            top.plot(curve["k"], curve["overlap"], "o-", ms=3, color=f"C{i}", label=form)
+            top.plot(curve["k"], curve["overlap"], ("o-", "s--")[i % 2], ms=3, color=f"C{i}",
+                     mfc="none" if i else None, label=form)  # fmt: skip
             if i == 0:
                 top.plot(curve["k"], curve["chance"], ":", color="0.5", label="chance k/n")
             ex, kr = np.asarray(r["exact_eigenvalues"]), np.asarray(r["kron_eigenvalues"])
