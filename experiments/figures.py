@@ -231,9 +231,9 @@ def plot_exact_vs_kron(
     """Exact layer block vs its Kronecker approximation, one column per layer: top row the
     overlap of their top-k eigenspaces vs k (one line per form of M, chance dotted), bottom
     row their top eigenvalues vs index (exact solid, Kronecker dashed; log scale where all are
-    positive; equal forms, as in ReLU nets, overlap exactly). forms: {form name (e.g. 'exact M', 'Gauss-Newton M'): {layer: {
-    'overlap_exact_vs_kron': OverlapCurve.as_dict(), 'exact_eigenvalues': [...],
-    'kron_eigenvalues': [...]}}}. Saved to `path` (PNG)."""
+    positive; equal forms, as in ReLU nets, overlap exactly). forms: {form name (e.g.
+    'exact M', 'Gauss-Newton M'): {layer: {'overlap_exact_vs_kron': OverlapCurve.as_dict(),
+    'exact_eigenvalues': [...], 'kron_eigenvalues': [...]}}}. Saved to `path` (PNG)."""
     layers = list(next(iter(forms.values())))
     fig, axes = plt.subplots(2, len(layers), figsize=(3.6 * len(layers), 6.4), squeeze=False)
     for col, name in enumerate(layers):
