@@ -35,6 +35,7 @@ from hessjax.data import DATASET_NAMES
 OUTPUTS = ("results.json", "sweep.png")
 AXES = ("width", "steps", "dataset", "activation")
 RULES = common.SHARED_RULES | {
+    "train.steps": common.NONNEGATIVE_INT,  # the base may be at initialisation too
     "hessian.num_samples": common.int_at_least(2),
     "hessian.chunk_size": common.POSITIVE_INT,
     "hessian.top_k": common.NONNEGATIVE_INT,
