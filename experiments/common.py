@@ -284,6 +284,7 @@ MODEL_RULES: dict[str, Rule] = {
     "model.widths": ints_at_least(1),
     "model.activation": one_of(*sorted(models.ACTIVATIONS)),
     "model.param_init": one_of(*models.INITS),
+    "model.batch_norm": BOOL,
 }
 
 
@@ -414,14 +415,19 @@ def num_train_samples(data: ml_collections.ConfigDict) -> int:
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
     """Flax module for a model config (kind mlp | conv, widths, activation, optional
-    param_init in models.INITS) with `num_classes` outputs: an MLP of hidden `widths`, or a
-    conv net of `widths` channels."""
+    param_init in models.INITS, optional batch_norm for the MLP) with `num_classes` outputs:
+    an MLP of hidden `widths`, or a conv net of `widths` channels."""
     widths = tuple(int(w) for w in cfg.widths)
     kind = cfg.get("kind", "mlp")
     init = cfg.get("param_init", "lecun")  # models.INITS
     if kind == "mlp":
-        return models.MLP(widths + (num_classes,), act=cfg.activation, param_init=init)
+        return models.MLP(
+            widths + (num_classes,), act=cfg.activation, param_init=init,
+            batch_norm=cfg.get("batch_norm", False),
+        )  # fmt: skip
     if kind == "conv":
+        if cfg.get("batch_norm", False):
+            raise ValueError("model.batch_norm is an option of the MLP (kind 'mlp') only")
         return models.ConvNet(widths, num_classes, act=cfg.activation, param_init=init)
     raise ValueError(f"model.kind must be 'mlp' or 'conv', got {kind!r}")
 

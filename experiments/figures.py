@@ -225,6 +225,78 @@ def plot_overlap_curves(
     _save(fig, path, title)
 
 
+def plot_exact_vs_kron(
+    forms: Mapping[str, Mapping[str, Mapping]], path: str, title: str = "", marks=()
+) -> None:
+    """Exact layer block vs its Kronecker approximation, one column per layer: top row the
+    overlap of their top-k eigenspaces vs k (one line per form of M, chance dotted), bottom
+    row their top eigenvalues vs index (exact solid, Kronecker dashed; log scale where all are
+    positive; equal forms, as in ReLU nets, overlap exactly). forms: {form name (e.g.
+    'exact M', 'Gauss-Newton M'): {layer: {'overlap_exact_vs_kron': OverlapCurve.as_dict(),
+    'exact_eigenvalues': [...], 'kron_eigenvalues': [...]}}}. Saved to `path` (PNG)."""
+    layers = list(next(iter(forms.values())))
+    fig, axes = plt.subplots(2, len(layers), figsize=(3.6 * len(layers), 6.4), squeeze=False)
+    for col, name in enumerate(layers):
+        top, bottom = axes[0, col], axes[1, col]
+        positive = True
+        for i, (form, per_layer) in enumerate(forms.items()):
+            r = per_layer[name]
+            curve = r["overlap_exact_vs_kron"]
+            top.plot(curve["k"], curve["overlap"], ("o-", "s--")[i % 2], ms=3, color=f"C{i}",
+                     mfc="none" if i else None, label=form)  # fmt: skip
+            if i == 0:
+                top.plot(curve["k"], curve["chance"], ":", color="0.5", label="chance k/n")
+            ex, kr = np.asarray(r["exact_eigenvalues"]), np.asarray(r["kron_eigenvalues"])
+            idx = np.arange(1, len(ex) + 1)
+            bottom.plot(idx, ex, "-", color=f"C{i}", label=f"exact ({form})")
+            bottom.plot(idx, kr, "--", color=f"C{i}", label=f"Kronecker ({form})")
+            positive &= bool(np.all(ex > 0) and np.all(kr > 0))
+        for k in marks:
+            top.axvline(k, color="0.6", lw=0.8, ls="--")
+            bottom.axvline(k, color="0.6", lw=0.8, ls="--")
+        if positive:
+            bottom.set_yscale("log")
+        top.set_ylim(-0.02, 1.02)
+        top.set(title=name, xlabel="k", ylabel="overlap ‖UₖᵀVₖ‖²_F / k" if col == 0 else None)
+        bottom.set(xlabel="eigenvalue index i", ylabel="λ_i" if col == 0 else None)
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=7)
+    _save(fig, path, title)
+
+
+def plot_kronecker_sweep(
+    rows: Sequence[Mapping], path: str, axes: Sequence[str], title: str = ""
+) -> None:
+    """Top-C overlap of the exact layer block and its Kronecker approximation per setting of a
+    one-at-a-time sweep (experiments/kronecker_sweep.py): one panel per swept axis (the base
+    setting and the settings that vary it), one colour per layer, M exact solid and
+    Gauss-Newton dashed. rows: [{'setting': {axis: value, ..., 'axis': name}, 'result':
+    {'num_classes', 'layers': {layer: {'hessian': {'overlap_at': {str(k): v}}, 'ggn': ...}}}}].
+    Saved to `path` (PNG)."""
+    fig, panels = plt.subplots(1, len(axes), figsize=(3.6 * len(axes), 3.8), squeeze=False)
+    for ax, axis in zip(panels[0], axes, strict=True):
+        mine = [r for r in rows if r["setting"]["axis"] in ("base", axis)]
+        mine.sort(key=lambda r: (isinstance(r["setting"][axis], str), r["setting"][axis]))
+        labels = [str(r["setting"][axis]) for r in mine]
+        x = np.arange(len(mine))
+        layers = list(mine[0]["result"]["layers"]) if mine else []
+        for i, name in enumerate(layers):
+            for form, style in (("hessian", "o-"), ("ggn", "s--")):
+                y = [
+                    r["result"]["layers"][name][form]["overlap_at"][str(r["result"]["num_classes"])]
+                    if name in r["result"]["layers"] else np.nan
+                    for r in mine
+                ]  # fmt: skip
+                label = f"{name} ({'exact' if form == 'hessian' else 'GN'} M)"
+                ax.plot(x, y, style, ms=4, color=f"C{i}", alpha=1 if form == "hessian" else 0.6,
+                        label=label)  # fmt: skip
+        ax.set_xticks(x, labels, rotation=30, fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set(xlabel=axis, ylabel="top-C overlap" if axis == axes[0] else None)
+    panels[0, 0].legend(fontsize=7)
+    _save(fig, path, title)
+
+
 def plot_outliers_vs_classes(runs: Sequence[Mapping], path: str, title: str = "") -> None:
     """Number of outlier eigenvalues of each layer's Hessian block vs the number of classes C,
     from `runs` = [{'num_classes': C, 'layers': {name: {'exact_count': int, ...}}}, ...],

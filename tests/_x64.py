@@ -31,3 +31,8 @@ def enable_x64() -> Iterator[None]:
     with jax.enable_x64(True):
         assert jnp.zeros(()).dtype == jnp.float64  # the switch took effect
         yield
+
+
+def as_float64(tree):
+    """Every leaf of `tree` cast to float64 (inside an `enable_x64` context)."""
+    return jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), tree)

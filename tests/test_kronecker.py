@@ -16,6 +16,7 @@ from hessjax.curvature import MeanLoss, cross_entropy, hessian_operator, mse
 from hessjax.curvature.kronecker import (
     KroneckerFactors,
     dense_layer_io,
+    exact_and_factors,
     exact_layer_hessian,
     kron_eigh,
     kron_matvec,
@@ -146,6 +147,15 @@ def test_chunked_equals_unchunked(variables, ce_batch, exact_ce, factors_ce):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
     exact = exact_layer_hessian(MODEL, variables, ce_batch, cross_entropy, "Dense_1", chunk_size=4)
     assert_matrix_close(exact, exact_ce["Dense_1"][0], rel=1e-12)
+
+
+def test_exact_and_factors_in_one_pass(variables, ce_batch, exact_ce, factors_ce):
+    exact, factors = exact_and_factors(
+        MODEL, variables, ce_batch, cross_entropy, "Dense_1", chunk_size=4
+    )
+    assert_matrix_close(exact, exact_ce["Dense_1"][0], rel=1e-12)
+    for g, w in zip(factors, factors_ce["Dense_1"], strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
 
 
 # ----------------------------------------------------------------------------- factors
@@ -290,7 +300,7 @@ def test_unknown_layer(variables, ce_batch):
     with pytest.raises(ValueError, match=r"Dense_7.*\['Dense_0', 'Dense_1', 'Dense_2'\]"):
         dense_layer_io(MODEL, variables, ce_batch[0], "Dense_7")
     for fn in (output_hessians, kronecker_factors, exact_layer_hessian):
-        with pytest.raises(ValueError, match="no Dense module with path 'Dense_7'"):
+        with pytest.raises(ValueError, match="no dense or conv layer 'Dense_7' was called"):
             fn(MODEL, variables, ce_batch, cross_entropy, "Dense_7")
     with pytest.raises(ValueError, match="layer must be"):
         dense_layer_io(MODEL, variables, ce_batch[0], "")

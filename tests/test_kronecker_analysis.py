@@ -315,9 +315,12 @@ def test_kronecker_binary_writes_results_and_figures(tiny_run):
     for name in (
         "results.json",
         "overlap_vs_k.png",
+        "exact_vs_kron.png",
         "cross_seed_overlap.png",
+        "batch_norm.png",
         "outliers_vs_classes.png",
         "params_seed_a.ckpt",
+        "params_seed_a_bn1.ckpt",
     ):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "results.json")) as f:
@@ -335,7 +338,20 @@ def test_kronecker_binary_writes_results_and_figures(tiny_run):
         share = np.asarray(layer["low_rank"]["top_share"])
         assert share.shape == (4,) and np.all((share > 0) & (share <= 1 + 1e-6))
         assert layer["outliers_exact"]["count"] >= 1
+        # Gauss-Newton M beside the exact one: in a ReLU net the two are equal (the network is
+        # piecewise linear, downstream second-order terms vanish), so are the exact blocks
+        ggn = layer["ggn"]
+        assert ggn["exact_hessian_vs_exact_ggn_at"][str(num_classes)] > 0.999
+        np.testing.assert_allclose(ggn["exact_eigenvalues"], values, rtol=1e-3, atol=1e-6)
+        ratio = ggn["eigenvalues_top_c"]["ratio"]
+        assert len(ratio) == num_classes and all(np.isfinite(ratio))
+        bn = saved["batch_norm"]["layers"]
+        assert saved["batch_norm"]["batch_norm"] is True and set(bn) == {"Dense_0", "Dense_1"}
     for name in ("Dense_0", "Dense_1"):
+        bn_overlap = np.asarray(
+            saved["batch_norm"]["layers"][name]["overlap_exact_vs_kron"]["overlap"]
+        )
+        assert np.all((bn_overlap >= 0) & (bn_overlap <= 1 + 1e-5))
         cross = saved["cross_seed"][name]["exact"]
         overlap = np.asarray(cross["overlap"])
         assert np.all((overlap >= 0) & (overlap <= 1 + 1e-5))

@@ -13,7 +13,10 @@ import pytest
 from experiments import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARIES = ("spectrum", "block_structure", "kronecker", "weights", "mask_overlap", "continual")
+BINARIES = (
+    "spectrum", "block_structure", "kronecker", "kronecker_sweep", "weights", "mask_overlap",
+    "continual",
+)  # fmt: skip
 
 # (binary, field, bad value, what the message must say)
 BAD = [
@@ -25,6 +28,10 @@ BAD = [
     ("block_structure", "dynamic.spacing", "cubic", "'log', 'linear'"),
     ("kronecker", "outliers.rel_floor", 1.5, "(0.0, 1.0)"),
     ("kronecker", "data.name", "cifar", "one of 'mnist1d'"),
+    ("kronecker", "model.kind", "conv", "batch norm is an option of the MLP only"),
+    ("kronecker_sweep", "sweep.widths", (), "a non-empty tuple of integers >= 1"),
+    ("kronecker_sweep", "sweep.datasets", (), "a non-empty tuple of distinct names"),
+    ("kronecker_sweep", "sweep.steps", (), "a non-empty tuple of integers >= 0"),
     ("weights", "record.every", 5000, "train.steps / 2"),
     ("weights", "train.optimizer", "rmsprop", "'adam', 'sgd'"),
     ("mask_overlap", "checkpoints", (0, -20), "integers >= 0"),

@@ -1,6 +1,8 @@
 """Default config of experiments/kronecker.py (Wu et al., "Dissecting Hessian"): a small ReLU
 MLP on MNIST-1D (generated offline), trained briefly, then the Kronecker structure of each
-dense layer's Hessian block; outliers vs classes on Gaussian mixtures. Override any field on
+dense layer's Hessian block, with M exact and in Gauss-Newton form, and with batch norm;
+outliers vs classes on Gaussian mixtures. A conv net: --config.model.kind=conv
+--config.model.widths=8,16 --config.batch_norm.enabled=False. Override any field on
 the command line, e.g. --config.data.name=mnist --config.data.dir=../shared/data/mnist."""
 
 import ml_collections
@@ -15,8 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = data_config()
 
     c.model = ml_collections.ConfigDict()
+    c.model.kind = "mlp"  # mlp | conv (ConvNet: widths = channels, then a Dense head)
     c.model.widths = (32, 32)  # hidden widths; a Dense output layer of C units follows
     c.model.activation = "relu"  # Wu et al. use ReLU: nonnegative hidden inputs, large E[x]
+    c.model.batch_norm = False  # MLP only: BatchNorm after each hidden Dense layer
 
     c.train = train_config(steps=3000, learning_rate=3e-3, log_every=1000)
 
@@ -29,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.hessian.tol = 1e-4  # eigsh path: relative residual tolerance (float32 round-off ~1e-6)
     c.hessian.num_lowrank = 10  # top eigenvectors whose reshaped low rank is measured
     c.hessian.at_init = True  # also compare exact vs Kronecker at initialisation (baseline)
+    c.hessian.gauss_newton = True  # also with M in Gauss-Newton form (the GGN's layer block)
+
+    c.batch_norm = ml_collections.ConfigDict()
+    c.batch_norm.enabled = True  # also the same MLP with model.batch_norm toggled, same training
 
     c.cross_seed = ml_collections.ConfigDict()
     c.cross_seed.enabled = True

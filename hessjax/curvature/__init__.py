@@ -1,5 +1,6 @@
 """Curvature operators of a loss (Hessian, GGN, empirical Fisher) over pytrees and data,
-parameter partitions into blocks, and Kronecker factors of dense layers."""
+parameter partitions into blocks, and Kronecker factors of dense and conv layers (with the
+`dense` / `conv` tags for models that are not flax Linen modules)."""
 
 from hessjax.curvature.blocks import (
     Partition,
@@ -12,12 +13,17 @@ from hessjax.curvature.kronecker import (
     DenseIO,
     KroneckerEigenpairs,
     KroneckerFactors,
+    conv,
+    dense,
     dense_layer_io,
+    exact_and_factors,
     exact_layer_hessian,
     kron_eigh,
     kron_matvec,
     kronecker_factors,
     kronecker_operator,
+    layer_names,
+    layer_patches,
     output_hessians,
 )
 from hessjax.curvature.layout import ParamLayout, group_by_prefix, leaf_paths, make_layout
@@ -36,13 +42,18 @@ __all__ = [
     "KroneckerEigenpairs",
     "KroneckerFactors",
     "Partition",
+    "conv",
+    "dense",
     "dense_layer_io",
+    "exact_and_factors",
     "exact_layer_hessian",
     "kron_eigh",
     "kron_matvec",
     "kronecker_factors",
     "kronecker_operator",
     "layer_block_diagonal",
+    "layer_names",
+    "layer_patches",
     "output_hessians",
     "partition_by_layer",
     "partition_by_neuron",

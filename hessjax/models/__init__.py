@@ -57,23 +57,44 @@ class MLP(nn.Module):
     """Dense layers `widths` (the last is the output size) with `act` between them.
 
     Inputs (b, ...) are flattened to (b, d); outputs are (b, widths[-1]). `param_init`: one of
-    `INITS` (see `layer_inits`).
+    `INITS` (see `layer_inits`). batch_norm: an `nn.BatchNorm` after every hidden Dense layer
+    (before `act`), normalising with the batch's statistics when called with train=True and
+    with the stored ones (collection 'batch_stats') otherwise; a train-mode call with
+    mutable=['batch_stats'] stores that batch's statistics (momentum 0), see
+    `set_batch_statistics`.
     """
 
     widths: Sequence[int]
     act: str = "tanh"
     use_bias: bool = True
     param_init: str = "lecun"
+    batch_norm: bool = False
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.widths):
             inits = layer_inits(self.param_init, x.shape[-1])
             x = nn.Dense(width, use_bias=self.use_bias, **inits)(x)
             if i < len(self.widths) - 1:
+                if self.batch_norm:
+                    x = nn.BatchNorm(use_running_average=not train, momentum=0.0)(x)
                 x = activation(self.act)(x)
         return x
+
+
+def train_mode_apply(model: nn.Module, variables, x: Array) -> Array:
+    """model.apply(variables, x, train=True) for a model with batch norm (batch statistics;
+    the updated 'batch_stats' are dropped): the forward pass to train with, e.g. under
+    `functools.partial(train_mode_apply, model)`."""
+    return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+
+
+def set_batch_statistics(model: nn.Module, variables, x: Array):
+    """`variables` with their 'batch_stats' replaced by the batch-norm statistics of x
+    (N, ...) (a train-mode pass; the population statistics when x is the training set)."""
+    _, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return {**variables, **state}
 
 
 class ConvNet(nn.Module):
