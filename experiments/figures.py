@@ -573,6 +573,7 @@ def plot_layerwise_sweep(
                 ls="-" if i < 10 else "--", label=name)  # fmt: skip
     ax.axhline(0, color="0.3", lw=0.8)
     _symlog_steps(ax, [s for steps, _ in trends.values() for s in steps])
+    ax.set_xlim(left=0)
     ax.set_ylim(-1.05, 1.05)
     ax.set(xlabel="training step", ylabel="Spearman(layer top, depth)",
            title="> 0: deeper layers larger")  # fmt: skip
@@ -612,4 +613,46 @@ def plot_pca_spectra(
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(loc="best", fontsize=8)
+    _save(fig, path, title)
+
+
+def plot_trajectory_fit(
+    steps: Sequence[int],
+    coefficients,
+    eigenvalues: Sequence[float],
+    predicted: Sequence[float] | None,
+    ratio: Sequence[float],
+    r2: Sequence[float],
+    path: str,
+    title: str = "",
+    num_show: int = 4,
+) -> None:
+    """Quadratic-potential model on a recorded trajectory, two panels: the eigen-coefficients
+    c_i(t) = <θ_t − θ*, e_i> (T, k) of the first `num_show` directions against the step, and
+    the fitted per-step decay ρ_i against the prediction 1 − ηλ_i (`predicted`; None: plotted
+    against λ_i instead) with the identity line, coloured by the fit's R². Saved to `path`."""
+    c = np.asarray(coefficients, np.float64)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    ax = axes[0]
+    for i in range(min(num_show, c.shape[1])):
+        ax.plot(np.asarray(steps), c[:, i], "-", lw=0.8, color=f"C{i}",
+                label=f"e_{i + 1} (λ={eigenvalues[i]:.3g})")  # fmt: skip
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set(xlabel="step", ylabel="c_i(t) = <θ_t − θ*, e_i>", title="eigen-coefficients")
+    ax.legend(loc="best", fontsize=8)
+    ax = axes[1]
+    rho = np.asarray(ratio, np.float64)
+    x = np.asarray(eigenvalues if predicted is None else predicted, np.float64)
+    dots = ax.scatter(x, rho, c=np.asarray(r2, np.float64), cmap="viridis", vmin=0, vmax=1, s=24)
+    fig.colorbar(dots, ax=ax, label="R² of the one-step fit")
+    if predicted is not None:
+        ends = [float(np.nanmin([x.min(), np.nanmin(rho)])), 1.0]
+        ax.plot(ends, ends, color="0.4", lw=1, label="ρ = 1 − ηλ")
+        ax.legend(loc="best", fontsize=8)
+    ax.set(
+        xlabel="1 − ηλ_i (predicted)" if predicted is not None else "λ_i",
+        ylabel="fitted per-step ρ_i",
+        title="decay per step: fit vs quadratic model",
+    )
+    ax.grid(alpha=0.3)
     _save(fig, path, title)

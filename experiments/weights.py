@@ -248,6 +248,11 @@ def trajectory_part(config, traj, vectors: np.ndarray, values: np.ndarray):
         "median_ratio_abs_error": float(np.nanmedian(err)) if sgd else None,
         "median_relative_error": float(np.nanmedian(q.relative_error)) if sgd else None,
         "median_r2": float(np.nanmedian(q.r2)),
+        "ratio_spearman": float(
+            stats.spearmanr(q.ratio, q.predicted_ratio, nan_policy="omit").statistic
+        )
+        if sgd and len(values) > 2
+        else None,
     }
     logging.info(
         "quadratic model on the training trajectory (steps %d..%d, η=%g): 1 − ηλ %s\n"
@@ -568,12 +573,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         title=f"quadratic model along the top eigenvectors, GD probe η={fit_out['learning_rate']}"
         f"\n{title}",
     )  # fmt: skip
-    figures.plot_quadratic_fit(
-        traj.steps, traj_fit.coefficients, traj_fit.ratio, np.log(np.abs(traj_fit.amplitude)),
-        traj_fit.eigenvalues, traj_fit.fitted, os.path.join(workdir, "trajectory_fit.png"),
-        title=f"quadratic model on the recorded training trajectory, c_i(t) = <θ_t − θ*, e_i>, "
-        f"steps {traj.steps[0]}..{traj.steps[-1]} (λ_fit = (1 − ρ)/η, η = "
-        f"{config.train.learning_rate})\n{title}",
+    figures.plot_trajectory_fit(
+        traj.steps, traj_fit.coefficients, traj_fit.eigenvalues,
+        traj_out["predicted_ratio"], traj_fit.ratio, traj_fit.r2,
+        os.path.join(workdir, "trajectory_fit.png"),
+        title=f"quadratic model on the recorded training trajectory, steps {traj.steps[0]}.."
+        f"{traj.steps[-1]}, every {config.record.every} (η = {config.train.learning_rate})"
+        f"\n{title}",
     )  # fmt: skip
     figures.plot_pca_spectra(
         values, {name: (pca_out[name]["spectrum"]["explained_variance"],

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sweep.depth = (2, 3, 4, 6)
     c.sweep.width = (32, 64, 128)
     c.sweep.scaling = ("standard", "unit")
-    c.sweep.activation = ("tanh", "relu")
+    c.sweep.activation = ("tanh", "relu", "sigmoid")
     c.sweep.loss = ("ce", "mse")
     c.sweep.param_init = ("lecun", "fan_in_uniform")
 
