@@ -161,6 +161,10 @@ def test_rescale_inputs():
     mean, sd = x[:, :3].astype(np.float64).mean(0), x[:, :3].astype(np.float64).std(0)
     np.testing.assert_allclose(std.x_test[:, :3], (xt[:, :3] - mean) / sd, rtol=1e-5)
     assert std.x_train.dtype == np.float32
+    glob = rescale_inputs(ds, "global")
+    assert glob.x_train.mean() == pytest.approx(0.0, abs=1e-5)
+    assert glob.x_train.std() == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(glob.x_test, (xt - x.mean()) / x.std(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="'raw'"):
         rescale_inputs(ds, "raw")
     const = ds._replace(x_train=np.ones_like(x))

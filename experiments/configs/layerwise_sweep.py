@@ -19,7 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.base = ml_collections.ConfigDict()
     c.base.depth = 2  # hidden layers (the output layer comes on top)
     c.base.width = 64  # units per hidden layer
-    c.base.scaling = "standard"  # none (as loaded) | unit ([0, 1]) | standard (z-score)
+    # none (as loaded) | unit ([0, 1]) | global (one mean and std) | standard (per feature)
+    c.base.scaling = "standard"
     c.base.activation = "tanh"
     c.base.loss = "ce"  # ce | mse (on one-hot targets)
     c.base.param_init = "lecun"  # lecun | fan_in_uniform (PyTorch's default)
@@ -28,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sweep = ml_collections.ConfigDict()
     c.sweep.depth = (2, 3, 4, 6)
     c.sweep.width = (32, 64, 128)
-    c.sweep.scaling = ("standard", "unit")
+    c.sweep.scaling = ("standard", "global", "unit")
     c.sweep.activation = ("tanh", "relu", "sigmoid")
     c.sweep.loss = ("ce", "mse")
     c.sweep.param_init = ("lecun", "fan_in_uniform")

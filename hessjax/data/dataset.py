@@ -25,7 +25,7 @@ class Dataset(NamedTuple):
     name: str
 
 
-SCALINGS = ("none", "unit", "standard")
+SCALINGS = ("none", "unit", "global", "standard")
 
 
 def rescale_inputs(ds: Dataset, how: str) -> Dataset:
@@ -39,11 +39,11 @@ def rescale_inputs(ds: Dataset, how: str) -> Dataset:
     x_train = np.asarray(ds.x_train, np.float64)
     if how == "none":
         return ds
-    if how == "unit":
+    if how in ("unit", "global"):
         low, high = float(x_train.min()), float(x_train.max())
         if high == low:
-            raise ValueError(f"the training inputs are constant ({low}): no [0, 1] range")
-        shift, scale = low, high - low
+            raise ValueError(f"the training inputs are constant ({low}): cannot rescale them")
+        shift, scale = (low, high - low) if how == "unit" else (x_train.mean(), x_train.std())
     else:
         shift, scale = x_train.mean(axis=0), x_train.std(axis=0)
         scale = np.where(scale > 0, scale, 1.0)
