@@ -616,3 +616,120 @@ def plot_edge_of_stability(runs: Sequence[Mapping], path: str, title: str = "") 
     axes[0].legend(loc="lower right")
     axes[1].set(xlabel="step", ylabel="training loss", title="full-batch training loss")
     _save(fig, path, title)
+
+
+def plot_layerwise_sweep(
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    trends: Mapping[str, tuple[Sequence[int], Sequence[float | None]]],
+    path: str,
+    title: str = "",
+) -> None:
+    """Layer-wise top eigenvalues of a sweep: one panel per swept field, one line per value,
+    panels[field][value] = top eigenvalue of each layer block in depth order (input → output)
+    against the layer's depth (1 = first layer; the last point is the output layer), on a log
+    axis; and a last panel of the rank correlation of the layer tops with depth against the
+    training step, trends[setting] = (steps, correlations or None), for every setting.
+    Saved to `path` (PNG)."""
+    num = len(panels) + 1
+    cols = min(num, 4)
+    rows = -(-num // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.5 * rows), squeeze=False)
+    for ax, (field, series) in zip(axes.ravel(), panels.items(), strict=False):
+        for i, (label, tops) in enumerate(series.items()):
+            top = np.asarray(tops, np.float64)
+            ax.semilogy(np.arange(1, top.size + 1), top, "o-", ms=4, color=f"C{i}", label=label)
+        ax.set(xlabel="layer (1 = input side, last = output)", ylabel="top eigenvalue of H_ll",
+               title=field)  # fmt: skip
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=7)
+    ax = axes.ravel()[len(panels)]
+    for i, (name, (steps, rhos)) in enumerate(trends.items()):
+        r = np.asarray([np.nan if v is None else v for v in rhos], np.float64)
+        ax.plot(np.asarray(steps), r, marker="o", ms=3, lw=1, color=f"C{i % 10}",
+                ls="-" if i < 10 else "--", label=name)  # fmt: skip
+    ax.axhline(0, color="0.3", lw=0.8)
+    _symlog_steps(ax, [s for steps, _ in trends.values() for s in steps])
+    ax.set_xlim(left=0)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set(xlabel="training step", ylabel="Spearman(layer top, depth)",
+           title="> 0: deeper layers larger")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=6, ncol=2)
+    for ax in axes.ravel()[num:]:
+        ax.axis("off")
+    _save(fig, path, title)
+
+
+def plot_pca_spectra(
+    eigenvalues: Sequence[float],
+    pcs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str,
+    title: str = "",
+) -> None:
+    """PCA of snapshots against the Hessian by eigenvalues, two log-log panels: the i-th PCA
+    variance against the i-th Hessian eigenvalue λ_i (rank-matched spectra), and each principal
+    component's curvature p_iᵀHp_i against its variance. pcs[name] = (variances (k,),
+    curvatures (k,)), e.g. for 'weights' and 'updates'; non-positive values are left out.
+    Saved to `path` (PNG)."""
+    lam = np.asarray(eigenvalues, np.float64)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for i, (name, (variances, curvatures)) in enumerate(pcs.items()):
+        var = np.asarray([np.nan if v is None else v for v in variances], np.float64)
+        curv = np.asarray([np.nan if v is None else v for v in curvatures], np.float64)
+        k = var.size
+        ok = (var > 0) & (lam[:k] > 0)
+        axes[0].loglog(lam[:k][ok], var[ok], "o-", ms=4, color=f"C{i}", label=name)
+        ok = (var > 0) & (curv > 0)
+        axes[1].loglog(var[ok], curv[ok], "o", ms=4, color=f"C{i}", label=name)
+    axes[0].set(xlabel="Hessian eigenvalue λ_i", ylabel="PCA variance of component i",
+                title="rank-matched spectra (i = 1 .. k)")  # fmt: skip
+    axes[1].axhline(lam[0], color="C3", ls="--", lw=0.8, label="λ_1")
+    axes[1].set(xlabel="PCA variance of component i", ylabel="curvature p_iᵀHp_i",
+                title="curvature along each principal component")  # fmt: skip
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="best", fontsize=8)
+    _save(fig, path, title)
+
+
+def plot_trajectory_fit(
+    steps: Sequence[int],
+    coefficients,
+    eigenvalues: Sequence[float],
+    predicted: Sequence[float] | None,
+    ratio: Sequence[float],
+    r2: Sequence[float],
+    path: str,
+    title: str = "",
+    num_show: int = 4,
+) -> None:
+    """Quadratic-potential model on a recorded trajectory, two panels: the eigen-coefficients
+    c_i(t) = <θ_t − θ*, e_i> (T, k) of the first `num_show` directions against the step, and
+    the fitted per-step decay ρ_i against the prediction 1 − ηλ_i (`predicted`; None: plotted
+    against λ_i instead) with the identity line, coloured by the fit's R². Saved to `path`."""
+    c = np.asarray(coefficients, np.float64)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    ax = axes[0]
+    for i in range(min(num_show, c.shape[1])):
+        ax.plot(np.asarray(steps), c[:, i], "-", lw=0.8, color=f"C{i}",
+                label=f"e_{i + 1} (λ={eigenvalues[i]:.3g})")  # fmt: skip
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set(xlabel="step", ylabel="c_i(t) = <θ_t − θ*, e_i>", title="eigen-coefficients")
+    ax.legend(loc="best", fontsize=8)
+    ax = axes[1]
+    rho = np.asarray(ratio, np.float64)
+    x = np.asarray(eigenvalues if predicted is None else predicted, np.float64)
+    dots = ax.scatter(x, rho, c=np.asarray(r2, np.float64), cmap="viridis", vmin=0, vmax=1, s=24)
+    fig.colorbar(dots, ax=ax, label="R² of the one-step fit")
+    if predicted is not None:
+        ends = [float(np.nanmin([x.min(), np.nanmin(rho)])), 1.0]
+        ax.plot(ends, ends, color="0.4", lw=1, label="ρ = 1 − ηλ")
+        ax.legend(loc="best", fontsize=8)
+    ax.set(
+        xlabel="1 − ηλ_i (predicted)" if predicted is not None else "λ_i",
+        ylabel="fitted per-step ρ_i",
+        title="decay per step: fit vs quadratic model",
+    )
+    ax.grid(alpha=0.3)
+    _save(fig, path, title)

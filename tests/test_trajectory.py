@@ -211,6 +211,58 @@ def test_quadratic_fit_recovers_the_eigenvalues(quadratic):
 
 
 @pytest.mark.x64
+def test_trajectory_fit_recovers_the_closed_form(quadratic):
+    """GD on the quadratic, recorded every 3 steps by the optax recorder as in training: the
+    fit on the weight snapshots alone gives ρ_i = 1 − ηλ_i, <θ*, e_i>, c_i(0) and
+    c_i(t) = c_i(0)(1 − ηλ_i)^t (the closed form), the signs of ρ < 0 included."""
+    exact, params, _, _ = quadratic
+    with enable_x64():
+        opt = jax.jit(_optax_scan, static_argnums=(1, 2))(params, STEPS // 3, 3)
+    traj = tr.read_snapshots(opt)
+    np.testing.assert_array_equal(traj.steps, np.arange(0, STEPS, 3))
+    np.testing.assert_allclose(traj.params, exact[:STEPS:3], rtol=0, atol=1e-12)
+    fit = tr.trajectory_quadratic_fit(traj.params, traj.steps, Q, LAMBDAS, ETA)
+    rho = 1 - ETA * LAMBDAS
+    np.testing.assert_allclose(fit.predicted_ratio, rho, rtol=1e-15)
+    np.testing.assert_allclose(fit.snapshot_ratio, rho**3, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(fit.ratio, rho, rtol=1e-8)
+    np.testing.assert_allclose(fit.fitted, LAMBDAS, rtol=1e-8)
+    np.testing.assert_allclose(fit.minimum, Q.T @ THETA_STAR, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(fit.amplitude, C0, rtol=1e-7)
+    closed = C0 * rho ** traj.steps[:, None]
+    np.testing.assert_allclose(fit.coefficients, closed, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(fit.r2, 1.0, atol=1e-9)
+    # an even spacing hides the sign of ρ < 0 (ρ² > 0): taken positive
+    even = tr.trajectory_quadratic_fit(traj.params[::2], traj.steps[::2], Q, LAMBDAS, ETA)
+    np.testing.assert_allclose(even.ratio, np.abs(rho), rtol=1e-7)
+    np.testing.assert_allclose(even.minimum, Q.T @ THETA_STAR, rtol=0, atol=1e-9)
+    # a steady drift along e_1 is no decay toward a minimum: ρ = 1, and θ* is left undefined
+    drift = traj.params[:1] + 1e-3 * traj.steps[:, None] * Q[:, 0]
+    line = tr.trajectory_quadratic_fit(drift, traj.steps, Q[:, :1], LAMBDAS[:1], ETA)
+    assert line.ratio[0] == pytest.approx(1.0, abs=1e-9)
+    assert np.isnan(line.minimum[0]) and np.isnan(line.coefficients).all()
+    with pytest.raises(ValueError, match="equally spaced"):
+        tr.trajectory_quadratic_fit(traj.params[[0, 1, 3]], traj.steps[[0, 1, 3]], Q, LAMBDAS,
+                                    ETA)  # fmt: skip
+
+
+def test_trajectory_fit_of_an_autoregressive_process():
+    """SGD's form of the model: c(t + 1) = ρ c(t) + noise around θ*: the one-step regression
+    recovers ρ and θ* to within their sampling error (20,000 steps: se(ρ) ≈ 0.004, se(θ*)
+    ≈ 0.035)."""
+    rng = np.random.default_rng(0)
+    rho, star, steps = 0.8, 3.0, 20000
+    c = np.zeros(steps)
+    for t in range(1, steps):
+        c[t] = rho * c[t - 1] + rng.normal()
+    fit = tr.trajectory_quadratic_fit((star + c)[:, None], np.arange(steps), np.ones((1, 1)),
+                                      np.array([(1 - rho) / ETA]), ETA)  # fmt: skip
+    assert fit.ratio[0] == pytest.approx(rho, abs=0.015)
+    assert fit.minimum[0] == pytest.approx(star, abs=0.1)
+    assert 0.5 < fit.r2[0] < 0.75  # ρ² = 0.64 of the variance is predictable
+
+
+@pytest.mark.x64
 def test_fit_sign_needs_odd_gaps(quadratic):
     _, _, traj, _ = quadratic
     coords = tr.project(traj.params, Q, THETA_STAR)
@@ -469,9 +521,9 @@ def tiny_run(tmp_path_factory):
 
 def test_weights_binary_writes_results_and_figures(tiny_run):
     workdir, results = tiny_run
-    names = ["results.json", "pca_vs_hessian_overlap.png", "drift_mode.png", "quadratic_fit.png",
-             "weight_alignment.png", "svd_overlap.png", "svd_curvature.png",
-             "params_weights.ckpt"]  # fmt: skip
+    names = ["results.json", "pca_vs_hessian_overlap.png", "pca_vs_hessian_eigenvalues.png",
+             "drift_mode.png", "quadratic_fit.png", "trajectory_fit.png", "weight_alignment.png",
+             "svd_overlap.png", "svd_curvature.png", "params_weights.ckpt"]  # fmt: skip
     for name in names:
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "results.json")) as f:
@@ -492,6 +544,23 @@ def test_weights_binary_writes_results_and_figures(tiny_run):
     for k in ("4", "8"):
         assert pca["updates"]["overlap_at"][k] > 2 * pca["weights"]["overlap_at"][k]
         assert pca["updates"]["overlap_at"][k] > 10 * pca["chance_at"][k]
+        # PCA by eigenvalues: the variances are the ratios times one total, and each
+        # component's curvature is a Rayleigh quotient of H, so at most λ_1 (Lanczos tol)
+        spec = pca[part]["spectrum"]
+        var = np.asarray(spec["explained_variance"])
+        np.testing.assert_allclose(var / var[0], ratios / ratios[0], rtol=1e-5)
+        curv = np.asarray(spec["component_curvature"])
+        assert curv.shape == (8,) and np.all(curv <= top[0] * (1 + 1e-3))
+        assert spec["variance_decay"] == pytest.approx(var[0] / var[-1], rel=1e-5)
+    # the update PCs see more curvature than the weight PCs (Haink: updates track H)
+    assert np.mean(pca["updates"]["spectrum"]["component_curvature"]) > np.mean(
+        pca["weights"]["spectrum"]["component_curvature"]
+    )
+    tf = saved["trajectory_fit"]
+    eta = saved["config"]["train"]["learning_rate"]
+    np.testing.assert_allclose(tf["predicted_ratio"], 1 - eta * top, rtol=1e-6)
+    assert len(tf["ratio"]) == 8 and tf["window"] == [400, 595]
+    assert sum(r is not None for r in tf["ratio"]) >= 4
     drift = saved["drift_mode"]
     assert drift["explained_variance_ratio"] > 0.5 and drift["displacement_share"] > 0.5
     assert 0 < drift["curvature"] < 0.1 * top[0]  # the drift is a low-curvature direction

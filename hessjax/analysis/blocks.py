@@ -35,6 +35,26 @@ class LayerwiseSpectrum(NamedTuple):
     whole_top: float
     num_matvecs: int
 
+    def depth_trend(self) -> dict:
+        """How the blocks' top eigenvalues change with depth (blocks in input → output order):
+        spearman: rank correlation of block_top with the block index (+1: strictly growing
+        with depth; None for fewer than 2 blocks or tied tops); argmax: index of the
+        largest; deepest_largest: whether the last (output) block has the largest;
+        last_over_first: block_top[-1] / block_top[0]."""
+        top = np.asarray(self.block_top, np.float64)
+        if top.size == 0:
+            raise ValueError("depth_trend needs at least one block")
+        rho = None
+        if top.size >= 2 and np.unique(top).size == top.size:  # no ties: ranks are argsorts
+            rho = float(np.corrcoef(np.arange(top.size), np.argsort(np.argsort(top)))[0, 1])
+        argmax = int(np.argmax(top))
+        return {
+            "spearman": rho,
+            "argmax": argmax,
+            "deepest_largest": argmax == top.size - 1,
+            "last_over_first": float(top[-1] / top[0]) if top[0] != 0 else None,
+        }
+
     def as_rows(self) -> list[dict]:
         """One dict per block and a last row for the whole network (for JSON and tables)."""
         rows = [

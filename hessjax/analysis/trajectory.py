@@ -26,7 +26,10 @@ Analysis (float64 numpy on the snapshots):
   c_i(t) = <θ(t) − θ*, e_i> ≈ c_i(0)·(1 − ηλ_i)^t: a log-linear least-squares fit of |c_i(t)|
   gives |1 − ηλ_i|, the sign comes from sign flips between snapshots, and
   λ_i^fit = (1 − ρ_i)/η. Projections of the updates (or of the increments between weight
-  snapshots) decay with the same ratio and need no θ*.
+  snapshots) decay with the same ratio and need no θ*. `trajectory_quadratic_fit` fits the
+  model to recorded weight snapshots themselves (one-step regression of each coordinate,
+  exact under GD and the autoregressive form of the model under SGD): ρ_i, θ*'s coordinates
+  and c_i(t) = <θ_t − θ*, e_i>, next to the prediction 1 − ηλ_i.
 """
 
 from __future__ import annotations
@@ -460,11 +463,102 @@ def quadratic_model_fit(
     return QuadraticModelFit(lam, fitted, rel, coords, decay)
 
 
+class TrajectoryFit(NamedTuple):
+    """The quadratic-potential model fitted to recorded weight snapshots θ_t themselves.
+
+    eigenvalues (k,) λ_i; predicted_ratio (k,): 1 − ηλ_i, the per-step factor of gradient
+    descent at η on a quadratic with these eigenpairs; snapshot_ratio (k,): the fitted factor
+    b_i between consecutive snapshots (ρ_i^s for snapshots s steps apart); ratio (k,): the
+    per-step ρ_i = sign(b_i)|b_i|^(1/s) (the sign is visible only for odd s, else taken
+    positive); fitted (k,): (1 − ρ_i)/η; relative_error (k,): |fitted − λ|/|λ|; minimum (k,):
+    the estimated <θ*, e_i>; amplitude (k,): c_i(t₀); coefficients (m, k): the
+    eigen-coefficients c_i(t) = <θ_t − θ*, e_i>; r2 (k,): R² of the one-step regression. NaN
+    where undefined (a constant series; θ* where |1 − b_i| < min_contrast: no decay to locate
+    a minimum by).
+    """
+
+    eigenvalues: np.ndarray
+    predicted_ratio: np.ndarray
+    snapshot_ratio: np.ndarray
+    ratio: np.ndarray
+    fitted: np.ndarray
+    relative_error: np.ndarray
+    minimum: np.ndarray
+    amplitude: np.ndarray
+    coefficients: np.ndarray
+    r2: np.ndarray
+
+
+def trajectory_quadratic_fit(
+    snapshots: ArrayLike,
+    steps: ArrayLike,
+    eigenvectors: ArrayLike,
+    eigenvalues: ArrayLike,
+    learning_rate: float,
+    *,
+    min_contrast: float = 1e-6,
+) -> TrajectoryFit:
+    """Fit the quadratic-potential model to weight snapshots (m, n) at equally spaced steps
+    (m,) s apart, e.g. `read_snapshots(opt_state)` of a training run, along eigenvectors (n, k).
+
+    On a quadratic with minimum θ*, the projections p_i(t) = <θ_t, e_i> obey
+    p_i(t + s) − <θ*, e_i> = b_i (p_i(t) − <θ*, e_i>) with b_i = (1 − ηλ_i)^s: exactly under
+    gradient descent (c_i(t) = c_i(0)(1 − ηλ_i)^t), and on average under SGD, whose noise
+    makes c_i an autoregressive process with that coefficient. So each direction is one least-
+    squares line p_i(t + s) = a_i + b_i p_i(t): b_i gives ρ_i, a_i / (1 − b_i) gives
+    <θ*, e_i> and c_i(t) = p_i(t) − <θ*, e_i>. Exact for GD on a quadratic loss; needs no θ*
+    and no floor on the series."""
+    lam = np.asarray(eigenvalues, np.float64)
+    p = project(snapshots, eigenvectors)
+    t = np.asarray(steps)
+    if t.shape != (p.shape[0],) or not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"steps must be ({p.shape[0]},) integers, got {t.dtype} {t.shape}")
+    gaps = set(np.diff(t).tolist())
+    if p.shape[0] < 3 or len(gaps) != 1 or min(gaps) <= 0:
+        raise ValueError("need >= 3 snapshots at strictly increasing, equally spaced steps")
+    if lam.shape != (p.shape[1],):
+        raise ValueError(f"eigenvalues must have shape ({p.shape[1]},), got {lam.shape}")
+    if not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+    (gap,) = gaps
+    k = p.shape[1]
+    b, a, r2 = np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan)
+    for i in range(k):
+        x, y = p[:-1, i], p[1:, i]
+        xc, yc = x - x.mean(), y - y.mean()
+        sxx, syy = float(xc @ xc), float(yc @ yc)
+        if sxx == 0.0:
+            continue
+        b[i] = float(xc @ yc) / sxx
+        a[i] = y.mean() - b[i] * x.mean()
+        r2[i] = 1.0 - float(np.sum((yc - b[i] * xc) ** 2)) / syy if syy > 0 else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sign = np.where((gap % 2 == 1) & (b < 0), -1.0, 1.0)
+        rho = sign * np.abs(b) ** (1.0 / gap)
+        minimum = np.where(np.abs(1.0 - b) >= min_contrast, a / (1.0 - b), np.nan)
+        fitted = (1.0 - rho) / learning_rate
+        rel = np.abs(fitted - lam) / np.abs(lam)
+    coefficients = p - minimum
+    return TrajectoryFit(
+        eigenvalues=lam,
+        predicted_ratio=1.0 - learning_rate * lam,
+        snapshot_ratio=b,
+        ratio=rho,
+        fitted=fitted,
+        relative_error=rel,
+        minimum=minimum,
+        amplitude=coefficients[0],
+        coefficients=coefficients,
+        r2=r2,
+    )
+
+
 __all__ = [
     "PCA",
     "DecayFit",
     "DriftMode",
     "QuadraticModelFit",
+    "TrajectoryFit",
     "RecorderState",
     "RecordingState",
     "Trajectory",
@@ -479,4 +573,5 @@ __all__ = [
     "record",
     "recorder_state",
     "recording",
+    "trajectory_quadratic_fit",
 ]

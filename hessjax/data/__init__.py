@@ -6,7 +6,7 @@ from idx files or from prepared TFDS ArrayRecord data. ``load_dataset`` dispatch
 """
 
 from hessjax.data.batching import class_balanced_subset, microbatches
-from hessjax.data.dataset import Dataset
+from hessjax.data.dataset import SCALINGS, Dataset, rescale_inputs
 from hessjax.data.idx import load_idx_dir, read_idx
 from hessjax.data.loader import DATASET_NAMES, SOURCES, default_data_dir, load_dataset
 from hessjax.data.mnist1d import load_mnist1d
@@ -15,6 +15,7 @@ from hessjax.data.tfds_source import load_tfds
 
 __all__ = [
     "DATASET_NAMES",
+    "SCALINGS",
     "SOURCES",
     "Dataset",
     "class_balanced_subset",
@@ -26,4 +27,5 @@ __all__ = [
     "load_tfds",
     "microbatches",
     "read_idx",
+    "rescale_inputs",
 ]
