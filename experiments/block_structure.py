@@ -3,22 +3,37 @@ r"""Block structure of network Hessians (Dong et al. 2025; layer-wise part of Ha
   python -m experiments.block_structure --workdir=runs/block_structure
   python -m experiments.block_structure --workdir=runs/block_mnist \
       --config.data.name=mnist --config.data.dir=../shared/data/mnist
+  python -m experiments.block_structure --workdir=runs/block_paper \
+      --config=experiments/configs/block_structure.py:paper   # the authors' sizes (slow)
 
-Three parts, each switched by config.<part>.enabled:
-  a. static force: at initialisation of f = V relu(W x), the mean neuron-block ratio
+Parts, each switched by config.<part>.enabled:
+  a. static: at initialisation of f = V relu(W x), the mean neuron-block ratio
      r = ‖H_ij‖²_F / ‖H_ii‖²_F of the output and hidden layers vs the number of classes C, for
      cross-entropy and MSE, with log-log slopes (theory: CE output -2, hidden -1; MSE output
      blocks exactly 0).
-  b. dynamic force: the same net trained on a Gaussian mixture; at checkpoints the loss and the
+  b. dynamic: the same net trained on a Gaussian mixture; at checkpoints the loss and the
      layer-block norms ‖H_WV‖_F, ‖H_WW‖_F, ‖H_VV‖_F (exact, or Gaussian estimates with
      standard errors) — the cross-layer block shrinks as the loss falls.
-  c. layer-wise structure of a trained MLP (config.data): the layer block-ratio matrix and
-     each layer's top eigenvalue beside the whole network's.
+  c. layerwise: layer-wise structure of a trained MLP (config.data): the layer block-ratio
+     matrix and each layer's top eigenvalue beside the whole network's.
+  d. large_c: part a's ratios for C up to 32,768 (language-model vocabularies), matrix-free:
+     only the probed neuron blocks' columns are computed (n_j products each).
+  e. spectra: for f = V x and f = V relu(W x) at initialisation, the eigenvalues of diagonal
+     neuron blocks H_jj and the singular values of off-diagonal ones H_ij of the same layer, per
+     C (the distributions the paper compares), and the slope of their scale ratio vs C.
+  f. heatmap: the dense |H| of both models, neuron blocks made contiguous, block grid drawn, at
+     initialisation and after training; the share of ‖H‖²_F in the diagonal neuron and layer
+     blocks.
+  g. neuron_dynamic: f = V relu(W x) trained on config.data (MNIST-1D offline, MNIST with
+     --config.data.*): part a's neuron-block ratios at checkpoints (the dynamic force at the
+     neuron level).
 
 Writes into the workdir the figures of the enabled parts (static_force.png,
-dynamic_force.png, block_ratios.png, layerwise_top.png) and, last, results.json; the previous
-run's copies are deleted first. params_layerwise.ckpt (part c's trained params) is reused when
-the same data/model/train config is run again.
+dynamic_force.png, block_ratios.png, layerwise_top.png, large_c.png, block_spectra.png,
+hessian_heatmap.png with its pooled images hessian_heatmap.npz, neuron_dynamic.png) and, last,
+results.json; the previous run's copies are deleted first. params_layerwise.ckpt (part c's
+trained params) is reused when the same data/model/train config is run again. A failing C of
+part e is recorded as {"error": ...} and the sweep goes on.
 """
 
 from __future__ import annotations

@@ -153,6 +153,7 @@ def plot_dynamic_force(
     ax.legend(loc="best", fontsize=8)
     for ax in axes:
         _symlog_steps(ax, steps)
+        ax.set_xlim(left=steps.min())  # no empty negative decades on a symlog axis
     _save(fig, path, title)
 
 

@@ -48,7 +48,7 @@ def _tiny_config():
     c.layerwise.microbatch_size = 200
     c.layerwise.norms = "estimate"  # the Gaussian-probe path (the dynamic part runs exact)
     c.layerwise.num_probes = 16
-    c.large_c.num_classes = (64, 512, 4096)
+    c.large_c.num_classes = (128, 4096)
     c.large_c.input_dim = 8
     c.large_c.width = 8
     c.large_c.num_samples = 64
@@ -135,7 +135,7 @@ def test_layerwise_block_tops_interlace_whole_network(tiny_run):
 
 def test_large_c_slopes_and_mse_zero(tiny_run):
     large = tiny_run[1]["large_c"]
-    assert large["num_classes"] == [64, 512, 4096]
+    assert large["num_classes"] == [128, 4096]
     assert -2.25 <= large["slopes"]["ce"]["output"]["slope"] <= -1.75, large["slopes"]
     assert large["slopes"]["mse"]["output"] == "exactly zero"
     assert all(r > 0 for r in large["ratios"]["ce"]["hidden"])

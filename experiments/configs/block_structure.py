@@ -4,15 +4,22 @@ spectra, heatmaps; and the layer-wise block structure of a trained network).
 
 Presets (the config string after the file name, `...block_structure.py:paper`):
 
-* small (default) — every part at small sizes, offline; see the README/report for timings on
-  2 shared CPU cores. Switch a part off with e.g. --config.large_c.enabled=False; run parts c
-  and f on real MNIST with --config.data.name=mnist --config.data.dir=../shared/data/mnist.
+* small (default) — every part at small sizes, offline. Measured 2026-12-01 on the 2 shared
+  CPU cores of the development machine (load average ~27, timings inflated): all seven parts
+  16.6 min wall but 2 min 22 s of CPU time (user); the new parts' wall times: large_c 3.6 min
+  (17.5 s CPU), spectra 1.6 min, heatmap 0.5 min, neuron_dynamic 0.9 min (MNIST-1D; on MNIST
+  with --config.data.name=mnist --config.data.dir=../shared/data/mnist 11.8 min wall, 80 s
+  CPU). Switch a part off with e.g. --config.large_c.enabled=False.
 * paper — the sizes of the authors' code (train_gaussian.py of zyushun/Hessian-structure):
   Gaussian inputs x ~ N(0, I_500), 5,000 samples, uniform random labels, width 8, no biases,
   PyTorch's default U(±1/√fan_in) init, cross-entropy; f = V x and f = V relu(W x). C sweeps
   up to 500-1,000 (static, spectra) and 32,768 (large_c). The heatmaps use d = C = 100 (the
-  dense Hessian of the linear model at d = C = 500 has 250,000² entries). Much slower than
-  the default (the report of the branch that added it gives the measured times).
+  dense Hessian of the linear model at d = C = 500 has 250,000² entries); training for the
+  "after" heatmap is 2,000 full-batch Adam steps at lr 1e-3 (the authors: lr 1e-4, cosine
+  schedule). Not run in full here: hours on 2 CPU cores (each probed hidden block costs 500
+  Hessian-vector products over 5,000 samples), meant for a GPU. Measured on the shared
+  2 cores: part static with losses=ce, C = 10, 100, 1000 and probed=2 took 9.1 min wall
+  (60 s CPU).
 """
 
 import ml_collections
@@ -46,7 +53,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     # a. Static force: mean neuron-block ratio r of f = V relu(W x) at initialisation vs C.
     if paper:
-        c.static = _static((10, 50, 100, 500, 1000), 500, 8, 5000, 4, 64, "fan_in_uniform")
+        c.static = _static((10, 50, 100, 500, 1000), 500, 8, 5000, 4, 8, "fan_in_uniform")
     else:
         c.static = _static((10, 30, 100, 300, 1000), 32, 32, 512, 4, 0, "lecun")
 
