@@ -171,7 +171,7 @@ def plot_block_spectra(
     rows = list(panels)
     cols = sorted({c for row in panels.values() for c in row})
     fig, axes = plt.subplots(
-        len(rows), len(cols), figsize=(3.2 * len(cols), 2.6 * len(rows)), squeeze=False
+        len(rows), len(cols), figsize=(max(3.2 * len(cols), 9.0), 2.6 * len(rows)), squeeze=False
     )
     for r, row in enumerate(rows):
         values = [np.abs(np.asarray(v, np.float64)) for p in panels[row].values() for v in
