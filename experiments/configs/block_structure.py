@@ -4,12 +4,12 @@ spectra, heatmaps; and the layer-wise block structure of a trained network).
 
 Presets (the config string after the file name, `...block_structure.py:paper`):
 
-* small (default) — every part at small sizes, offline. Measured 2026-12-01 on the 2 shared
-  CPU cores of the development machine (load average ~27, timings inflated): all seven parts
-  16.6 min wall but 2 min 22 s of CPU time (user); the new parts' wall times: large_c 3.6 min
-  (17.5 s CPU), spectra 1.6 min, heatmap 0.5 min, neuron_dynamic 0.9 min (MNIST-1D; on MNIST
-  with --config.data.name=mnist --config.data.dir=../shared/data/mnist 11.8 min wall, 80 s
-  CPU). Switch a part off with e.g. --config.large_c.enabled=False.
+* small (default) — every part at small sizes, offline. Measured 2026-12-01 on the 2 CPU
+  cores of the development machine shared with other jobs (load average ~38): all seven parts
+  in 9.3 min wall, 2 min 3 s of CPU time (user); per part (wall): static 86 s, dynamic 56 s,
+  layerwise 94 s, large_c 97 s, spectra 107 s, heatmap 40 s, neuron_dynamic 62 s (MNIST-1D;
+  on MNIST, --config.data.name=mnist --config.data.dir=../shared/data/mnist, it took 11.8 min
+  wall, 80 s CPU). Switch a part off with e.g. --config.large_c.enabled=False.
 * paper — the sizes of the authors' code (train_gaussian.py of zyushun/Hessian-structure):
   Gaussian inputs x ~ N(0, I_500), 5,000 samples, uniform random labels, width 8, no biases,
   PyTorch's default U(±1/√fan_in) init, cross-entropy; f = V x and f = V relu(W x). C sweeps
