@@ -121,12 +121,15 @@ def plot_dynamic_force(
     cross: str | None = None,
     stderr: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
+    ylabel: str = "Frobenius norm",
+    panel_title: str = "layer-block norms of the Hessian",
 ) -> None:
     """Dynamic force (Dong et al.) over training, two panels saved to `path` (PNG): the loss
     (left axis) and the cross-layer block norm norms[cross] (right axis, default the first
     entry) vs step; and every block norm in `norms` (e.g. ‖H_WV‖_F, ‖H_WW‖_F, ‖H_VV‖_F) on
     a log axis, with ±stderr[name] bars where given (estimated norms). Steps spanning
-    decades (checkpoints spaced geometrically) go on a symlog axis."""
+    decades (checkpoints spaced geometrically) go on a symlog axis. `ylabel` and
+    `panel_title` name the right panel's quantity (e.g. neuron-block ratios)."""
     steps = np.asarray(steps)
     cross = cross or next(iter(norms))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
@@ -146,10 +149,84 @@ def plot_dynamic_force(
         err = None if stderr is None or name not in stderr else np.asarray(stderr[name])
         ax.errorbar(steps, values, yerr=err, fmt="o-", ms=3, color=f"C{i + 1}", label=name)
     ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="Frobenius norm", title="layer-block norms of the Hessian")
+    ax.set(xlabel="step", ylabel=ylabel, title=panel_title)
     ax.legend(loc="best", fontsize=8)
     for ax in axes:
         _symlog_steps(ax, steps)
+        ax.set_xlim(left=steps.min())  # no empty negative decades on a symlog axis
+    _save(fig, path, title)
+
+
+def plot_block_spectra(
+    panels: Mapping[str, Mapping[int, Mapping[str, Sequence[float]]]],
+    path: str,
+    title: str = "",
+    bins: int = 40,
+) -> None:
+    """Distributions of block spectra (Dong et al.), one row per block kind (e.g. 'nn output')
+    and one column per number of classes C: panels[row][C] = {'diagonal': eigenvalues of
+    diagonal blocks, 'off_diagonal': singular values of off-diagonal blocks}. Histograms
+    (densities) of log10 |value| on bins shared along each row, so the off-diagonal mass
+    moving left as C grows is visible. Saved to `path` (PNG)."""
+    rows = list(panels)
+    cols = sorted({c for row in panels.values() for c in row})
+    fig, axes = plt.subplots(
+        len(rows), len(cols), figsize=(max(3.2 * len(cols), 9.0), 2.6 * len(rows)), squeeze=False
+    )
+    for r, row in enumerate(rows):
+        values = [np.abs(np.asarray(v, np.float64)) for p in panels[row].values() for v in
+                  p.values()]  # fmt: skip
+        pooled = np.concatenate([v[v > 0] for v in values] or [np.ones(1)])
+        lo, hi = np.log10(pooled.min()), np.log10(pooled.max())
+        edges = np.linspace(lo, hi + 1e-9 if hi > lo else lo + 1, bins + 1)
+        for c_idx, c in enumerate(cols):
+            ax = axes[r, c_idx]
+            for k, (name, label) in enumerate(
+                (("diagonal", "eig H_ii"), ("off_diagonal", "sv H_ij"))
+            ):
+                v = np.abs(np.asarray(panels[row].get(c, {}).get(name, []), np.float64))
+                v = v[v > 0]
+                if v.size:
+                    ax.hist(np.log10(v), bins=edges, density=True, alpha=0.55, color=f"C{k}",
+                            label=label)  # fmt: skip
+            ax.set_title(f"{row}, C = {c}", fontsize=9)
+            ax.set_xlabel("log10 |value|", fontsize=8)
+            if c_idx == 0:
+                ax.set_ylabel("density", fontsize=8)
+            ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path, title)
+
+
+def plot_hessian_heatmaps(
+    matrices: Mapping[str, Mapping[str, np.ndarray]],
+    bounds: Mapping[str, Sequence[float]],
+    path: str,
+    vmax_fraction: float = 0.01,
+    title: str = "",
+) -> None:
+    """Heatmaps of |H| with the block grid drawn: one row per model, one column per stage
+    (e.g. 'init', 'trained'); matrices[model][stage] is a non-negative (m, m) image (|H| with
+    its blocks contiguous, possibly max-pooled), bounds[model] the block boundaries in the
+    image's pixel coordinates. The colour scale tops at vmax_fraction · max (the authors'
+    code shows max / 100). Saved to `path` (PNG)."""
+    models = list(matrices)
+    stages = list(next(iter(matrices.values())))
+    fig, axes = plt.subplots(
+        len(models), len(stages), figsize=(4.6 * len(stages), 4.2 * len(models)), squeeze=False
+    )
+    for r, model in enumerate(models):
+        for s, stage in enumerate(stages):
+            ax = axes[r, s]
+            a = np.asarray(matrices[model][stage], np.float64)
+            im = ax.imshow(a, cmap="cividis", vmin=0, vmax=vmax_fraction * a.max() or 1.0,
+                           interpolation="nearest")  # fmt: skip
+            for b in bounds[model][1:-1]:
+                ax.axhline(b - 0.5, color="w", lw=0.3, alpha=0.6)
+                ax.axvline(b - 0.5, color="w", lw=0.3, alpha=0.6)
+            ax.set_title(f"{model}, {stage}: |H| (max / {1 / vmax_fraction:g})", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     _save(fig, path, title)
 
 

@@ -5,10 +5,16 @@
 * `block_ratio_matrix`: r_ij = ‖H_ij‖²_F / ‖H_ii‖²_F over a partition.
 * `neuron_block_ratio`, `static_force_ratios`: the mean ratio between neuron blocks of one
   layer, and Dong et al.'s static-force measurement at initialisation of f = V relu(W x).
+* `static_problem`: that setup (or the linear model f = V x) as an operator and a neuron
+  partition; `neuron_block_spectra`: eigenvalues of diagonal and singular values of
+  off-diagonal neuron blocks of one layer (the distributions Dong et al. compare as C grows).
+* `neuron_block_order`, `diagonal_mass_fraction`: for heatmaps of a dense Hessian with its
+  block grid, and the share of ‖H‖²_F inside the diagonal blocks.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -18,7 +24,13 @@ from hessjax.curvature.blocks import Partition, layer_block_diagonal, partition_
 from hessjax.curvature.losses import MeanLoss, cross_entropy, mse
 from hessjax.curvature.operators import hessian_operator
 from hessjax.linalg import Operator, eigsh
-from hessjax.linalg.blocks import block_eigsh, block_frobenius_sq, block_ratios
+from hessjax.linalg.blocks import (
+    block_eigsh,
+    block_frobenius_sq,
+    block_ratios,
+    block_spectra,
+    dense_block_frobenius_sq,
+)
 from hessjax.models import MLP
 
 Array = jax.Array
@@ -100,21 +112,133 @@ def block_ratio_matrix(
     return np.asarray(block_ratios(norms.sq), np.float64)
 
 
-def neuron_block_ratio(
-    op: Operator, partition: Partition, layer: str, probed: int, *, key: Array
-) -> float:
-    """Mean of r_ji = ‖H_ji‖²_F / ‖H_jj‖²_F over `probed` random neuron blocks j of `layer` and
-    every other neuron block i of the same layer (exact norms: n_j products per probed j)."""
+def _layer_members(partition: Partition, layer: str) -> np.ndarray:
+    """Indices of the neuron blocks 'layer/<unit>' of `layer` (at least two)."""
     members = np.array([i for i, n in enumerate(partition.names) if n.startswith(layer + "/")])
     if members.size < 2:
         raise ValueError(f"layer {layer!r} needs at least two neuron blocks, got {members.size}")
+    return members
+
+
+def neuron_block_ratio(
+    op: Operator,
+    partition: Partition,
+    layer: str,
+    probed: int,
+    *,
+    key: Array,
+    block_size: int | None = None,
+) -> float:
+    """Mean of r_ji = ‖H_ji‖²_F / ‖H_jj‖²_F over `probed` random neuron blocks j of `layer` and
+    every other neuron block i of the same layer (exact norms: n_j products per probed j,
+    `block_size` at a time)."""
+    members = _layer_members(partition, layer)
     chosen = np.sort(jax.random.choice(key, members, (min(probed, members.size),), replace=False))
-    norms = block_frobenius_sq(op, partition, columns=chosen)
+    norms = block_frobenius_sq(op, partition, columns=chosen, block_size=block_size)
     r = np.asarray(block_ratios(norms.sq, norms.columns), np.float64)  # (c, b)
     others = np.isin(np.arange(partition.num_blocks), members)[None, :] & (
         np.arange(partition.num_blocks)[None, :] != chosen[:, None]
     )
     return float(r[others].mean())
+
+
+class NeuronSpectra(NamedTuple):
+    """Pooled spectra of `probed` neuron blocks of one layer: diagonal (probed · n_j,)
+    eigenvalues of the H_jj, off_diagonal (probed · n_j,) singular values of H_ij (i a random
+    other block of the layer for each j), pairs (2 · probed, 2) the (i, j) used (diagonal
+    pairs first), num_matvecs: products spent."""
+
+    diagonal: np.ndarray
+    off_diagonal: np.ndarray
+    pairs: np.ndarray
+    num_matvecs: int
+
+
+def neuron_block_spectra(
+    op: Operator,
+    partition: Partition,
+    layer: str,
+    probed: int,
+    *,
+    key: Array,
+    block_size: int | None = None,
+) -> NeuronSpectra:
+    """Eigenvalues of `probed` random diagonal neuron blocks H_jj of `layer` and singular values
+    of one off-diagonal block H_ij of the same layer per j (exact, `linalg.block_spectra`:
+    n_j products per probed j; the full Hessian is never formed)."""
+    members = _layer_members(partition, layer)
+    pick_key, other_key = jax.random.split(key)
+    chosen = np.asarray(
+        jax.random.choice(pick_key, members, (min(probed, members.size),), replace=False)
+    )
+    # for each j, a uniformly random other member: shift by 1 .. len - 1 positions
+    where = np.searchsorted(members, chosen)
+    shift = np.asarray(jax.random.randint(other_key, chosen.shape, 1, members.size))
+    others = members[(where + shift) % members.size]
+    pairs = np.concatenate([np.stack([chosen, chosen], 1), np.stack([others, chosen], 1)])
+    spectra = block_spectra(op, partition, pairs, block_size=block_size)
+    k = chosen.size
+    return NeuronSpectra(
+        diagonal=np.concatenate(spectra.values[:k]),
+        off_diagonal=np.concatenate(spectra.values[k:]),
+        pairs=spectra.pairs,
+        num_matvecs=spectra.num_matvecs,
+    )
+
+
+MODEL_KINDS = ("linear", "nn")
+# neuron-block layers of each static model: f = V x (linear) and f = V relu(W x) (nn)
+MODEL_LAYERS = {"linear": {"output": "Dense_0"}, "nn": {"hidden": "Dense_0", "output": "Dense_1"}}
+
+
+class StaticProblem(NamedTuple):
+    """Dong et al.'s setup at initialisation: the model, its params, the mean loss, the data
+    ((1, N, d) Gaussian inputs, (1, N) uniform labels: one microbatch), the Hessian operator and
+    its neuron partition (`partition_by_neuron`)."""
+
+    model: MLP
+    params: dict
+    loss_fn: MeanLoss
+    data: tuple[Array, Array]
+    op: Operator
+    partition: Partition
+
+
+def static_model(kind: str, num_classes: int, width: int, param_init: str = "lecun") -> MLP:
+    """f = V x ('linear', V: C × d) or f = V relu(W x) ('nn', W: width × d), no biases."""
+    if kind == "linear":
+        return MLP((num_classes,), use_bias=False, param_init=param_init)
+    if kind == "nn":
+        return MLP((width, num_classes), act="relu", use_bias=False, param_init=param_init)
+    raise ValueError(f"model must be one of {MODEL_KINDS}, got {kind!r}")
+
+
+def static_problem(
+    num_classes: int,
+    loss: str,
+    *,
+    input_dim: int,
+    width: int,
+    num_samples: int,
+    key: Array,
+    model: str = "nn",
+    param_init: str = "lecun",
+) -> tuple[StaticProblem, Array]:
+    """(problem, probe_key): `static_model` at initialisation (param_init 'lecun' or
+    'fan_in_uniform', PyTorch's default as in the authors' code) on x ~ N(0, I_d) with uniform
+    random labels, for loss 'ce' or 'mse'; probe_key is left for choosing probed blocks."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    net = static_model(model, num_classes, width, param_init)
+    init_key, x_key, y_key, probe_key = jax.random.split(key, 4)
+    x = jax.random.normal(x_key, (1, num_samples, input_dim))
+    y = jax.random.randint(y_key, (1, num_samples), 0, num_classes)
+    params = net.init(init_key, x[0])
+    params = jax.tree_util.tree_map(lambda p: p.astype(x.dtype), params)  # float64 under x64
+    loss_fn = MeanLoss(net.apply, LOSSES[loss])
+    op = hessian_operator(loss_fn, params, (x, y))
+    problem = StaticProblem(net, params, loss_fn, (x, y), op, partition_by_neuron(op.layout))
+    return problem, probe_key
 
 
 def static_force_ratios(
@@ -126,25 +250,41 @@ def static_force_ratios(
     num_samples: int,
     key: Array,
     probed: int = 4,
+    block_size: int | None = None,
+    param_init: str = "lecun",
 ) -> dict[str, float]:
-    """Dong et al.'s static force: at LeCun-normal initialisation of f = V relu(W x) (no bias)
+    """Dong et al.'s static force: at initialisation (`static_problem`) of f = V relu(W x) (no bias)
     on Gaussian inputs x ~ N(0, I) with uniform random labels, the mean neuron-block ratio of
     the output layer (blocks v_c, one per class) and of the hidden layer (blocks w_i), for
-    loss 'ce' (cross-entropy) or 'mse' (½‖f - onehot(y)‖²)."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-    init_key, x_key, y_key, probe_key = jax.random.split(key, 4)
-    model = MLP((width, num_classes), act="relu", use_bias=False)
-    x = jax.random.normal(x_key, (1, num_samples, input_dim))
-    y = jax.random.randint(y_key, (1, num_samples), 0, num_classes)
-    params = model.init(init_key, x[0])
-    op = hessian_operator(MeanLoss(model.apply, LOSSES[loss]), params, (x, y))
-    part = partition_by_neuron(op.layout)
+    loss 'ce' (cross-entropy) or 'mse' (½‖f - onehot(y)‖²). Matrix-free: probed · (d + width)
+    Hessian-vector products, `block_size` at a time (bounds memory at large C)."""
+    problem, probe_key = static_problem(
+        num_classes, loss, input_dim=input_dim, width=width, num_samples=num_samples, key=key,
+        param_init=param_init,
+    )  # fmt: skip
     hidden_key, output_key = jax.random.split(probe_key)
+    ratio = functools.partial(
+        neuron_block_ratio, problem.op, problem.partition, probed=probed, block_size=block_size
+    )
     return {
-        "hidden": neuron_block_ratio(op, part, "Dense_0", probed, key=hidden_key),
-        "output": neuron_block_ratio(op, part, "Dense_1", probed, key=output_key),
+        "hidden": ratio("Dense_0", key=hidden_key),
+        "output": ratio("Dense_1", key=output_key),
     }
+
+
+def neuron_block_order(partition: Partition) -> tuple[np.ndarray, np.ndarray]:
+    """(order (n,), bounds (b + 1,)): the flat indices sorted by block (stable), so that
+    H[order][:, order] has every block contiguous (neuron blocks of a Dense kernel are
+    strided in the flat vector), and the block boundaries in that order."""
+    order = np.argsort(partition.block_ids, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(partition.sizes)])
+    return order, bounds
+
+
+def diagonal_mass_fraction(matrix, partition: Partition) -> float:
+    """Σ_i ‖H_ii‖²_F / ‖H‖²_F of a dense (n, n) matrix: 1 for a block-diagonal matrix."""
+    sq = np.asarray(dense_block_frobenius_sq(matrix, partition), np.float64)
+    return float(np.trace(sq) / sq.sum())
 
 
 def fit_loglog_slope(x, y) -> tuple[float, float]:
@@ -157,10 +297,19 @@ def fit_loglog_slope(x, y) -> tuple[float, float]:
 
 
 __all__ = [
+    "MODEL_KINDS",
+    "MODEL_LAYERS",
     "LayerwiseSpectrum",
+    "NeuronSpectra",
+    "StaticProblem",
     "block_ratio_matrix",
+    "diagonal_mass_fraction",
     "fit_loglog_slope",
     "layerwise_top_eigenvalues",
+    "neuron_block_order",
     "neuron_block_ratio",
+    "neuron_block_spectra",
     "static_force_ratios",
+    "static_model",
+    "static_problem",
 ]

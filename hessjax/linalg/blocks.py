@@ -10,6 +10,8 @@ columns in block j.
   of `krylov.py` with b lockstep recurrences on the packed, ragged layout).
 * `block_frobenius_sq`: ‖A_ij‖²_F, exact (unit probes of block j) or estimated without bias
   from Gaussian probes, ‖A_ij‖²_F = E‖A_ij v‖², with standard errors.
+* `block_spectra`: eigenvalues of chosen diagonal blocks A_jj and singular values of chosen
+  off-diagonal blocks A_ij, exact from the n_j products of each column block j.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from hessjax.linalg import _checks, krylov
 from hessjax.linalg.lanczos import Which, default_num_steps
-from hessjax.linalg.operator import Operator, is_traceable
+from hessjax.linalg.operator import Operator, apply_block, is_traceable
 from hessjax.linalg.partition import Partition, as_partition
 
 Array = jax.Array
@@ -349,6 +351,48 @@ def block_frobenius_sq(
     if num_probes is not None and columns is None:
         sq, se = (sq + sq.T) / 2, jnp.sqrt(se**2 + se.T**2) / 2
     return BlockNorms(sq, se, cols, spent)
+
+
+class BlockSpectra(NamedTuple):
+    """Spectra of chosen blocks A_ij: pairs (p, 2) int (i, j) in the order asked;
+    values: p float64 arrays, the eigenvalues of A_jj (ascending) for i == j, the
+    min(n_i, n_j) singular values of A_ij (descending) otherwise; num_matvecs: products spent
+    (n_j per distinct column block j)."""
+
+    pairs: np.ndarray
+    values: tuple[np.ndarray, ...]
+    num_matvecs: int
+
+
+def block_spectra(
+    op: Operator, partition: Partition, pairs, *, block_size: int | None = None
+) -> BlockSpectra:
+    """Exact spectra of the blocks A_ij for (i, j) in `pairs`: eigenvalues of diagonal blocks
+    (i == j; the block is symmetrised, ½(B + Bᵀ), against rounding), singular values of the
+    others. Each distinct column block j costs its n_j unit-vector products, `block_size` at a
+    time (default all), and holds one (n, n_j) column panel; matrix-free otherwise (A itself
+    is never formed). The small dense eigh/SVD run in float64 on the host."""
+    partition = _in_memory(op, "block_spectra", partition)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if pairs.shape[0] == 0:
+        raise ValueError("block_spectra needs at least one (i, j) pair, got none")
+    for i, j in pairs:
+        partition.indices(int(i)), partition.indices(int(j))  # raise on a bad block index
+    values: list[np.ndarray | None] = [None] * pairs.shape[0]
+    spent = 0
+    for j in np.unique(pairs[:, 1]):
+        cols = partition.indices(int(j))
+        unit = jnp.zeros((op.size, cols.size), op.dtype).at[cols, np.arange(cols.size)].set(1)
+        panel = np.asarray(apply_block(op, unit, block_size), np.float64)  # (n, n_j) = A[:, J]
+        spent += int(cols.size)
+        for a in np.flatnonzero(pairs[:, 1] == j):
+            rows = partition.indices(int(pairs[a, 0]))
+            block = panel[rows]
+            if pairs[a, 0] == j:
+                values[a] = np.linalg.eigvalsh((block + block.T) / 2)
+            else:
+                values[a] = np.linalg.svd(block, compute_uv=False)
+    return BlockSpectra(pairs, tuple(values), spent)
 
 
 def dense_block_frobenius_sq(matrix: Array, partition: Partition) -> Array:
