@@ -539,3 +539,75 @@ def plot_edge_of_stability(runs: Sequence[Mapping], path: str, title: str = "") 
     axes[0].legend(loc="lower right")
     axes[1].set(xlabel="step", ylabel="training loss", title="full-batch training loss")
     _save(fig, path, title)
+
+
+def plot_overlap_vs_k(
+    curves: Mapping[str, Sequence[float]],
+    num_params: int,
+    path: str,
+    title: str = "",
+    per_step: Mapping[int, Sequence[float]] | None = None,
+) -> None:
+    """Mask-vs-eigenspace overlap against k = 1, 2, ... (log axis). Left: one line per entry
+    of `curves` (label -> overlaps at k = 1 .. len), e.g. the magnitude mask (exact, sketch,
+    test Hessian) and the best k-sparse mask, with the chance level k/num_params. Right
+    (optional): one curve per training step of `per_step` (step -> overlaps), coloured by
+    step. Saved to `path`."""
+    panels = 2 if per_step else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 4.2), squeeze=False)
+    top = max(len(v) for v in curves.values())
+    ks = np.arange(1, top + 1)
+    ax = axes[0, 0]
+    for i, (label, values) in enumerate(curves.items()):
+        ax.plot(ks[: len(values)], values, "-", color=f"C{i}", lw=1.3, label=label)
+    ax.plot(ks, ks / num_params, ":", color="0.3", label="chance k/n")
+    ax.set(xlabel="k", ylabel="overlap ‖V_k[mask]‖²_F / k", xscale="log", ylim=(0, 1.02))
+    ax.legend(loc="best", fontsize=7)
+    ax.grid(alpha=0.3)
+    if per_step:
+        ax = axes[0, 1]
+        cmap = plt.get_cmap("viridis")
+        steps = sorted(per_step)
+        for j, step in enumerate(steps):
+            v = per_step[step]
+            color = cmap(j / max(len(steps) - 1, 1))
+            ax.plot(np.arange(1, len(v) + 1), v, "-", color=color, lw=1.2, label=f"step {step}")
+        ax.plot(ks, ks / num_params, ":", color="0.3", label="chance k/n")
+        ax.set(xlabel="k", ylabel="overlap (top-k |θ| mask)", xscale="log", ylim=(0, 1.02))
+        ax.legend(loc="best", fontsize=7)
+        ax.grid(alpha=0.3)
+    _save(fig, path, title)
+
+
+def plot_crystallisation(
+    steps: Sequence[int],
+    mask_iou: Mapping[int, Sequence[float]],
+    iou_chance: Mapping[int, float],
+    eigenspace: Mapping[str, Mapping[int, Sequence[float | None]]],
+    path: str,
+    title: str = "",
+) -> None:
+    """Change between consecutive checkpoints against the later step: left the IoU of the
+    top-k |θ| masks (one line per k, its chance level dotted), right the overlap of the top-k
+    eigenspaces (per method in `eigenspace`, e.g. exact solid, sketch dashed). Series hold one
+    value (or None) per step. Saved to `path`."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = np.asarray(steps, np.float64)
+    styles = ("o-", "s--", "^:")
+    for i, k in enumerate(sorted(mask_iou)):
+        axes[0].plot(x, mask_iou[k], "o-", color=f"C{i}", ms=4, label=f"k = {k}")
+        axes[0].axhline(iou_chance[k], color=f"C{i}", ls=":", lw=0.8)
+    for style, (method, series) in zip(styles, eigenspace.items(), strict=False):
+        for i, k in enumerate(sorted(mask_iou)):
+            v = np.asarray([np.nan if a is None else a for a in series.get(k, [])], np.float64)
+            if v.size and np.any(np.isfinite(v)):
+                label = f"{method} k = {k}"
+                axes[1].plot(x, v, style, color=f"C{i}", ms=4, mfc="none", label=label)
+    axes[0].set(ylabel="IoU of consecutive top-k |θ| masks (chance dotted)")
+    axes[1].set(ylabel="overlap of consecutive top-k eigenspaces")
+    for ax in axes:
+        _symlog_steps(ax, steps)
+        ax.set(xlabel="training step (vs the previous checkpoint)", ylim=(0, 1.02))
+        ax.legend(loc="best", fontsize=7)
+        ax.grid(alpha=0.3)
+    _save(fig, path, title)

@@ -76,6 +76,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.hessian = ml_collections.ConfigDict()
     c.hessian.num_samples = 500  # class-balanced training samples (a multiple of the classes)
     c.hessian.microbatch_size = 500
+    # class-balanced test samples for a second Hessian beside the training one (0 = none):
+    # exact when the training Hessian is, else sketched
+    c.hessian.test_samples = 500
 
     c.overlap = ml_collections.ConfigDict()
     c.overlap.ks = (10, 50, 100, 350, 1000)  # mask / eigenspace sizes (those > n are dropped)
@@ -106,6 +109,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.checkpoints = (0, 200, 1000, 4000)
         c.hessian.num_samples = 1000
         c.hessian.microbatch_size = 250
+        c.hessian.test_samples = 1000
         c.exact.enabled = False
         c.sketch.k = 1000
         c.sketch.outer = 1500
