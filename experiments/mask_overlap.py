@@ -98,6 +98,14 @@ RELATIONS = (
         "0 (2 outer) or at least the outer size",
     ),
 )
+SWEEP_OUTPUTS = ("sweep.json", "sweep.png")
+SWEEP_RULES = {
+    "sweep.widths": common.ints_at_least(1),
+    "sweep.depth": common.POSITIVE_INT,
+    "sweep.depths": common.ints_at_least(1),
+    "sweep.width": common.POSITIVE_INT,
+    "sweep.k_fraction": common.real_in(0.0, 0.25, closed=False),
+}
 BASES = ("exact", "sketch", "test")  # ranked eigenbases kept per checkpoint (bases_<step>.npz)
 NUM_TOP = 20  # eigenvalues by |λ| written to results.json per checkpoint (all in spectra.npz)
 
@@ -657,5 +665,105 @@ def _plot_curves(results, workdir, name) -> None:
     )  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- size sweep
+
+
+def sweep_settings(s: ml_collections.ConfigDict) -> list[tuple[tuple[int, ...], list[str]]]:
+    """MLP hidden widths of a sweep config, each with the sweeps it belongs to: widths
+    `s.widths` at depth `s.depth` ('width') and depths `s.depths` at width `s.width`
+    ('depth'); a setting in both is run once."""
+    settings: dict[tuple[int, ...], list[str]] = {}
+    for w in s.widths:
+        settings.setdefault((int(w),) * int(s.depth), []).append("width")
+    for d in s.depths:
+        settings.setdefault((int(s.width),) * int(d), []).append("depth")
+    return list(settings.items())
+
+
+def _setting_config(config, widths, n) -> ml_collections.ConfigDict:
+    """The single-run config of one sweep setting: hidden `widths`, k = round(k_fraction n)
+    (at least 1) as the only overlap.ks and the sketch's k (outer 2k, inner 4k)."""
+    sub = ml_collections.ConfigDict(config.to_dict())
+    k = max(1, round(config.sweep.k_fraction * n))
+    del sub["sweep"]
+    sub.model.widths = tuple(widths)
+    sub.overlap.ks = (k,)
+    sub.sketch.k, sub.sketch.outer, sub.sketch.inner = k, 0, 0
+    return sub
+
+
+def _setting_summary(results) -> dict:
+    """What the sweep keeps of one setting's results: n, k, chance, and per checkpoint the
+    overlaps (exact where computed, sketch always), best-mask bound and random masks."""
+    (k,) = results["ks"]
+    key = str(k)
+    out = {"num_params": results["num_params"], "k": k, "chance": results["chance"][key]}
+    out["checkpoints"] = []
+    for r in results["checkpoints"]:
+        c = {"step": r["step"], "test_accuracy": r["test_accuracy"], "train_loss": r["train_loss"]}
+        for kind in ("exact", "sketch"):
+            if r[kind] and key in r[kind]["overlap"]:
+                c[kind] = {
+                    "overlap": r[kind]["overlap"][key],
+                    "best_mask": r[kind]["best_mask"][key],
+                    "random_mean": r[kind]["random"][key]["mean"],
+                }
+        c["sketch"]["error_estimate"] = r["sketch"]["error_estimate"]
+        out["checkpoints"].append(c)
+    return out
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Width and depth sweep of the magnitude-mask overlap at fixed k / n (`sweep_settings`):
+    one `run` per setting in workdir/mlp_<widths> (resumable), a failing setting recorded with
+    its error and skipped; writes sweep.json and sweep.png. Returns the sweep.json dict."""
+    common.validate(config, RULES | SWEEP_RULES, RELATIONS)
+    if config.model.kind != "mlp":
+        raise ValueError(f"the size sweep varies MLP widths; model.kind is {config.model.kind!r}")
+    common.prepare_workdir(workdir, SWEEP_OUTPUTS)
+    start = time.perf_counter()
+    ds = load_data(config.data)
+    entries = []
+    for widths, sweeps in sweep_settings(config.sweep):
+        name = "mlp_" + "-".join(map(str, widths))
+        entry = {"name": name, "widths": list(widths), "sweeps": sweeps}
+        t0 = time.perf_counter()
+        try:
+            model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+            model_cfg.widths = widths
+            model = common.build_model(model_cfg, ds.num_classes)
+            shapes = jax.eval_shape(model.init, jax.random.key(0), ds.x_train[:1])
+            n = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
+            sub = _setting_config(config, widths, n)
+            entry |= _setting_summary(run(sub, os.path.join(workdir, name)))
+        except Exception as err:  # one failing setting never ends the sweep
+            logging.exception("sweep setting %s failed", name)
+            entry["error"] = f"{type(err).__name__}: {err}"
+        entry["seconds"] = time.perf_counter() - t0
+        entries.append(entry)
+    results = {
+        "config": config.to_dict(),
+        "dataset": ds.name,
+        "input_shape": list(ds.x_train.shape[1:]),
+        "k_fraction": config.sweep.k_fraction,
+        "settings": entries,
+        "failed": [e["name"] for e in entries if "error" in e],
+        "seconds_total": time.perf_counter() - start,
+    }
+    figures.plot_size_sweep(
+        [e for e in entries if "error" not in e], os.path.join(workdir, "sweep.png"),
+        title=f"{ds.name} {tuple(ds.x_train.shape[1:])}, {config.model.activation} MLPs: "
+        f"top-k |θ| mask vs top-k eigenspace at k = {config.sweep.k_fraction:g} n",
+    )  # fmt: skip
+    common.write_json(os.path.join(workdir, "sweep.json"), results)
+    logging.info("wrote sweep.json and sweep.png to %s", workdir)
+    return results
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The size sweep when the config has a `sweep` section (preset 'sweep'), else one run."""
+    return run_sweep(config, workdir) if "sweep" in config else run(config, workdir)
+
+
 if __name__ == "__main__":
-    common.run_binary("mask_overlap", run)
+    common.run_binary("mask_overlap", main)

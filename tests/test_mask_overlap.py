@@ -293,3 +293,62 @@ def test_large_preset_is_the_documented_conv_net():
     assert mask_overlap.sketch_peak_bytes(962_314, 1000, 1500, 100) < 16e9
     with pytest.raises(ValueError, match="preset"):
         get_config("huge")
+
+
+def _sweep_config():
+    c = get_config("sweep")
+    c.data.num_samples = 600
+    c.train.batch_size = 100
+    c.checkpoints = (0, 10)
+    c.hessian.num_samples = 100
+    c.hessian.microbatch_size = 100
+    c.overlap.num_random_masks = 3
+    c.sketch.error_probes = 4
+    c.sketch.block_size = 0
+    c.sweep.widths = (3, 5)  # 40-3-10 (163 params), 40-5-10 (265)
+    c.sweep.depth = 1
+    c.sweep.depths = (1, 2)  # 40-3-10 again (run once), 40-3-3-10 (175)
+    c.sweep.width = 3
+    return c
+
+
+def test_size_sweep_records_each_setting_and_survives_a_failing_one(tmp_path, monkeypatch):
+    """Settings deduplicated across the width and depth sweeps, k = round(k_fraction n) with
+    chance k / n, each summary equal to its own run's results.json; a setting that raises is
+    recorded with its error and the others still run and are plotted."""
+    real_run = mask_overlap.run
+
+    def run(config, workdir):
+        if tuple(config.model.widths) == (5,):
+            raise RuntimeError("injected failure")
+        return real_run(config, workdir)
+
+    monkeypatch.setattr(mask_overlap, "run", run)
+    out = mask_overlap.main(_sweep_config(), str(tmp_path))
+    names = [e["name"] for e in out["settings"]]
+    assert names == ["mlp_3", "mlp_5", "mlp_3-3"]
+    assert out["settings"][0]["sweeps"] == ["width", "depth"]
+    assert out["failed"] == ["mlp_5"] and "injected failure" in out["settings"][1]["error"]
+    for entry, n in ((out["settings"][0], 163), (out["settings"][2], 175)):
+        assert entry["num_params"] == n and entry["k"] == round(0.05 * n)
+        assert entry["chance"] == entry["k"] / n
+        with open(tmp_path / entry["name"] / "results.json") as f:
+            single = json.load(f)
+        k = str(entry["k"])
+        for summary, record in zip(entry["checkpoints"], single["checkpoints"], strict=True):
+            for kind in ("exact", "sketch"):
+                assert summary[kind]["overlap"] == record[kind]["overlap"][k]
+                assert summary[kind]["best_mask"] == record[kind]["best_mask"][k]
+    for name in mask_overlap.SWEEP_OUTPUTS:
+        assert os.path.getsize(tmp_path / name) > 0
+
+
+@pytest.mark.parametrize("field", ["widths", "depths"])
+def test_size_sweep_refuses_an_empty_list_before_any_work(tmp_path, field):
+    c = _sweep_config()
+    c.sweep[field] = ()
+    with pytest.raises(
+        common.ConfigError, match=rf"config.sweep.{field} = \(\): must be a non-empty"
+    ):
+        mask_overlap.main(c, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()

@@ -46,7 +46,7 @@ import ml_collections
 
 from experiments.configs.common import data_config, train_config
 
-PRESETS = ("small", "large")
+PRESETS = ("small", "large", "sweep")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -98,6 +98,19 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.sketch.error_probes = 20  # probes of the a-posteriori error estimate
     c.sketch.block_size = 256  # products per vmapped block (bounds memory)
 
+    if preset == "sweep":
+        # Width and depth sweep of the mask overlap at fixed k / n (one small run per setting,
+        # in workdir/mlp_<widths>); the exact eigh where n <= exact.max_params, the sketch
+        # (k = k_fraction n, outer 2k, inner 4k) always.
+        c.sweep = ml_collections.ConfigDict()
+        c.sweep.widths = (8, 16, 32, 48)  # hidden widths of the width sweep (non-empty) ...
+        c.sweep.depth = 2  # ... at this many hidden layers
+        c.sweep.depths = (1, 2, 3, 4)  # hidden layers of the depth sweep (non-empty) ...
+        c.sweep.width = 24  # ... at this width
+        c.sweep.k_fraction = 0.05  # k = round(k_fraction n) (the paper: 350 / 7,030 = 0.0498)
+        c.checkpoints = (0, 1000)
+        c.hessian.test_samples = 0
+        c.exact.max_params = 5000
     if preset == "large":
         c.data.resize = 0  # 28×28 MNIST
         c.model.kind = "conv"
