@@ -7,6 +7,8 @@ Methods", TMLR 2025).
       --config.data.dir=../shared/data/mnist                                # paper: 16×16 MNIST
   python -m experiments.mask_overlap --config=experiments/configs/mask_overlap.py:large \
       --config.data.dir=../shared/data/mnist                                # one GPU
+  python -m experiments.mask_overlap --config=experiments/configs/mask_overlap.py:sweep \
+      --workdir=runs/mask_overlap_sweep                                     # size sweep
 
 Trains with SGD and stops at `config.checkpoints` (training between them carries the optimizer
 state). At each checkpoint, with H the Hessian of the mean cross-entropy on class-balanced
@@ -18,18 +20,36 @@ training samples and n the number of parameters:
   a-posteriori error estimate of ‖H − Ĥ_k‖_F / ‖H‖_F;
 * for every k in `overlap.ks`: overlap ‖V_k[mask]‖²_F / k between the top-k |θ| mask and the
   top-k eigenspace V_k (exact and sketched), its chance level k/n, the overlaps of random
-  k-masks (mean ± std), the per-layer magnitude mask (each layer keeps its share of k), and
+  k-masks (mean ± std), the per-layer magnitude mask (each layer keeps its share of k), the
+  best k-sparse mask (the k rows of largest ‖V_k[i, :]‖²: an upper bound for any mask), and
   the Grassmann distances between the mask and V_k;
+* curves over every k = 1 .. K (K = max overlap.ks exact, sketch.k sketched): the magnitude
+  mask's overlap and the best k-sparse mask's (`linalg.mask_overlap_curve`,
+  `best_mask_overlap_curve`);
+* crystallisation, from the second checkpoint on: IoU of the top-k |θ| masks of this and the
+  previous checkpoint (and its chance level) and the overlap of their top-k eigenspaces;
+* with `hessian.test_samples` > 0, the Hessian of that many class-balanced test samples
+  (exact when the training one is, else sketched): its top eigenvalues, the mask overlaps
+  and curves, and the overlap of its top-k eigenspaces with the training ones;
 * the sketch against the exact answer: true relative error vs the estimate (and the optimal
   rank-k error), relative error of the sketched eigenvalues (top 10 and all k), overlap of
   the sketched and exact top-k eigenspaces.
 
 Writes into the workdir: spectra.npz (the exact eigenvalues and the sketched ones at every
 checkpoint), mask_overlap.png (overlap vs training step, one panel per k, with chance and
-random-mask bands), sketch_accuracy.png (sketch vs exact) and, last, results.json (the
-previous run's copies are deleted first), and per checkpoint state_<step>.ckpt (training
-state, measurements and spectra; reused when the same config is run again, so an interrupted
-run resumes).
+random-mask bands), overlap_vs_k.png (the curves), crystallisation.png, sketch_accuracy.png
+(sketch vs exact) and, last, results.json (the previous run's copies are deleted first), and
+per checkpoint state_<step>.ckpt (training state, measurements and spectra) and
+bases_<step>.npz (the ranked eigenbases in float32, n · (max ks + sketch.k) · 4 bytes, for the
+crystallisation of the next checkpoint); both are reused when the same config is run again,
+so an interrupted run resumes.
+
+Size sweep (a config with a `sweep` section, preset 'sweep'): MLPs of hidden widths
+`sweep.widths` at depth `sweep.depth` and of depths `sweep.depths` at width `sweep.width`, each
+one run as above in workdir/mlp_<widths> with the single k = round(sweep.k_fraction · n) (and
+sketch.k = k); sweep.json (n, k, chance, and per checkpoint the exact and sketched overlaps,
+best-mask bound and random masks of every setting; failed settings with their error) and
+sweep.png (overlap against n, one panel per sweep).
 """
 
 from __future__ import annotations

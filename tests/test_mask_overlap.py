@@ -299,7 +299,7 @@ def _sweep_config():
     c = get_config("sweep")
     c.data.num_samples = 600
     c.train.batch_size = 100
-    c.checkpoints = (0, 10)
+    c.checkpoints = (10,)
     c.hessian.num_samples = 100
     c.hessian.microbatch_size = 100
     c.overlap.num_random_masks = 3

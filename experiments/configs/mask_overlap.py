@@ -35,11 +35,17 @@ Presets (the config string after the file name, `...mask_overlap.py:large`):
 
   (other --config.* overrides apply on top of the preset). Not run here (no GPU on the
   development machine): the sizes and memory below are computed, not measured. Memory:
-  `sketch_eigh` keeps about n·(28·outer + 20·inner + 8·k) bytes at its peak (float32
-  sketches and test matrices, float64 core; logged by the binary): outer 1500 / inner 3000
-  for k = 1000 at n = 962k is ≈ 106 GB, so an H200 (141 GB); on an 80 GB H100 use
-  --config.sketch.outer=1000 --config.sketch.inner=2000 (≈ 73 GB, no
-  oversampling at k = 1000: the trailing eigenpairs are then rough).
+  `sketch_eigh` keeps about n · (outer + k + 3 · block_size) · 4 bytes at its peak beyond
+  the operator's own (the float32 range basis and result and a few blocks; the inner size
+  does not enter; logged by the binary as `mask_overlap.sketch_peak_bytes`); measured on CPU
+  it is 8.3 bytes/param per outer column (benchmarks/results/memory_cpu.json). Outer 1500,
+  k = 1000, blocks of 100 at n = 962k: ≈ 10.8 GB (≈ 12 GB at the measured rate), so any
+  16 GB accelerator; bases_<step>.npz then takes n · 2,000 · 4 ≈ 7.7 GB of disk per
+  checkpoint.
+
+* sweep — the width and depth sweep of the overlap at fixed k / n (`sweep.*`; see
+  experiments/mask_overlap.py): the small preset's MLP family and training, checkpoints
+  (0, 1000), no test-subset Hessian, exact eigh up to 5,000 parameters.
 """
 
 import ml_collections
