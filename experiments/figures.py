@@ -614,9 +614,10 @@ def plot_crystallisation(
 
 
 def plot_size_sweep(entries: Sequence[Mapping], path: str, title: str = "") -> None:
-    """Mask-vs-eigenspace overlap at fixed k / n against the number of parameters, one panel
-    per sweep ('width', 'depth'): at the last checkpoint exact (solid) and sketched (dashed),
-    at the first one faint, the best k-sparse mask (dotted) and the chance level k/n (grey).
+    """Mask-vs-eigenspace overlap at fixed k / n, one panel per sweep: against the number of
+    parameters n (log) for the 'width' sweep, against the number of hidden layers for the
+    'depth' sweep. At the last checkpoint exact (solid) and sketched (dashed), at the first
+    one (if another) faint, the best k-sparse mask (dotted) and the chance level k/n (grey).
     entries: the sweep's settings (`widths`, `sweeps`, `num_params`, `chance`, `checkpoints`
     with 'exact' / 'sketch' overlaps). Saved to `path`."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -625,25 +626,38 @@ def plot_size_sweep(entries: Sequence[Mapping], path: str, title: str = "") -> N
         if not runs:
             ax.axis("off")
             continue
-        n = np.asarray([e["num_params"] for e in runs], np.float64)
+        if sweep == "width":
+            x = np.asarray([e["num_params"] for e in runs], np.float64)
+            ax.set(xscale="log", xlabel="parameters n")
+        else:
+            x = np.asarray([len(e["widths"]) for e in runs], np.float64)
+            ax.set(xlabel="hidden layers", xticks=x)
 
         def series(index, kind, field, runs=runs):
             return np.asarray(
                 [e["checkpoints"][index].get(kind, {}).get(field, np.nan) for e in runs], float
             )
 
+        first = [len(e["checkpoints"]) > 1 for e in runs]
+        top = []
         for kind, style, color in (("exact", "o-", "C0"), ("sketch", "s--", "C3")):
-            ax.plot(n, series(-1, kind, "overlap"), style, color=color, ms=4, label=kind)
-            ax.plot(n, series(0, kind, "overlap"), style, color=color, ms=3, alpha=0.35,
-                    label=f"{kind}, step {runs[0]['checkpoints'][0]['step']}")  # fmt: skip
+            last = series(-1, kind, "overlap")
+            if np.any(np.isfinite(last)):
+                ax.plot(x, last, style, color=color, ms=4, label=kind)
+                top.append(np.nanmax(last))
+            start = np.where(first, series(0, kind, "overlap"), np.nan)
+            if np.any(np.isfinite(start)):
+                ax.plot(x, start, style, color=color, ms=3, alpha=0.35,
+                        label=f"{kind}, step {runs[0]['checkpoints'][0]['step']}")  # fmt: skip
         best = series(-1, "exact", "best_mask")
         best = np.where(np.isfinite(best), best, series(-1, "sketch", "best_mask"))
-        ax.plot(n, best, "^:", color="C2", ms=4, label="best k-sparse mask")
-        ax.plot(n, [e["chance"] for e in runs], "-", color="0.5", label="chance k/n")
-        for x, e in zip(n, runs, strict=True):
-            ax.annotate("-".join(map(str, e["widths"])), (x, 0.02), fontsize=6, rotation=90)
-        ax.set(xscale="log", xlabel="parameters n", ylabel="overlap at k / n fixed",
-               title=f"{sweep} sweep", ylim=(0, 1.02))  # fmt: skip
+        ax.plot(x, best, "^:", color="C2", ms=4, label="best k-sparse mask")
+        ax.plot(x, [e["chance"] for e in runs], "-", color="0.5", label="chance k/n")
+        ylim = min(1.02, 1.3 * max(top + [float(np.nanmax(best))]))
+        for xi, e in zip(x, runs, strict=True):
+            name = "-".join(map(str, e["widths"])) + f" (n={e['num_params']})"
+            ax.annotate(name, (xi, 0.02 * ylim), fontsize=6, rotation=90)
+        ax.set(ylabel="overlap at k / n fixed", title=f"{sweep} sweep", ylim=(0, ylim))
         ax.legend(loc="best", fontsize=7)
         ax.grid(alpha=0.3)
     _save(fig, path, title)
