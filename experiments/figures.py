@@ -810,3 +810,125 @@ def plot_trajectory_fit(
     )
     ax.grid(alpha=0.3)
     _save(fig, path, title)
+
+
+def plot_overlap_vs_k(
+    curves: Mapping[str, Sequence[float]],
+    num_params: int,
+    path: str,
+    title: str = "",
+    per_step: Mapping[int, Sequence[float]] | None = None,
+) -> None:
+    """Mask-vs-eigenspace overlap against k = 1, 2, ... (log axis). Left: one line per entry
+    of `curves` (label -> overlaps at k = 1 .. len), e.g. the magnitude mask (exact, sketch,
+    test Hessian) and the best k-sparse mask, with the chance level k/num_params. Right
+    (optional): one curve per training step of `per_step` (step -> overlaps), coloured by
+    step. Saved to `path`."""
+    panels = 2 if per_step else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 4.2), squeeze=False)
+    top = max(len(v) for v in curves.values())
+    ks = np.arange(1, top + 1)
+    ax = axes[0, 0]
+    for i, (label, values) in enumerate(curves.items()):
+        ax.plot(ks[: len(values)], values, "-", color=f"C{i}", lw=1.3, label=label)
+    ax.plot(ks, ks / num_params, ":", color="0.3", label="chance k/n")
+    ax.set(xlabel="k", ylabel="overlap ‖V_k[mask]‖²_F / k", xscale="log", ylim=(0, 1.02))
+    ax.legend(loc="best", fontsize=7)
+    ax.grid(alpha=0.3)
+    if per_step:
+        ax = axes[0, 1]
+        cmap = plt.get_cmap("viridis")
+        steps = sorted(per_step)
+        for j, step in enumerate(steps):
+            v = per_step[step]
+            color = cmap(j / max(len(steps) - 1, 1))
+            ax.plot(np.arange(1, len(v) + 1), v, "-", color=color, lw=1.2, label=f"step {step}")
+        ax.plot(ks, ks / num_params, ":", color="0.3", label="chance k/n")
+        ax.set(xlabel="k", ylabel="overlap (top-k |θ| mask)", xscale="log", ylim=(0, 1.02))
+        ax.legend(loc="best", fontsize=7)
+        ax.grid(alpha=0.3)
+    _save(fig, path, title)
+
+
+def plot_crystallisation(
+    steps: Sequence[int],
+    mask_iou: Mapping[int, Sequence[float]],
+    iou_chance: Mapping[int, float],
+    eigenspace: Mapping[str, Mapping[int, Sequence[float | None]]],
+    path: str,
+    title: str = "",
+) -> None:
+    """Change between consecutive checkpoints against the later step: left the IoU of the
+    top-k |θ| masks (one line per k, its chance level dotted), right the overlap of the top-k
+    eigenspaces (per method in `eigenspace`, e.g. exact solid, sketch dashed). Series hold one
+    value (or None) per step. Saved to `path`."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = np.asarray(steps, np.float64)
+    styles = ("o-", "s--", "^:")
+    for i, k in enumerate(sorted(mask_iou)):
+        axes[0].plot(x, mask_iou[k], "o-", color=f"C{i}", ms=4, label=f"k = {k}")
+        axes[0].axhline(iou_chance[k], color=f"C{i}", ls=":", lw=0.8)
+    for style, (method, series) in zip(styles, eigenspace.items(), strict=False):
+        for i, k in enumerate(sorted(mask_iou)):
+            v = np.asarray([np.nan if a is None else a for a in series.get(k, [])], np.float64)
+            if v.size and np.any(np.isfinite(v)):
+                label = f"{method} k = {k}"
+                axes[1].plot(x, v, style, color=f"C{i}", ms=4, mfc="none", label=label)
+    axes[0].set(ylabel="IoU of consecutive top-k |θ| masks (chance dotted)")
+    axes[1].set(ylabel="overlap of consecutive top-k eigenspaces")
+    for ax in axes:
+        _symlog_steps(ax, steps)
+        ax.set(xlabel="training step (vs the previous checkpoint)", ylim=(0, 1.02))
+        ax.legend(loc="best", fontsize=7)
+        ax.grid(alpha=0.3)
+    _save(fig, path, title)
+
+
+def plot_size_sweep(entries: Sequence[Mapping], path: str, title: str = "") -> None:
+    """Mask-vs-eigenspace overlap at fixed k / n, one panel per sweep: against the number of
+    parameters n (log) for the 'width' sweep, against the number of hidden layers for the
+    'depth' sweep. At the last checkpoint exact (solid) and sketched (dashed), at the first
+    one (if another) faint, the best k-sparse mask (dotted) and the chance level k/n (grey).
+    entries: the sweep's settings (`widths`, `sweeps`, `num_params`, `chance`, `checkpoints`
+    with 'exact' / 'sketch' overlaps). Saved to `path`."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, sweep in zip(axes, ("width", "depth"), strict=True):
+        runs = sorted((e for e in entries if sweep in e["sweeps"]), key=lambda e: e["num_params"])
+        if not runs:
+            ax.axis("off")
+            continue
+        if sweep == "width":
+            x = np.asarray([e["num_params"] for e in runs], np.float64)
+            ax.set(xscale="log", xlabel="parameters n")
+        else:
+            x = np.asarray([len(e["widths"]) for e in runs], np.float64)
+            ax.set(xlabel="hidden layers", xticks=x)
+
+        def series(index, kind, field, runs=runs):
+            return np.asarray(
+                [e["checkpoints"][index].get(kind, {}).get(field, np.nan) for e in runs], float
+            )
+
+        first = [len(e["checkpoints"]) > 1 for e in runs]
+        top = []
+        for kind, style, color in (("exact", "o-", "C0"), ("sketch", "s--", "C3")):
+            last = series(-1, kind, "overlap")
+            if np.any(np.isfinite(last)):
+                ax.plot(x, last, style, color=color, ms=4, label=kind)
+                top.append(np.nanmax(last))
+            start = np.where(first, series(0, kind, "overlap"), np.nan)
+            if np.any(np.isfinite(start)):
+                ax.plot(x, start, style, color=color, ms=3, alpha=0.35,
+                        label=f"{kind}, step {runs[0]['checkpoints'][0]['step']}")  # fmt: skip
+        best = series(-1, "exact", "best_mask")
+        best = np.where(np.isfinite(best), best, series(-1, "sketch", "best_mask"))
+        ax.plot(x, best, "^:", color="C2", ms=4, label="best k-sparse mask")
+        ax.plot(x, [e["chance"] for e in runs], "-", color="0.5", label="chance k/n")
+        ylim = min(1.02, 1.3 * max(top + [float(np.nanmax(best))]))
+        for xi, e in zip(x, runs, strict=True):
+            name = "-".join(map(str, e["widths"])) + f" (n={e['num_params']})"
+            ax.annotate(name, (xi, 0.02 * ylim), fontsize=6, rotation=90)
+        ax.set(ylabel="overlap at k / n fixed", title=f"{sweep} sweep", ylim=(0, ylim))
+        ax.legend(loc="best", fontsize=7)
+        ax.grid(alpha=0.3)
+    _save(fig, path, title)

@@ -7,6 +7,8 @@ Methods", TMLR 2025).
       --config.data.dir=../shared/data/mnist                                # paper: 16×16 MNIST
   python -m experiments.mask_overlap --config=experiments/configs/mask_overlap.py:large \
       --config.data.dir=../shared/data/mnist                                # one GPU
+  python -m experiments.mask_overlap --config=experiments/configs/mask_overlap.py:sweep \
+      --workdir=runs/mask_overlap_sweep                                     # size sweep
 
 Trains with SGD and stops at `config.checkpoints` (training between them carries the optimizer
 state). At each checkpoint, with H the Hessian of the mean cross-entropy on class-balanced
@@ -18,18 +20,36 @@ training samples and n the number of parameters:
   a-posteriori error estimate of ‖H − Ĥ_k‖_F / ‖H‖_F;
 * for every k in `overlap.ks`: overlap ‖V_k[mask]‖²_F / k between the top-k |θ| mask and the
   top-k eigenspace V_k (exact and sketched), its chance level k/n, the overlaps of random
-  k-masks (mean ± std), the per-layer magnitude mask (each layer keeps its share of k), and
+  k-masks (mean ± std), the per-layer magnitude mask (each layer keeps its share of k), the
+  best k-sparse mask (the k rows of largest ‖V_k[i, :]‖²: an upper bound for any mask), and
   the Grassmann distances between the mask and V_k;
+* curves over every k = 1 .. K (K = max overlap.ks exact, sketch.k sketched): the magnitude
+  mask's overlap and the best k-sparse mask's (`linalg.mask_overlap_curve`,
+  `best_mask_overlap_curve`);
+* crystallisation, from the second checkpoint on: IoU of the top-k |θ| masks of this and the
+  previous checkpoint (and its chance level) and the overlap of their top-k eigenspaces;
+* with `hessian.test_samples` > 0, the Hessian of that many class-balanced test samples
+  (exact when the training one is, else sketched): its top eigenvalues, the mask overlaps
+  and curves, and the overlap of its top-k eigenspaces with the training ones;
 * the sketch against the exact answer: true relative error vs the estimate (and the optimal
   rank-k error), relative error of the sketched eigenvalues (top 10 and all k), overlap of
   the sketched and exact top-k eigenspaces.
 
 Writes into the workdir: spectra.npz (the exact eigenvalues and the sketched ones at every
 checkpoint), mask_overlap.png (overlap vs training step, one panel per k, with chance and
-random-mask bands), sketch_accuracy.png (sketch vs exact) and, last, results.json (the
-previous run's copies are deleted first), and per checkpoint state_<step>.ckpt (training
-state, measurements and spectra; reused when the same config is run again, so an interrupted
-run resumes).
+random-mask bands), overlap_vs_k.png (the curves), crystallisation.png, sketch_accuracy.png
+(sketch vs exact) and, last, results.json (the previous run's copies are deleted first), and
+per checkpoint state_<step>.ckpt (training state, measurements and spectra) and
+bases_<step>.npz (the ranked eigenbases in float32, n · (max ks + sketch.k) · 4 bytes, for the
+crystallisation of the next checkpoint); both are reused when the same config is run again,
+so an interrupted run resumes.
+
+Size sweep (a config with a `sweep` section, preset 'sweep'): MLPs of hidden widths
+`sweep.widths` at depth `sweep.depth` and of depths `sweep.depths` at width `sweep.width`, each
+one run as above in workdir/mlp_<widths> with the single k = round(sweep.k_fraction · n) (and
+sketch.k = k); sweep.json (n, k, chance, and per checkpoint the exact and sketched overlaps,
+best-mask bound and random masks of every setting; failed settings with their error) and
+sweep.png (overlap against n, one panel per sweep).
 """
 
 from __future__ import annotations
@@ -53,8 +73,16 @@ from hessjax.data import (
     load_dataset,
     microbatches,
 )
+from hessjax.linalg.sketch import DEFAULT_BLOCK_SIZE
 
-OUTPUTS = ("results.json", "spectra.npz", "mask_overlap.png", "sketch_accuracy.png")
+OUTPUTS = (
+    "results.json",
+    "spectra.npz",
+    "mask_overlap.png",
+    "sketch_accuracy.png",
+    "overlap_vs_k.png",
+    "crystallisation.png",
+)
 RULES = common.SHARED_RULES | {
     "data.name": common.one_of("auto", *DATASET_NAMES),
     "data.resize": common.NONNEGATIVE_INT,
@@ -62,6 +90,7 @@ RULES = common.SHARED_RULES | {
     "checkpoints": common.ints_at_least(0),
     "hessian.num_samples": common.POSITIVE_INT,
     "hessian.microbatch_size": common.POSITIVE_INT,
+    "hessian.test_samples": common.NONNEGATIVE_INT,
     "overlap.ks": common.ints_at_least(1),
     "overlap.num_random_masks": common.POSITIVE_INT,
     "overlap.layerwise": common.BOOL,
@@ -89,6 +118,15 @@ RELATIONS = (
         "0 (2 outer) or at least the outer size",
     ),
 )
+SWEEP_OUTPUTS = ("sweep.json", "sweep.png")
+SWEEP_RULES = {
+    "sweep.widths": common.ints_at_least(1),
+    "sweep.depth": common.POSITIVE_INT,
+    "sweep.depths": common.ints_at_least(1),
+    "sweep.width": common.POSITIVE_INT,
+    "sweep.k_fraction": common.real_in(0.0, 0.25, closed=False),
+}
+BASES = ("exact", "sketch", "test")  # ranked eigenbases kept per checkpoint (bases_<step>.npz)
 NUM_TOP = 20  # eigenvalues by |λ| written to results.json per checkpoint (all in spectra.npz)
 
 
@@ -130,11 +168,14 @@ def load_data(data_cfg: ml_collections.ConfigDict) -> Dataset:
     )
 
 
-def sketch_peak_bytes(n: int, k: int, outer: int, inner: int, itemsize: int = 4) -> int:
-    """Estimated peak memory of `linalg.sketch_eigh` (current implementation): the test
-    matrices, their concatenation, the products and their slices in the operator dtype
-    (3 (outer + inner) columns), and the float64 core (Y, Φ, Q, Q U: 2 outer + inner + k)."""
-    return int(n * (3 * (outer + inner) * itemsize + 8 * (2 * outer + inner + k)))
+def sketch_peak_bytes(n: int, k: int, outer: int, block_size: int, itemsize: int = 4) -> int:
+    """Estimated peak memory in bytes of `linalg.sketch_eigh` beyond the operator's own: its
+    documented n · (k_o + k + 3 block_size) · itemsize (the (k_o, n) range basis, the (n, k)
+    result, a few blocks of products; the inner sketch size does not enter). Measured on CPU
+    (benchmarks/results/memory_cpu.json, "after"): 1,655 bytes/param at k_o = 200, k = 50,
+    block 32, i.e. 8.3 bytes/param per outer column, against 1,384 from this formula; the rest
+    is the operator's products and the runtime."""
+    return int(n * (outer + k + 3 * block_size) * itemsize)
 
 
 def _sketch_sizes(s: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -142,12 +183,23 @@ def _sketch_sizes(s: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return s.k, outer, s.inner or 2 * outer
 
 
+def _sketch_block(s: ml_collections.ConfigDict) -> int:
+    """Products per block `sketch_eigh` uses for this config (0 = its default)."""
+    return min(s.block_size or DEFAULT_BLOCK_SIZE, _sketch_sizes(s)[2])
+
+
 # ----------------------------------------------------------------------------- measuring
 
 
 def _overlaps(theta, basis, ks, partition, random_masks) -> dict:
-    """Mask-vs-eigenspace metrics for each k (basis columns ranked by |λ|, >= max ks)."""
+    """Mask-vs-eigenspace metrics for each k in ks (basis (n, K) ranked by |λ|, K >= max ks),
+    and the curves over every k = 1 .. K: the top-k |θ| mask and the best k-sparse mask (an
+    upper bound; `linalg.best_mask_overlap_curve`)."""
     out = {"overlap": {}, "layerwise_overlap": {}, "random": {}, "grassmann": {}}
+    curve = linalg.mask_overlap_curve(theta, basis)
+    best = linalg.best_mask_overlap_curve(basis)
+    out["curve"] = {"overlap": curve.overlap.tolist(), "best_mask": best.overlap.tolist()}
+    out["best_mask"] = {k: float(best.overlap[k - 1]) for k in ks}
     for k in ks:
         vk = basis[:, :k]
         mask = linalg.top_magnitude_mask(theta, k)
@@ -162,6 +214,29 @@ def _overlaps(theta, basis, ks, partition, random_masks) -> dict:
             "mean": float(np.mean(values)),
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             "values": values,
+        }
+    return out
+
+
+def crystallisation(theta_prev, theta, bases_prev, bases, ks) -> dict:
+    """How much the mask and the eigenspaces move between two checkpoints: IoU of the top-k
+    |θ| masks (and its chance level) and the overlap of the top-k eigenspaces of each method
+    in bases ('exact', 'sketch': (n, K) ranked bases or None), at each k in ks and as curves
+    over every k up to the largest basis width."""
+    widths = [b.shape[1] for b in bases.values() if b is not None]
+    iou = linalg.magnitude_mask_iou_curve(theta_prev, theta, np.arange(1, max(widths) + 1))
+    out = {
+        "mask_iou": {k: float(iou.iou[k - 1]) for k in ks},
+        "mask_iou_chance": {k: float(iou.chance[k - 1]) for k in ks},
+        "mask_iou_curve": iou.iou.tolist(),
+    }
+    for name, basis in bases.items():
+        if basis is None or bases_prev.get(name) is None:
+            continue
+        curve = linalg.overlap_curve(bases_prev[name], basis)
+        out[name] = {
+            "eigenspace_overlap": {k: curve.at(k) for k in ks if k <= len(curve.ks)},
+            "curve": curve.overlap.tolist(),
         }
     return out
 
@@ -184,6 +259,7 @@ def sketch_vs_exact(h, lam, vec, lam_s, vec_s, ks) -> dict:
     the top 10 and of all k (`linalg.magnitude_errors`), and the overlap of the sketched and exact
     top-k eigenspaces for each k in ks (<= k)."""
     k_s = lam_s.shape[0]
+    vec_s = np.asarray(vec_s, np.float64)
     fro2 = float(np.sum(lam**2))
     gram = vec_s.T @ vec_s
     approx2 = float(np.sum(lam_s[:, None] * lam_s[None, :] * gram**2))  # ‖V Λ Vᵀ‖²_F
@@ -207,9 +283,63 @@ def sketch_vs_exact(h, lam, vec, lam_s, vec_s, ks) -> dict:
     }
 
 
-def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, key) -> tuple:
+def _sketched(config, op, key):
+    """`sketch_eigh` of op at the config's sizes: (result, eigenvalues (k,) float64,
+    eigenvectors (n, k) in the operator's dtype (so the orthonormality checks use its
+    tolerance), numpy, ranked by |λ|, seconds)."""
+    s = config.sketch
+    k_s, outer, inner = _sketch_sizes(s)
+    start = time.perf_counter()
+    sk = linalg.sketch_eigh(
+        op, k_s, key=key, outer=outer, inner=inner, test_matrix=s.test_matrix,
+        error_probes=s.error_probes, block_size=s.block_size or None,
+    )  # fmt: skip
+    lam_s = np.asarray(jax.block_until_ready(sk.eigenvalues), np.float64)
+    return sk, lam_s, np.asarray(sk.eigenvectors), time.perf_counter() - start
+
+
+def _exact(config, loss_fn, params, data, width):
+    """Dense float64 Hessian and numpy eigh: (h (n, n), all eigenvalues (n,) ranked by |λ|,
+    the first `width` eigenvectors (n, width), timings)."""
+    start = time.perf_counter()
+    h = _dense_hessian(loss_fn, params, data, config.exact.block_size)
+    seconds = {"seconds_dense_hessian": time.perf_counter() - start}
+    start = time.perf_counter()
+    lam, vec = np.linalg.eigh(h)
+    seconds["seconds_eigh"] = time.perf_counter() - start
+    order = np.argsort(-np.abs(lam), kind="stable")
+    return h, lam[order], vec[:, order[:width]], seconds
+
+
+def _test_hessian(config, params, loss_fn, test_data, theta, train_basis, ks, masks, key):
+    """The Hessian of a class-balanced test subset, by the exact path when the training one
+    used it, else by the sketch: its top eigenvalues, the mask overlaps (`_overlaps`) and the
+    overlap of its top-k eigenspaces with the training ones for every k. Returns (record,
+    ranked basis)."""
+    op = curvature.hessian_operator(loss_fn, params, test_data)
+    flat = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), test_data)
+    record = {"hessian_loss": float(jax.jit(loss_fn)(params, flat))}
+    if train_basis["exact"] is not None:
+        _, lam, basis, _ = _exact(config, loss_fn, params, test_data, max(ks))
+        record["method"], train = "exact", train_basis["exact"]
+    else:
+        _, lam, basis, _ = _sketched(config, op, key)
+        record["method"], train = "sketch", train_basis["sketch"]
+        ks = [k for k in ks if k <= len(lam)]
+    record["eigenvalues_top"] = lam[:NUM_TOP].tolist()
+    record |= _overlaps(theta, basis, ks, None, masks)
+    both = linalg.overlap_curve(train, basis)
+    record["train_test_overlap"] = {k: both.at(k) for k in ks}
+    record["train_test_overlap_curve"] = both.overlap.tolist()
+    return record, basis
+
+
+def measure(
+    config, step, params, loss_fn, model, data, ds, ks, random_masks, key, test_data=None
+) -> tuple:
     """All metrics at one checkpoint; returns (record, exact eigenvalues or None, sketched
-    eigenvalues)."""
+    eigenvalues, ranked bases {'exact': (n, max ks) or None, 'sketch': (n, sketch.k),
+    'test': the test Hessian's or None})."""
     op = curvature.hessian_operator(loss_fn, params, data)
     n = op.size
     theta = np.asarray(op.ravel(params))
@@ -223,17 +353,12 @@ def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, ke
         "test_accuracy": float(training.accuracy(model.apply, params, ds.x_test, ds.y_test)),
         "theta_norm": float(np.linalg.norm(theta)),
     }
+    key_train, key_test = key, jax.random.fold_in(key, 1)
 
     # --- sketched eigendecomposition of the float32 operator
     s = config.sketch
     k_s, outer, inner = _sketch_sizes(s)
-    start = time.perf_counter()
-    sk = linalg.sketch_eigh(
-        op, k_s, key=key, outer=outer, inner=inner, test_matrix=s.test_matrix,
-        error_probes=s.error_probes, block_size=s.block_size or None,
-    )  # fmt: skip
-    lam_s = np.asarray(jax.block_until_ready(sk.eigenvalues), np.float64)
-    vec_s = np.asarray(sk.eigenvectors, np.float64)
+    sk, lam_s, vec_s, seconds = _sketched(config, op, key_train)
     sketch_ks = [k for k in ks if k <= k_s]
     record["sketch"] = {
         "k": k_s,
@@ -241,54 +366,54 @@ def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, ke
         "inner": inner,
         "test_matrix": s.test_matrix,
         "num_matvecs": int(sk.num_matvecs),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "eigenvalues_top": lam_s[:NUM_TOP].tolist(),
         "error_estimate": float(sk.error_estimate),
         "error_stderr": float(sk.error_stderr),
     } | _overlaps(theta, vec_s, sketch_ks, partition, random_masks)
     logging.info(
         "[step %d] sketch k=%d (%d HVPs, %.1f s): top |λ| %s, error estimate %.4f ± %.4f",
-        step, k_s, sk.num_matvecs, record["sketch"]["seconds"], np.round(lam_s[:3], 4),
+        step, k_s, sk.num_matvecs, seconds, np.round(lam_s[:3], 4),
         sk.error_estimate, sk.error_stderr,
     )  # fmt: skip
+    bases = {"exact": None, "sketch": vec_s, "test": None}
+    lam = None
 
-    if not (config.exact.enabled and n <= config.exact.max_params):
+    if config.exact.enabled and n <= config.exact.max_params:
+        # --- exact: dense float64 Hessian and eigh
+        h, lam, vec, e = _exact(config, loss_fn, params, data, max(ks))
+        bases["exact"] = vec
+        fro2 = float(np.sum(lam**2))
+        e |= {
+            "eigenvalues_top": lam[:NUM_TOP].tolist(),
+            # below −n·eps·max|λ|: eigenvalues within round-off of 0 count as neither sign
+            "num_negative": int(np.sum(lam < -n * np.finfo(np.float64).eps * np.abs(lam[0]))),
+            "frobenius": float(np.sqrt(fro2)),
+            "trace": float(np.sum(lam)),
+        } | _overlaps(theta, vec, ks, partition, random_masks)
+        record["exact"] = e
+
+        # --- the sketch against the exact answer
+        record["sketch"] |= sketch_vs_exact(h, lam, vec, lam_s, vec_s, sketch_ks)
+        logging.info(
+            "[step %d] exact (dense %.1f s, eigh %.1f s): top |λ| %s; sketch true error %.4f "
+            "(estimate %.4f, optimal rank-%d %.4f), top-10 eigenvalue rel. error <= %.2e",
+            step, e["seconds_dense_hessian"], e["seconds_eigh"], np.round(lam[:3], 4),
+            record["sketch"]["true_relative_error"],
+            sk.error_estimate, k_s, record["sketch"]["optimal_relative_error"],
+            record["sketch"]["eigenvalue_rel_error"]["top10_max"],
+        )  # fmt: skip
+    else:
         record["exact"] = None
         if config.exact.enabled:
             logging.info("exact eigh skipped: n = %d > exact.max_params", n)
-        return record, None, lam_s
 
-    # --- exact: dense float64 Hessian and eigh
-    e = {}
-    start = time.perf_counter()
-    h = _dense_hessian(loss_fn, params, data, config.exact.block_size)
-    e["seconds_dense_hessian"] = time.perf_counter() - start
-    start = time.perf_counter()
-    lam, vec = np.linalg.eigh(h)
-    e["seconds_eigh"] = time.perf_counter() - start
-    order = np.argsort(-np.abs(lam), kind="stable")
-    lam, vec = lam[order], vec[:, order[: max(ks)]]
-    fro2 = float(np.sum(lam**2))
-    e |= {
-        "eigenvalues_top": lam[:NUM_TOP].tolist(),
-        # below −n·eps·max|λ|: eigenvalues within round-off of 0 count as neither sign
-        "num_negative": int(np.sum(lam < -n * np.finfo(np.float64).eps * np.abs(lam[0]))),
-        "frobenius": float(np.sqrt(fro2)),
-        "trace": float(np.sum(lam)),
-    } | _overlaps(theta, vec, ks, partition, random_masks)
-    record["exact"] = e
-
-    # --- the sketch against the exact answer
-    record["sketch"] |= sketch_vs_exact(h, lam, vec, lam_s, vec_s, sketch_ks)
-    logging.info(
-        "[step %d] exact (dense %.1f s, eigh %.1f s): top |λ| %s; sketch true error %.4f "
-        "(estimate %.4f, optimal rank-%d %.4f), top-10 eigenvalue rel. error <= %.2e",
-        step, e["seconds_dense_hessian"], e["seconds_eigh"], np.round(lam[:3], 4),
-        record["sketch"]["true_relative_error"],
-        sk.error_estimate, k_s, record["sketch"]["optimal_relative_error"],
-        record["sketch"]["eigenvalue_rel_error"]["top10_max"],
-    )  # fmt: skip
-    return record, lam, lam_s
+    record["test_hessian"] = None
+    if test_data is not None:
+        record["test_hessian"], bases["test"] = _test_hessian(
+            config, params, loss_fn, test_data, theta, bases, ks, random_masks, key_test
+        )
+    return record, lam, lam_s, bases
 
 
 # ----------------------------------------------------------------------------- main
@@ -302,19 +427,36 @@ def _checkpoint_path(workdir, step) -> str:
     return os.path.join(workdir, f"state_{step}.ckpt")
 
 
+def _bases_path(workdir, step) -> str:
+    return os.path.join(workdir, f"bases_{step}.npz")
+
+
 def _load_checkpoint(workdir, step, fingerprint, target):
+    """(state, record, history, spectra, bases) of a checkpoint and its bases file, or None
+    when either is missing or stale (then the checkpoint is recomputed)."""
     loaded = common.load_checkpoint(_checkpoint_path(workdir, step), fingerprint, target)
-    if loaded is None:
+    if loaded is None or not os.path.exists(_bases_path(workdir, step)):
         return None
     restored, saved = loaded
     spectra = {name: np.asarray(saved["spectra"][name]) for name in ("exact", "sketch")}
-    return restored, saved["record"], saved["history"], spectra
+    with np.load(_bases_path(workdir, step)) as f:
+        bases = {name: f[name] if name in f.files else None for name in BASES}
+    return restored, saved["record"], saved["history"], spectra, bases
 
 
-def _save_checkpoint(workdir, step, fingerprint, state, record, history, lam, lam_s):
+def _save_checkpoint(workdir, step, fingerprint, state, record, history, lam, lam_s, bases):
+    """The checkpoint (state, record, history, spectra) and, beside it, the ranked bases
+    (float32 npz, written first: a checkpoint without its bases is recomputed)."""
+    arrays = {name: b for name, b in bases.items() if b is not None}
+    common.write_atomic(_bases_path(workdir, step), lambda f: np.savez(f, **arrays))
     spectra = {"exact": [] if lam is None else lam.tolist(), "sketch": lam_s.tolist()}
     meta = {"record": record, "history": history, "spectra": spectra}
     common.save_checkpoint(_checkpoint_path(workdir, step), fingerprint, state, meta)
+
+
+def _flat_params(params) -> np.ndarray:
+    """θ (n,) in the layout of the curvature operators (`make_layout(params).ravel`)."""
+    return np.asarray(curvature.make_layout(params).ravel(params))
 
 
 def _keyed(d):
@@ -345,6 +487,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ds.x_train, ds.y_train, h.num_samples // ds.num_classes, seed=config.seed
     )
     data = microbatches((jnp.asarray(hx), jnp.asarray(hy)), h.microbatch_size)
+    test_data = None
+    if h.test_samples:
+        if h.test_samples % ds.num_classes:
+            raise ValueError(f"hessian.test_samples must be a multiple of {ds.num_classes} classes")
+        tx, ty = class_balanced_subset(
+            ds.x_test, ds.y_test, h.test_samples // ds.num_classes, seed=config.seed
+        )
+        test_data = microbatches(
+            (jnp.asarray(tx), jnp.asarray(ty)), min(h.microbatch_size, h.test_samples)
+        )
 
     ks = sorted({int(k) for k in config.overlap.ks if 1 <= int(k) <= n})
     dropped = sorted({int(k) for k in config.overlap.ks} - set(ks))
@@ -353,7 +505,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not ks:
         raise ValueError(f"no overlap.ks in [1, n = {n}]: {tuple(config.overlap.ks)}")
     k_s, outer, inner = _sketch_sizes(config.sketch)
-    peak = sketch_peak_bytes(n, k_s, outer, inner)
+    peak = sketch_peak_bytes(n, k_s, outer, _sketch_block(config.sketch))
     logging.info(
         "sketch k=%d outer=%d inner=%d: peak memory ≈ %.2f GB", k_s, outer, inner, peak / 1e9
     )
@@ -374,12 +526,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     state = {"params": params, "opt_state": optimizer.init(params)}
     done, history, records, spectra = 0, [], [], {"exact": [], "sketch": []}
+    previous = None  # (θ, bases) of the previous checkpoint
     for i, step in enumerate(checkpoints):
         fingerprint = _fingerprint(config, checkpoints[: i + 1])
         loaded = _load_checkpoint(workdir, step, fingerprint, state)
         train_seconds = 0.0
         if loaded is not None:
-            state, record, history, spec = loaded
+            state, record, history, spec, bases = loaded
             logging.info("[step %d] resumed from %s", step, workdir)
         else:
             if step > done:  # minibatch keys depend on the segment's start step
@@ -395,15 +548,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 train_seconds = time.perf_counter() - t0
                 logging.info("[step %d] trained: loss %.4f", step, segment[-1][1])
             t0 = time.perf_counter()
-            record, lam, lam_s = measure(
+            record, lam, lam_s, bases = measure(
                 config, step, state["params"], loss_fn, model, data, ds, ks, random_masks,
-                jax.random.fold_in(k_sketch, step),
+                jax.random.fold_in(k_sketch, step), test_data,
             )  # fmt: skip
+            bases = {k: None if b is None else b.astype(np.float32) for k, b in bases.items()}
+            record["crystallisation"] = None
+            if previous is not None:
+                record["crystallisation"] = {"from_step": done} | crystallisation(
+                    previous[0], _flat_params(state["params"]), previous[1], bases, ks
+                )
             record["train_loss"] = history[-1][1] if history else None
             record["seconds"] = {"train": train_seconds, "measure": time.perf_counter() - t0}
             record = _keyed(record)
-            _save_checkpoint(workdir, step, fingerprint, state, record, history, lam, lam_s)
+            _save_checkpoint(workdir, step, fingerprint, state, record, history, lam, lam_s, bases)
             spec = {"exact": np.asarray([] if lam is None else lam), "sketch": lam_s}
+        previous = (_flat_params(state["params"]), bases)
         done = step
         records.append(record)
         for name in spectra:
@@ -473,6 +633,7 @@ def _plot(results, spectra, workdir, config) -> None:
         title=f"{name}, {results['num_params']} params: top-k |θ| mask vs top-k |λ| eigenspace",
         layerwise=series("exact", "layerwise_overlap") or series("sketch", "layerwise_overlap"),
     )  # fmt: skip
+    _plot_curves(results, workdir, name)
     figures.plot_sketch_accuracy(
         steps,
         [None if len(v) == 0 else v for v in spectra["exact"]],
@@ -488,5 +649,142 @@ def _plot(results, spectra, workdir, config) -> None:
     )  # fmt: skip
 
 
+def _plot_curves(results, workdir, name) -> None:
+    """overlap_vs_k.png (last checkpoint's curves; per-step magnitude curves) and
+    crystallisation.png (consecutive checkpoints; skipped with one checkpoint)."""
+    recs, ks = results["checkpoints"], results["ks"]
+    last = recs[-1]
+    main = "exact" if last["exact"] else "sketch"
+    curves = {}
+    for kind in ("exact", "sketch"):
+        if last[kind]:
+            curves[f"|θ| mask, {kind}"] = last[kind]["curve"]["overlap"]
+            curves[f"best k-sparse mask, {kind}"] = last[kind]["curve"]["best_mask"]
+    if last.get("test_hessian"):
+        t = last["test_hessian"]
+        curves[f"|θ| mask, test-subset Hessian ({t['method']})"] = t["curve"]["overlap"]
+    figures.plot_overlap_vs_k(
+        curves, results["num_params"], os.path.join(workdir, "overlap_vs_k.png"),
+        title=f"{name}, step {last['step']}: top-k |θ| mask vs top-k |λ| eigenspace",
+        per_step={r["step"]: r[main]["curve"]["overlap"] for r in recs},
+    )  # fmt: skip
+    later = [r for r in recs if r.get("crystallisation")]
+    if not later:
+        return
+    cryst = [r["crystallisation"] for r in later]
+    eigenspace = {
+        kind: {k: [(c.get(kind) or {}).get("eigenspace_overlap", {}).get(str(k)) for c in cryst]
+               for k in ks}
+        for kind in ("exact", "sketch")
+    }  # fmt: skip
+    figures.plot_crystallisation(
+        [r["step"] for r in later],
+        {k: [c["mask_iou"][str(k)] for c in cryst] for k in ks},
+        {k: cryst[0]["mask_iou_chance"][str(k)] for k in ks},
+        eigenspace, os.path.join(workdir, "crystallisation.png"),
+        title=f"{name}: crystallisation between consecutive checkpoints",
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- size sweep
+
+
+def sweep_settings(s: ml_collections.ConfigDict) -> list[tuple[tuple[int, ...], list[str]]]:
+    """MLP hidden widths of a sweep config, each with the sweeps it belongs to: widths
+    `s.widths` at depth `s.depth` ('width') and depths `s.depths` at width `s.width`
+    ('depth'); a setting in both is run once."""
+    settings: dict[tuple[int, ...], list[str]] = {}
+    for w in s.widths:
+        settings.setdefault((int(w),) * int(s.depth), []).append("width")
+    for d in s.depths:
+        settings.setdefault((int(s.width),) * int(d), []).append("depth")
+    return list(settings.items())
+
+
+def _setting_config(config, widths, n) -> ml_collections.ConfigDict:
+    """The single-run config of one sweep setting: hidden `widths`, k = round(k_fraction n)
+    (at least 1) as the only overlap.ks and the sketch's k (outer 2k, inner 4k)."""
+    sub = ml_collections.ConfigDict(config.to_dict())
+    k = max(1, round(config.sweep.k_fraction * n))
+    del sub["sweep"]
+    sub.model.widths = tuple(widths)
+    sub.overlap.ks = (k,)
+    sub.sketch.k, sub.sketch.outer, sub.sketch.inner = k, 0, 0
+    return sub
+
+
+def _setting_summary(results) -> dict:
+    """What the sweep keeps of one setting's results: n, k, chance, and per checkpoint the
+    overlaps (exact where computed, sketch always), best-mask bound and random masks."""
+    (k,) = results["ks"]
+    key = str(k)
+    out = {"num_params": results["num_params"], "k": k, "chance": results["chance"][key]}
+    out["checkpoints"] = []
+    for r in results["checkpoints"]:
+        c = {"step": r["step"], "test_accuracy": r["test_accuracy"], "train_loss": r["train_loss"]}
+        for kind in ("exact", "sketch"):
+            if r[kind] and key in r[kind]["overlap"]:
+                c[kind] = {
+                    "overlap": r[kind]["overlap"][key],
+                    "best_mask": r[kind]["best_mask"][key],
+                    "random_mean": r[kind]["random"][key]["mean"],
+                }
+        c["sketch"]["error_estimate"] = r["sketch"]["error_estimate"]
+        out["checkpoints"].append(c)
+    return out
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Width and depth sweep of the magnitude-mask overlap at fixed k / n (`sweep_settings`):
+    one `run` per setting in workdir/mlp_<widths> (resumable), a failing setting recorded with
+    its error and skipped; writes sweep.json and sweep.png. Returns the sweep.json dict."""
+    common.validate(config, RULES | SWEEP_RULES, RELATIONS)
+    if config.model.kind != "mlp":
+        raise ValueError(f"the size sweep varies MLP widths; model.kind is {config.model.kind!r}")
+    common.prepare_workdir(workdir, SWEEP_OUTPUTS)
+    start = time.perf_counter()
+    ds = load_data(config.data)
+    entries = []
+    for widths, sweeps in sweep_settings(config.sweep):
+        name = "mlp_" + "-".join(map(str, widths))
+        entry = {"name": name, "widths": list(widths), "sweeps": sweeps}
+        t0 = time.perf_counter()
+        try:
+            model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+            model_cfg.widths = widths
+            model = common.build_model(model_cfg, ds.num_classes)
+            shapes = jax.eval_shape(model.init, jax.random.key(0), ds.x_train[:1])
+            n = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
+            sub = _setting_config(config, widths, n)
+            entry |= _setting_summary(run(sub, os.path.join(workdir, name)))
+        except Exception as err:  # one failing setting never ends the sweep
+            logging.exception("sweep setting %s failed", name)
+            entry["error"] = f"{type(err).__name__}: {err}"
+        entry["seconds"] = time.perf_counter() - t0
+        entries.append(entry)
+    results = {
+        "config": config.to_dict(),
+        "dataset": ds.name,
+        "input_shape": list(ds.x_train.shape[1:]),
+        "k_fraction": config.sweep.k_fraction,
+        "settings": entries,
+        "failed": [e["name"] for e in entries if "error" in e],
+        "seconds_total": time.perf_counter() - start,
+    }
+    figures.plot_size_sweep(
+        [e for e in entries if "error" not in e], os.path.join(workdir, "sweep.png"),
+        title=f"{ds.name} {tuple(ds.x_train.shape[1:])}, {config.model.activation} MLPs: "
+        f"top-k |θ| mask vs top-k eigenspace at k = {config.sweep.k_fraction:g} n",
+    )  # fmt: skip
+    common.write_json(os.path.join(workdir, "sweep.json"), results)
+    logging.info("wrote sweep.json and sweep.png to %s", workdir)
+    return results
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The size sweep when the config has a `sweep` section (preset 'sweep'), else one run."""
+    return run_sweep(config, workdir) if "sweep" in config else run(config, workdir)
+
+
 if __name__ == "__main__":
-    common.run_binary("mask_overlap", run)
+    common.run_binary("mask_overlap", main)

@@ -29,6 +29,7 @@ def _tiny_config(checkpoints=(0, 25)):
     c.checkpoints = checkpoints
     c.hessian.num_samples = 100  # 10 per class, two microbatches
     c.hessian.microbatch_size = 50
+    c.hessian.test_samples = 50  # 5 test samples per class, one microbatch
     c.overlap.ks = KS + (5000,)  # 5000 > n is dropped
     c.overlap.num_random_masks = NUM_RANDOM
     c.exact.block_size = 158
@@ -46,10 +47,10 @@ def tiny_run(tmp_path_factory):
     return workdir, mask_overlap.run(_tiny_config(), workdir)
 
 
-def _oracle(config, workdir, step):
+def _oracle(config, workdir, step, test=False):
     """θ (n,), eigenvalues (n,) and eigenvectors (n, n) ranked by |λ|, from jax.hessian of the
-    mean loss on the binary's Hessian samples, in float64, independently of hessjax's
-    operators."""
+    mean loss on the binary's Hessian samples (its test subset with `test`), in float64,
+    independently of hessjax's operators."""
     with enable_x64():
         ds = mask_overlap.load_data(config.data)
         model = common.build_model(config.model, ds.num_classes)
@@ -59,8 +60,12 @@ def _oracle(config, workdir, step):
         done = [c for c in sorted(config.checkpoints) if c <= step]
         fingerprint = mask_overlap._fingerprint(config, done)
         params = mask_overlap._load_checkpoint(workdir, step, fingerprint, target)[0]["params"]
-        per_class = config.hessian.num_samples // ds.num_classes
-        x, y = class_balanced_subset(ds.x_train, ds.y_train, per_class, seed=config.seed)
+        if test:
+            per_class = config.hessian.test_samples // ds.num_classes
+            x, y = class_balanced_subset(ds.x_test, ds.y_test, per_class, seed=config.seed)
+        else:
+            per_class = config.hessian.num_samples // ds.num_classes
+            x, y = class_balanced_subset(ds.x_train, ds.y_train, per_class, seed=config.seed)
         x, y = jnp.asarray(x, jnp.float64), jnp.asarray(y)
         flat, unravel = ravel_pytree(
             jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
@@ -98,6 +103,48 @@ def test_exact_overlaps_match_dense_numpy_oracle(tiny_run):
             assert record["exact"]["grassmann"][str(k)]["geodesic"] == pytest.approx(
                 geodesic, rel=1e-4
             )
+
+
+def test_curves_crystallisation_and_test_hessian_match_the_oracle(tiny_run):
+    """Every-k curves (magnitude mask, best k-sparse mask: top-k rows of V_k), the IoU and
+    eigenspace overlap between the two checkpoints, and the test-subset Hessian, each against
+    the jax.hessian + numpy eigh oracle (float64 eigh on both sides; the crystallisation
+    figures use float32 copies of the bases: 1e-5)."""
+    workdir, results = tiny_run
+    config = _tiny_config()
+    kmax = max(KS)
+    oracles = [_oracle(config, workdir, r["step"]) for r in results["checkpoints"]]
+    for record, (theta, _, vec, _) in zip(results["checkpoints"], oracles, strict=True):
+        order = np.argsort(-np.abs(theta), kind="stable")
+        curve, best = record["exact"]["curve"]["overlap"], record["exact"]["curve"]["best_mask"]
+        assert len(curve) == len(best) == kmax
+        for k in range(1, kmax + 1):
+            vk = vec[:, :k]
+            assert curve[k - 1] == pytest.approx(np.sum(vk[order[:k]] ** 2) / k, rel=1e-6)
+            rows = np.sort(np.sum(vk**2, axis=1))[::-1]
+            assert best[k - 1] == pytest.approx(np.sum(rows[:k]) / k, rel=1e-6)
+            assert curve[k - 1] <= best[k - 1] + 1e-9
+        assert len(record["sketch"]["curve"]["overlap"]) == config.sketch.k
+        test_theta, test_lam, test_vec, _ = _oracle(config, workdir, record["step"], test=True)
+        t = record["test_hessian"]
+        assert t["method"] == "exact"
+        np.testing.assert_allclose(t["eigenvalues_top"], test_lam[:20], rtol=1e-6)
+        for k in KS:
+            expected = np.sum((vec[:, :k].T @ test_vec[:, :k]) ** 2) / k
+            assert t["train_test_overlap"][str(k)] == pytest.approx(expected, rel=1e-6)
+            expected = np.sum(test_vec[order[:k], :k] ** 2) / k
+            assert t["overlap"][str(k)] == pytest.approx(expected, rel=1e-6)
+    assert results["checkpoints"][0]["crystallisation"] is None
+    cryst = results["checkpoints"][1]["crystallisation"]
+    assert cryst["from_step"] == 0
+    (theta0, _, vec0, _), (theta1, _, vec1, _) = oracles
+    for k in KS:
+        a, b = (set(np.argsort(-np.abs(t), kind="stable")[:k]) for t in (theta0, theta1))
+        assert cryst["mask_iou"][str(k)] == pytest.approx(len(a & b) / len(a | b), rel=1e-12)
+        expected = np.sum((vec0[:, :k].T @ vec1[:, :k]) ** 2) / k
+        assert cryst["exact"]["eigenspace_overlap"][str(k)] == pytest.approx(expected, abs=1e-5)
+    assert len(cryst["sketch"]["curve"]) == config.sketch.k
+    assert 0 < cryst["mask_iou"]["5"] < 1  # training moved the mask, not all of it
 
 
 def test_random_masks_sit_at_chance_and_training_moves_the_overlap(tiny_run):
@@ -186,7 +233,7 @@ def test_sketch_vs_exact_true_error_is_the_frobenius_error():
 
 def test_writes_results_figures_and_resumes(tiny_run):
     workdir, first = tiny_run
-    for name in ("results.json", "spectra.npz", "mask_overlap.png", "sketch_accuracy.png"):
+    for name in mask_overlap.OUTPUTS + ("bases_0.npz", "bases_25.npz"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)
@@ -242,6 +289,66 @@ def test_large_preset_is_the_documented_conv_net():
     model = common.build_model(c.model, 10)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     assert sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(shapes)) == 962_314
-    assert mask_overlap.sketch_peak_bytes(962_314, 1000, 1500, 3000) < 141e9
+    # n (k_o + k + 3 block) float32 bytes: 10.8 GB, within a 16 GB accelerator
+    assert mask_overlap.sketch_peak_bytes(962_314, 1000, 1500, 100) < 16e9
     with pytest.raises(ValueError, match="preset"):
         get_config("huge")
+
+
+def _sweep_config():
+    c = get_config("sweep")
+    c.data.num_samples = 600
+    c.train.batch_size = 100
+    c.checkpoints = (10,)
+    c.hessian.num_samples = 100
+    c.hessian.microbatch_size = 100
+    c.overlap.num_random_masks = 3
+    c.sketch.error_probes = 4
+    c.sketch.block_size = 0
+    c.sweep.widths = (3, 5)  # 40-3-10 (163 params), 40-5-10 (265)
+    c.sweep.depth = 1
+    c.sweep.depths = (1, 2)  # 40-3-10 again (run once), 40-3-3-10 (175)
+    c.sweep.width = 3
+    return c
+
+
+def test_size_sweep_records_each_setting_and_survives_a_failing_one(tmp_path, monkeypatch):
+    """Settings deduplicated across the width and depth sweeps, k = round(k_fraction n) with
+    chance k / n, each summary equal to its own run's results.json; a setting that raises is
+    recorded with its error and the others still run and are plotted."""
+    real_run = mask_overlap.run
+
+    def run(config, workdir):
+        if tuple(config.model.widths) == (5,):
+            raise RuntimeError("injected failure")
+        return real_run(config, workdir)
+
+    monkeypatch.setattr(mask_overlap, "run", run)
+    out = mask_overlap.main(_sweep_config(), str(tmp_path))
+    names = [e["name"] for e in out["settings"]]
+    assert names == ["mlp_3", "mlp_5", "mlp_3-3"]
+    assert out["settings"][0]["sweeps"] == ["width", "depth"]
+    assert out["failed"] == ["mlp_5"] and "injected failure" in out["settings"][1]["error"]
+    for entry, n in ((out["settings"][0], 163), (out["settings"][2], 175)):
+        assert entry["num_params"] == n and entry["k"] == round(0.05 * n)
+        assert entry["chance"] == entry["k"] / n
+        with open(tmp_path / entry["name"] / "results.json") as f:
+            single = json.load(f)
+        k = str(entry["k"])
+        for summary, record in zip(entry["checkpoints"], single["checkpoints"], strict=True):
+            for kind in ("exact", "sketch"):
+                assert summary[kind]["overlap"] == record[kind]["overlap"][k]
+                assert summary[kind]["best_mask"] == record[kind]["best_mask"][k]
+    for name in mask_overlap.SWEEP_OUTPUTS:
+        assert os.path.getsize(tmp_path / name) > 0
+
+
+@pytest.mark.parametrize("field", ["widths", "depths"])
+def test_size_sweep_refuses_an_empty_list_before_any_work(tmp_path, field):
+    c = _sweep_config()
+    c.sweep[field] = ()
+    with pytest.raises(
+        common.ConfigError, match=rf"config.sweep.{field} = \(\): must be a non-empty"
+    ):
+        mask_overlap.main(c, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()

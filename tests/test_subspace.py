@@ -6,6 +6,7 @@ The tests run in JAX's default float32 (numpy float64 inputs become float32 arra
 users run; tolerances are multiples of float32 round-off, eps = 1.2e-7. One test repeats the
 closed forms in float64."""
 
+import itertools
 import re
 
 import jax
@@ -16,10 +17,14 @@ import pytest
 from hessjax.linalg import (
     Partition,
     as_basis,
+    best_mask,
+    best_mask_overlap_curve,
     check_orthonormal,
     grassmann_distances,
+    magnitude_mask_iou_curve,
     mask_grassmann_distances,
     mask_overlap,
+    mask_overlap_curve,
     mask_principal_angles,
     masks_iou,
     masks_overlap,
@@ -212,3 +217,80 @@ def test_errors(pair):
         mask_overlap(np.array([N]), v)
     with pytest.raises(ValueError, match="leading k"):
         as_basis({"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))})
+
+
+# ----------------------------------------------------------------------------- curves over k
+
+
+@pytest.mark.x64
+def test_best_k_sparse_mask_beats_every_mask_by_enumeration():
+    """Oracle: all C(n, k) masks enumerated for n = 10. The best mask's overlap with the top-k
+    columns equals the maximum over all of them (float64 sums of the same squares: 1e-12),
+    and the magnitude-mask curve never exceeds it."""
+    rng = np.random.default_rng(3)
+    n = 10
+    v = orthonormal(rng, n, 7)
+    theta = rng.normal(size=n)
+    best = best_mask_overlap_curve(v)
+    magnitude = mask_overlap_curve(theta, v)
+    np.testing.assert_array_equal(best.ks, np.arange(1, 8))
+    for k in range(1, 8):
+        values = {m: np.sum(v[list(m), :k] ** 2) / k for m in itertools.combinations(range(n), k)}
+        top = max(values, key=values.get)
+        assert best.overlap[k - 1] == pytest.approx(values[top], rel=1e-12)
+        np.testing.assert_array_equal(best_mask(v, k), top)  # the maximiser is unique here
+        assert magnitude.overlap[k - 1] <= best.overlap[k - 1] + 1e-12
+        assert best.chance[k - 1] == k / n
+    # at k = n the whole space is covered; a subset of ks gives the same values
+    assert best_mask_overlap_curve(orthonormal(rng, 5, 5)).overlap[-1] == pytest.approx(1.0)
+    np.testing.assert_allclose(best_mask_overlap_curve(v, [2, 5]).overlap, best.overlap[[1, 4]])
+
+
+@pytest.mark.x64
+def test_mask_overlap_curve_is_the_per_k_mask_overlap():
+    """Oracle: `mask_overlap` of `top_magnitude_mask` and the first k columns, one k at a time
+    (ties in |θ| included: both take the lower index)."""
+    rng = np.random.default_rng(4)
+    n = 30
+    v = orthonormal(rng, n, 12)
+    theta = rng.normal(size=n)
+    theta[[3, 17, 25]] = theta[8]  # a tie of four entries
+    curve = mask_overlap_curve(theta, v)
+    for k in range(1, 13):
+        mask = top_magnitude_mask(theta, k)
+        expected = np.sum(v[mask, :k] ** 2) / k
+        assert curve.overlap[k - 1] == pytest.approx(expected, rel=1e-12)
+        np.testing.assert_allclose(mask_overlap(mask, v[:, :k]), expected, rtol=1e-12)
+    np.testing.assert_allclose(curve.chance, np.arange(1, 13) / n)
+    np.testing.assert_allclose(mask_overlap_curve(theta, v, [4, 9]).overlap, curve.overlap[[3, 8]])
+    with pytest.raises(ValueError, match="theta has 29 entries"):
+        mask_overlap_curve(theta[:-1], v)
+    with pytest.raises(ValueError, match=r"ks must be .* \[1, 12\]"):
+        mask_overlap_curve(theta, v, [13])
+    with pytest.raises(ValueError, match="not orthonormal"):
+        mask_overlap_curve(theta, 2 * v)
+
+
+def test_magnitude_mask_iou_curve_against_sets():
+    """Oracle: Python sets of the two `top_magnitude_mask`s for every k; identical vectors give
+    IoU 1, and the chance level is that of two random masks (Monte Carlo)."""
+    rng = np.random.default_rng(5)
+    n = 25
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    b[:5] = a[:5]
+    a[[2, 9]] = a[4]  # ties
+    curve = magnitude_mask_iou_curve(a, b)
+    for k in range(1, n + 1):
+        sa, sb = set(top_magnitude_mask(a, k)), set(top_magnitude_mask(b, k))
+        assert curve.iou[k - 1] == pytest.approx(len(sa & sb) / len(sa | sb), rel=1e-12)
+    assert curve.iou[-1] == 1.0
+    np.testing.assert_allclose(magnitude_mask_iou_curve(a, a).iou, 1.0)
+    k = 8
+    draws = [
+        masks_iou(random_mask(jax.random.key(i), n, k), random_mask(jax.random.key(i + 999), n, k))
+        for i in range(300)
+    ]
+    # E|A ∩ B| = k²/n exactly; the IoU at that intersection is within a few % of E[IoU]
+    assert np.mean(draws) == pytest.approx(curve.chance[k - 1], rel=0.08)
+    with pytest.raises(ValueError, match="differ in length"):
+        magnitude_mask_iou_curve(a, b[:-1])

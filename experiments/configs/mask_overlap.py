@@ -35,18 +35,24 @@ Presets (the config string after the file name, `...mask_overlap.py:large`):
 
   (other --config.* overrides apply on top of the preset). Not run here (no GPU on the
   development machine): the sizes and memory below are computed, not measured. Memory:
-  `sketch_eigh` keeps about n·(28·outer + 20·inner + 8·k) bytes at its peak (float32
-  sketches and test matrices, float64 core; logged by the binary): outer 1500 / inner 3000
-  for k = 1000 at n = 962k is ≈ 106 GB, so an H200 (141 GB); on an 80 GB H100 use
-  --config.sketch.outer=1000 --config.sketch.inner=2000 (≈ 73 GB, no
-  oversampling at k = 1000: the trailing eigenpairs are then rough).
+  `sketch_eigh` keeps about n · (outer + k + 3 · block_size) · 4 bytes at its peak beyond
+  the operator's own (the float32 range basis and result and a few blocks; the inner size
+  does not enter; logged by the binary as `mask_overlap.sketch_peak_bytes`); measured on CPU
+  it is 8.3 bytes/param per outer column (benchmarks/results/memory_cpu.json). Outer 1500,
+  k = 1000, blocks of 100 at n = 962k: ≈ 10.8 GB (≈ 12 GB at the measured rate), so any
+  16 GB accelerator; bases_<step>.npz then takes n · 2,000 · 4 ≈ 7.7 GB of disk per
+  checkpoint.
+
+* sweep — the width and depth sweep of the overlap at fixed k / n (`sweep.*`; see
+  experiments/mask_overlap.py): the small preset's MLP family and training, checkpoints
+  (0, 1000), no test-subset Hessian, exact eigh up to 5,000 parameters.
 """
 
 import ml_collections
 
 from experiments.configs.common import data_config, train_config
 
-PRESETS = ("small", "large")
+PRESETS = ("small", "large", "sweep")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -76,6 +82,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.hessian = ml_collections.ConfigDict()
     c.hessian.num_samples = 500  # class-balanced training samples (a multiple of the classes)
     c.hessian.microbatch_size = 500
+    # class-balanced test samples for a second Hessian beside the training one (0 = none):
+    # exact when the training Hessian is, else sketched
+    c.hessian.test_samples = 500
 
     c.overlap = ml_collections.ConfigDict()
     c.overlap.ks = (10, 50, 100, 350, 1000)  # mask / eigenspace sizes (those > n are dropped)
@@ -95,6 +104,19 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.sketch.error_probes = 20  # probes of the a-posteriori error estimate
     c.sketch.block_size = 256  # products per vmapped block (bounds memory)
 
+    if preset == "sweep":
+        # Width and depth sweep of the mask overlap at fixed k / n (one small run per setting,
+        # in workdir/mlp_<widths>); the exact eigh where n <= exact.max_params, the sketch
+        # (k = k_fraction n, outer 2k, inner 4k) always.
+        c.sweep = ml_collections.ConfigDict()
+        c.sweep.widths = (8, 16, 32, 48)  # hidden widths of the width sweep (non-empty) ...
+        c.sweep.depth = 2  # ... at this many hidden layers
+        c.sweep.depths = (1, 2, 3, 4)  # hidden layers of the depth sweep (non-empty) ...
+        c.sweep.width = 24  # ... at this width
+        c.sweep.k_fraction = 0.05  # k = round(k_fraction n) (the paper: 350 / 7,030 = 0.0498)
+        c.checkpoints = (0, 1000)
+        c.hessian.test_samples = 0
+        c.exact.max_params = 5000
     if preset == "large":
         c.data.resize = 0  # 28×28 MNIST
         c.model.kind = "conv"
@@ -106,6 +128,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.checkpoints = (0, 200, 1000, 4000)
         c.hessian.num_samples = 1000
         c.hessian.microbatch_size = 250
+        c.hessian.test_samples = 1000
         c.exact.enabled = False
         c.sketch.k = 1000
         c.sketch.outer = 1500

@@ -14,7 +14,9 @@ flat vector and is never expanded to a dense (n, k) basis.
   bases for every k), `principal_angles`, `grassmann_distances`, and their chance levels
   `overlap_chance`, `random_alignment`;
 * masks: `top_magnitude_mask`, `random_mask`, `mask_overlap`, `mask_grassmann_distances`,
-  `masks_overlap`, `masks_iou`.
+  `masks_overlap`, `masks_iou`; curves over every k: `mask_overlap_curve` (magnitude mask vs
+  eigenspace), `best_mask_overlap_curve` (the best k-sparse mask, `best_mask`: an upper bound),
+  `magnitude_mask_iou_curve` (the masks of two parameter vectors).
 
 With principal angles θ_1..θ_k between a k- and a k'-dimensional subspace (k <= k'):
 overlap = ‖UᵀV‖²_F / k = Σ cos²θ_i / k = 1 − d_proj² / k.
@@ -297,6 +299,20 @@ def _ranked_basis(vectors: Any, name: str) -> np.ndarray:
     return v.astype(np.float64)
 
 
+def _check_ks(ks: Sequence[int] | None, top: int) -> np.ndarray:
+    """ks as an (m,) int array, each in [1, top] (None: all of 1 .. top)."""
+    ks_arr = np.arange(1, top + 1) if ks is None else np.asarray(ks)
+    if (
+        ks_arr.ndim != 1
+        or ks_arr.size == 0
+        or not np.issubdtype(ks_arr.dtype, np.integer)
+        or ks_arr.min() < 1
+        or ks_arr.max() > top
+    ):
+        raise ValueError(f"ks must be a non-empty list of integers in [1, {top}], got {ks!r}")
+    return ks_arr.astype(np.int64)
+
+
 def overlap_curve(vectors_a: Any, vectors_b: Any, ks: Sequence[int] | None = None) -> OverlapCurve:
     """Overlap of the top-k subspaces of two ranked bases for each k in `ks`.
 
@@ -315,15 +331,7 @@ def overlap_curve(vectors_a: Any, vectors_b: Any, ks: Sequence[int] | None = Non
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"the bases live in different spaces: n = {a.shape[0]} vs {b.shape[0]}")
     n, top = a.shape[0], min(a.shape[1], b.shape[1])
-    ks_arr = np.arange(1, top + 1) if ks is None else np.asarray(ks)
-    if (
-        ks_arr.ndim != 1
-        or ks_arr.size == 0
-        or not np.issubdtype(ks_arr.dtype, np.integer)
-        or ks_arr.min() < 1
-        or ks_arr.max() > top
-    ):
-        raise ValueError(f"ks must be a non-empty list of integers in [1, {top}], got {ks!r}")
+    ks_arr = _check_ks(ks, top)
     gram_sq = (a[:, :top].T @ b[:, :top]) ** 2  # (top, top)
     prefix = np.cumsum(np.cumsum(gram_sq, axis=0), axis=1)  # prefix[k-1, k-1] = ‖AₖᵀBₖ‖²_F
     overlap = prefix[ks_arr - 1, ks_arr - 1] / ks_arr
@@ -372,22 +380,32 @@ def _check_mask(idx: Any, n: int | None = None) -> np.ndarray:
     return idx
 
 
+def _flat_theta(theta: Any, name: str = "theta") -> np.ndarray:
+    theta = np.asarray(theta)
+    if theta.ndim != 1 or theta.size == 0:
+        raise ValueError(
+            f"{name} must be a flat (n,) vector (ravel a params tree first, e.g. with "
+            f"make_layout(params).ravel), got shape {theta.shape}"
+        )
+    return theta
+
+
+def _magnitude_order(theta: np.ndarray) -> np.ndarray:
+    """Indices (n,) by |θ_i| descending, ties by index (stable): prefix k is the top-k mask."""
+    return np.argsort(-np.abs(theta), kind="stable")
+
+
 def top_magnitude_mask(theta: Array, k: int, partition: Partition | None = None) -> np.ndarray:
     """Indices (k,) of the k largest |θ_i| of a flat vector (n,), sorted ascending. With a
     `Partition` of the n indices, each block b keeps its share round(k · n_b / n) of its own
-    largest entries (per-layer masks), adjusted so the total is exactly k."""
-    theta = np.asarray(theta)
-    if theta.ndim != 1:
-        raise ValueError(
-            f"theta must be a flat (n,) vector (ravel a params tree first, e.g. with "
-            f"make_layout(params).ravel), got shape {theta.shape}"
-        )
-    theta = np.abs(theta)
+    largest entries (per-layer masks), adjusted so the total is exactly k. Ties in |θ| go to
+    the lower index (as in `mask_overlap_curve`)."""
+    theta = np.abs(_flat_theta(theta))
     n = theta.size
     if not 1 <= k <= n:
         raise ValueError(f"need 1 <= k <= n = {n}, got k={k}")
     if partition is None:
-        return np.sort(np.argpartition(-theta, k - 1)[:k])
+        return np.sort(_magnitude_order(theta)[:k])
     as_partition(partition).check_size(n)
     ids, sizes = partition.block_ids, partition.sizes
     blocks = np.arange(partition.num_blocks)
@@ -450,3 +468,85 @@ def masks_iou(idx_a: Any, idx_b: Any) -> float:
 def overlap_to_iou(overlap: Any) -> Any:
     """IoU of two equal-size masks from their overlap: IoU = ov / (2 − ov)."""
     return overlap / (2 - overlap)
+
+
+def mask_overlap_curve(theta: Any, vectors: Any, ks: Sequence[int] | None = None) -> OverlapCurve:
+    """Overlap ‖Vₖ[mask_k]‖²_F / k of the top-k |θ| mask with the first k columns Vₖ of a ranked
+    orthonormal basis, for every k in `ks` (default all of 1 .. K).
+
+    theta (n,): flat parameters; vectors (n, K): orthonormal columns (checked), ranked (e.g.
+    eigenvectors by |λ|, largest first). mask_k is `top_magnitude_mask(theta, k)` (ties in |θ|
+    to the lower index). The whole curve comes from one (K, K) array of squared entries of the
+    rows of the K largest |θ_i| (2-D prefix sums), O(n log n + K²) instead of one mask per k.
+    `chance` is k/n, the expected overlap of a random k-mask with any k-dimensional subspace.
+    """
+    v = _ranked_basis(vectors, "vectors")
+    theta = _flat_theta(theta)
+    n, top = v.shape
+    if theta.size != n:
+        raise ValueError(f"theta has {theta.size} entries but the basis has n = {n} rows")
+    ks_arr = _check_ks(ks, top)
+    sq = v[_magnitude_order(theta)[:top], :top] ** 2  # (K, K): mask rows in order, columns
+    prefix = np.cumsum(np.cumsum(sq, axis=0), axis=1)  # prefix[k-1, k-1] = ‖Vₖ[mask_k]‖²_F
+    overlap = prefix[ks_arr - 1, ks_arr - 1] / ks_arr
+    return OverlapCurve(ks_arr, overlap, ks_arr / n)
+
+
+def best_mask(vectors: Any, k: int) -> np.ndarray:
+    """The k-sparse mask (k,) (indices, ascending) of largest overlap with span of the first k
+    columns of an orthonormal basis vectors (n, K >= k): the k rows of largest ‖Vₖ[i, :]‖²
+    (the overlap ‖Vₖ[idx]‖²_F / k is a sum over the chosen rows, so no other mask beats it;
+    ties to the lower index)."""
+    v = _ranked_basis(vectors, "vectors")
+    if not isinstance(k, int | np.integer) or not 1 <= k <= v.shape[1]:
+        raise ValueError(f"need an integer 1 <= k <= K = {v.shape[1]}, got k={k!r}")
+    rows = np.sum(v[:, :k] ** 2, axis=1)
+    return np.sort(np.argsort(-rows, kind="stable")[:k])
+
+
+def best_mask_overlap_curve(vectors: Any, ks: Sequence[int] | None = None) -> OverlapCurve:
+    """The largest overlap any k-sparse mask reaches with the first k columns of a ranked
+    orthonormal basis vectors (n, K), for every k in `ks` (default 1 .. K): the sum of the k
+    largest row norms ‖Vₖ[i, :]‖² over k (the overlap of `best_mask`), an upper bound for the
+    magnitude mask's `mask_overlap_curve`. O(n K) time (running row norms, one partial sort
+    per k), O(n) memory beyond the basis; chance k/n as in `mask_overlap_curve`."""
+    v = _ranked_basis(vectors, "vectors")
+    n, top = v.shape
+    ks_arr = _check_ks(ks, top)
+    wanted = set(ks_arr.tolist())
+    rows = np.zeros(n)
+    best = {}
+    for k in range(1, int(ks_arr.max()) + 1):
+        rows += v[:, k - 1] ** 2
+        if k in wanted:
+            best[k] = np.sum(np.partition(rows, n - k)[n - k :]) / k
+    return OverlapCurve(ks_arr, np.asarray([best[int(k)] for k in ks_arr]), ks_arr / n)
+
+
+class MaskIoUCurve(NamedTuple):
+    """ks (m,); iou (m,) |A_k ∩ B_k| / |A_k ∪ B_k| of the two top-k masks; chance (m,) the IoU
+    of two random k-masks at the expected intersection k²/n, (k/n) / (2 − k/n)."""
+
+    ks: np.ndarray
+    iou: np.ndarray
+    chance: np.ndarray
+
+
+def magnitude_mask_iou_curve(
+    theta_a: Any, theta_b: Any, ks: Sequence[int] | None = None
+) -> MaskIoUCurve:
+    """IoU of the top-k |θ| masks of two flat vectors (n,) (e.g. consecutive checkpoints), for
+    every k in `ks` (default 1 .. n; ties to the lower index as in `top_magnitude_mask`).
+    O(n log n) for the whole curve: entry i is in both top-k masks iff the larger of its two
+    ranks is below k."""
+    a, b = _flat_theta(theta_a, "theta_a"), _flat_theta(theta_b, "theta_b")
+    if a.size != b.size:
+        raise ValueError(f"theta_a and theta_b differ in length: {a.size} vs {b.size}")
+    n = a.size
+    ks_arr = _check_ks(ks, n)
+    rank_a, rank_b = np.empty(n, np.int64), np.empty(n, np.int64)
+    rank_a[_magnitude_order(a)] = np.arange(n)
+    rank_b[_magnitude_order(b)] = np.arange(n)
+    both = np.cumsum(np.bincount(np.maximum(rank_a, rank_b), minlength=n))  # |A_k ∩ B_k|, k-1
+    inter = both[ks_arr - 1]
+    return MaskIoUCurve(ks_arr, inter / (2 * ks_arr - inter), overlap_to_iou(ks_arr / n))
