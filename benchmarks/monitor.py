@@ -221,7 +221,8 @@ def main(argv=None) -> dict:
         print(line)
     if med:
         print("seconds per chunk (median): " + ", ".join(f"{n} {t:.3f}" for n, t in med.items()))
-    print(f"sharpness (reference) along the chunk: {np.round(ref_values[:, 0], 3).tolist()}")
+    sharpness = np.round(ref_values[:, 0].astype(float), 3).tolist()
+    print(f"sharpness (reference) along the chunk: {sharpness}")
     print(f"overlap of consecutive top eigenvectors: {np.round(overlaps, 3).tolist()}")
     ok_overhead = rows[1]["overhead"] is not None and rows[1]["overhead"] <= TARGET_OVERHEAD
     ok_hvps = rows[1]["hvp_ratio"] >= TARGET_HVP_RATIO

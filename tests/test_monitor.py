@@ -311,3 +311,4 @@ def test_readme_monitor_example_runs():
     exec(compile(blocks[1], "README.md", "exec"), namespace)
     log = namespace["log"]
     assert log.steps.tolist() == [0, 100, 200] and np.all(log.sharpness > 0)
+    assert log.converged.all() and np.all(log.hvps > 0)
