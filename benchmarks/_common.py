@@ -19,20 +19,27 @@ def compile_timed(fn, *args):
     return exe, time.perf_counter() - start
 
 
-def timed_interleaved(calls: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+def timed_interleaved(
+    calls: dict, repeats: int, warmup: int, cpu_times: dict | None = None
+) -> dict[str, list[float]]:
     """Seconds per call for each name of {name: (fn, args)}: calls interleaved round-robin
-    (order rotated each round, so noise hits all alike) after `warmup` calls each."""
+    (order rotated each round, so noise hits all alike) after `warmup` calls each. When given,
+    `cpu_times` is filled with the process CPU seconds (all threads) of the same calls."""
     for fn, args in calls.values():
         for _ in range(warmup):
             jax.block_until_ready(fn(*args))
     times: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fn, args = calls[name]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn(*args))
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    if cpu_times is not None:
+        cpu_times.update(cpu)
     return times
 
 

@@ -42,7 +42,7 @@ def test_quadratic_sharpness_is_top_eigenvalue():
     a = _spd(30)
     batch = (jnp.asarray(a, jnp.float32)[None],)
     params = {"t": jnp.ones(30)}
-    monitor = hm.curvature_monitor(quadratic, every=1, k=3, capacity=4, num_steps=30)
+    monitor = hm.curvature_monitor(quadratic, every=1, k=3, capacity=4, tol=1e-5, num_steps=30)
     state = _run(monitor, monitor.init(params, batch), params, batch, 3)
     log = hm.read_log(state)
     top = np.linalg.eigh(a)[0][::-1][:3]
@@ -120,14 +120,17 @@ def _gd_with_monitor(monitor, loss, params, batch, steps, lr=0.05):
 
 def test_warm_start_spends_fewer_hvps_than_cold():
     loss, params, batch = _gd_problem()
-    hvps = {}
+    hvps, eigenvalues = {}, {}
     for warm in (True, False):
         monitor = hm.curvature_monitor(loss, every=5, k=2, capacity=20, warm_start=warm)
         _, state = _gd_with_monitor(monitor, loss, params, batch, 100)
         log = hm.read_log(state)
-        assert log.converged[1:].all()
+        assert log.converged.all()
         hvps[warm] = log.hvps[1:].mean()  # the first measurement is cold for both
-    assert hvps[True] * 1.5 < hvps[False], hvps
+        eigenvalues[warm] = log.eigenvalues
+    # Same tolerance, same answer: at tol 1e-2 the eigenvalue error is ~ (1e-2 λ)² / gap.
+    np.testing.assert_allclose(eigenvalues[True], eigenvalues[False], rtol=2e-3)
+    assert hvps[True] * 2 < hvps[False], hvps  # GD changes the Hessian slowly
 
 
 def test_optax_transform_and_alignment():
@@ -308,3 +311,4 @@ def test_readme_monitor_example_runs():
     exec(compile(blocks[1], "README.md", "exec"), namespace)
     log = namespace["log"]
     assert log.steps.tolist() == [0, 100, 200] and np.all(log.sharpness > 0)
+    assert log.converged.all() and np.all(log.hvps > 0)

@@ -104,9 +104,9 @@ def _spread(blocks: Blocks | None, c: Array) -> Array:
 def _combine(blocks: Blocks | None, rows: Array, coef: Array) -> Array:
     """Σ_r rows[r] · coef[r, block of the index]: rows (r, n), coef (r, b) -> (n,)."""
     if blocks is None:
-        return rows.T @ coef[:, 0]
+        return coef[:, 0] @ rows
     if blocks.ids is None:
-        return concat([rows[:, a:e].T @ coef[:, i] for i, (a, e) in enumerate(blocks.ranges)])
+        return concat([coef[:, i] @ rows[:, a:e] for i, (a, e) in enumerate(blocks.ranges)])
     return jnp.sum(rows * coef[:, blocks.ids], axis=0)
 
 
