@@ -22,8 +22,13 @@ Presets (the config string after the file name, `...mask_overlap.py:large`):
 
     --config.checkpoints=0,10,20,50,100,200,400,700,1000,1500,2000,3000
 
-  takes ≈ 25 minutes on MNIST 16×16. Results of finished checkpoints are reused on a rerun with
-  the same config (and the same earlier checkpoints), so an interrupted run resumes.
+  takes ≈ 25 minutes on MNIST 16×16. These timings predate the test-subset Hessian
+  (`hessian.test_samples = 500`, exact here: one more dense Hessian and eigh per checkpoint;
+  0 turns it off). With it, checkpoints 0, 100, 1500 on MNIST-1D took 39 minutes on 2 CPU
+  cores at a load average of 35-40 (2026-12-01, other jobs; not a clean timing: the step-0
+  sketch took 286 s there against 4-27 s before). Results of finished checkpoints are reused
+  on a rerun with the same config (and the same earlier checkpoints), so an interrupted run
+  resumes.
 
 * large — meant for one GPU: a conv net (3×3 convs 64-128-256-256, relu, 2× average pooling,
   global average pooling, dense head; 962,314 parameters on 28×28 MNIST, `data.resize = 0`),
@@ -45,7 +50,11 @@ Presets (the config string after the file name, `...mask_overlap.py:large`):
 
 * sweep — the width and depth sweep of the overlap at fixed k / n (`sweep.*`; see
   experiments/mask_overlap.py): the small preset's MLP family and training, checkpoints
-  (0, 1000), no test-subset Hessian, exact eigh up to 5,000 parameters.
+  (0, 1000), no test-subset Hessian, exact eigh up to 5,000 parameters. Its default
+  (MNIST-1D) has not been timed. Sketch-only sweeps (--config.exact.enabled=False
+  --config.checkpoints=1000) at a load average of 35-40 on 2 cores: 16×16 MNIST widths 4, 8,
+  16 at depth 2 and depths 1-3 at width 8 (1,098-4,554 parameters) 24 minutes; width 32
+  (9,610 parameters) 10 more minutes.
 """
 
 import ml_collections
