@@ -95,6 +95,8 @@ RELATIONS = (
     common.at_most_train_samples("layerwise.hessian_samples"),
     common.at_most("layerwise.microbatch_size", "layerwise.hessian_samples"),
     common.at_most_train_samples("train.batch_size"),
+    common.divides_mesh("dynamic.microbatch_size"),
+    common.divides_mesh("layerwise.microbatch_size"),
 )
 THEORY_SLOPES = {"ce": {"output": -2.0, "hidden": -1.0}, "mse": {"output": "exactly zero"}}
 
@@ -177,9 +179,10 @@ def _checkpoints(steps: int, num: int, spacing: str) -> list[int]:
     return sorted({int(round(p)) for p in points})
 
 
-def _layer_norms(loss_fn, params, data, num_probes, key) -> dict:
-    """‖H_ij‖_F of the layer blocks W = Dense_0, V = Dense_1 (and standard errors)."""
-    op = curvature.hessian_operator(loss_fn, params, data)
+def _layer_norms(loss_fn, params, data, num_probes, key, mesh: str = "") -> dict:
+    """‖H_ij‖_F of the layer blocks W = Dense_0, V = Dense_1 (and standard errors), the
+    Hessian on `mesh` (config.mesh)."""
+    op = common.placed_hessian(mesh, loss_fn, params, data)
     part = curvature.partition_by_layer(op.layout)
     w, v = part.index("Dense_0"), part.index("Dense_1")
     norms = block_frobenius_sq(op, part, num_probes=num_probes, key=key)
@@ -197,8 +200,11 @@ def _layer_norms(loss_fn, params, data, num_probes, key) -> dict:
     return out
 
 
-def dynamic_force(cfg: ml_collections.ConfigDict, seed: int, key: jax.Array) -> dict:
-    """Train f = V relu(W x) on a Gaussian mixture in segments; measure between them."""
+def dynamic_force(
+    cfg: ml_collections.ConfigDict, seed: int, key: jax.Array, mesh: str = ""
+) -> dict:
+    """Train f = V relu(W x) on a Gaussian mixture in segments; measure between them (the
+    Hessian on `mesh`, config.mesh)."""
     _check_loss(cfg.loss)
     init_key, train_key, probe_key = jax.random.split(key, 3)
     ds = gaussian_mixture(
@@ -208,6 +214,7 @@ def dynamic_force(cfg: ml_collections.ConfigDict, seed: int, key: jax.Array) -> 
     model = models.MLP((cfg.width, cfg.num_classes), act="relu", use_bias=False)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     params = model.init(init_key, x[:1])
+    common.check_mesh_fits(mesh, params, cfg.microbatch_size, "config.mesh (dynamic)")
     loss_fn = curvature.MeanLoss(model.apply, LOSSES[cfg.loss])
     eval_loss = jax.jit(loss_fn)  # params and data are arguments
     data = common.hessian_data(ds.x_train, ds.y_train, cfg.hessian_samples, cfg.microbatch_size)
@@ -238,7 +245,9 @@ def dynamic_force(cfg: ml_collections.ConfigDict, seed: int, key: jax.Array) -> 
             "train_loss": float(eval_loss(params, (x, y))),
             "test_accuracy": float(training.accuracy(model.apply, params, ds.x_test, ds.y_test)),
         }
-        rec |= _layer_norms(loss_fn, params, data, num_probes, jax.random.fold_in(probe_key, i))
+        rec |= _layer_norms(
+            loss_fn, params, data, num_probes, jax.random.fold_in(probe_key, i), mesh
+        )
         records.append(rec)
         logging.info(
             "dynamic step %d/%d: loss %.4f, ‖H_WV‖_F %.4g, ‖H_WW‖_F %.4g, ‖H_VV‖_F %.4g, "
@@ -284,6 +293,7 @@ def layerwise(config: ml_collections.ConfigDict, workdir: str, key: jax.Array) -
     init_key, train_key, probe_key, eig_key = jax.random.split(key, 4)
     ds = common.load_data(config.data)
     model, params, loss_fn = common.init_classifier(config.model, ds, init_key)
+    common.check_mesh_fits(config.mesh, params, cfg.microbatch_size, "config.mesh (layerwise)")
     fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train")}
     params, history = common.train_or_resume(
         workdir, "layerwise", fingerprint | {"seed": config.seed}, loss_fn, params,
@@ -293,7 +303,7 @@ def layerwise(config: ml_collections.ConfigDict, workdir: str, key: jax.Array) -
     logging.info("layer-wise: test accuracy %.4f", test_acc)
 
     data = common.hessian_data(ds.x_train, ds.y_train, cfg.hessian_samples, cfg.microbatch_size)
-    op = curvature.hessian_operator(loss_fn, params, data)
+    op = common.placed_hessian(config.mesh, loss_fn, params, data)
     part = curvature.partition_by_layer(op.layout)
     num_probes = _num_probes(cfg, op.size)
     norms = block_frobenius_sq(op, part, num_probes=num_probes, key=probe_key)
@@ -396,7 +406,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.perf_counter()
     parts = [
         ("static", lambda: static_force(config.static, static_key), _static_figure),
-        ("dynamic", lambda: dynamic_force(config.dynamic, config.seed, dynamic_key),
+        ("dynamic", lambda: dynamic_force(config.dynamic, config.seed, dynamic_key, config.mesh),
          _dynamic_figure),
         ("layerwise", lambda: layerwise(config, workdir, layer_key), _layerwise_figures),
     ]  # fmt: skip

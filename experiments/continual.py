@@ -41,7 +41,7 @@ from absl import logging
 
 from experiments import common, figures
 from hessjax import continual as cl
-from hessjax import curvature, training
+from hessjax import curvature, distributed, linalg, training
 from hessjax.analysis import trajectory
 
 OUTPUTS = ("results.json", "accuracy_matrices.npz", "first_task_accuracy.png")
@@ -161,11 +161,14 @@ def _projection(ctx: Context, name: str, capacity: int, directions, extra=()) ->
 
 
 def _hessian_top(ctx: Context, params, task: cl.Task, key) -> cl.Directions:
+    """`cl.hessian_directions` with the Hessian on config.mesh (`common.placed_hessian`); the
+    directions come back whole to this process (`distributed.to_host`)."""
     h = ctx.config.hessian
-    d = cl.hessian_directions(
-        ctx.loss_fn, params, ctx.memory_batch(task), int(h.k), key=key,
-        num_steps=int(h.num_steps) or None, tol=float(h.tol),
-    )  # fmt: skip
+    op = common.placed_hessian(ctx.config.mesh, ctx.loss_fn, params, ctx.memory_batch(task))
+    top = linalg.eigsh(
+        op, int(h.k), key=key, which="LA", num_steps=int(h.num_steps) or None, tol=float(h.tol)
+    )
+    d = cl.Directions(*map(jnp.asarray, distributed.to_host((top.eigenvectors, top.eigenvalues))))
     values = np.asarray(d.values)
     logging.info("top-%d Hessian eigenvalues %.4g .. %.4g", values.size, values[0], values[-1])
     return d
@@ -321,6 +324,7 @@ def _setup(config: ml_collections.ConfigDict, seq: cl.TaskSequence):
         cfg.input_shape = input_shape
         model = common.build_model(cfg.model, seq.num_classes)
         params = model.init(jax.random.key(0), jnp.zeros((1,) + input_shape, jnp.float32))
+        common.check_mesh_fits(cfg.mesh, params, cfg.memory.microbatch_size)
         loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
         ctx = Context(model, loss_fn, cfg, params, seq.num_tasks)
         strategies = {name: STRATEGY_BUILDERS[name](ctx) for name in config.strategies}
@@ -490,6 +494,7 @@ RULES = common.SHARED_RULES | {
 }
 RELATIONS = (
     common.at_most("memory.microbatch_size", "memory.num_samples"),
+    common.divides_mesh("memory.microbatch_size"),
     common.Relation(
         "update_pca.num_records",
         lambda c: (

@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common, figures
-from hessjax import curvature, linalg, models, training
+from hessjax import curvature, distributed, linalg, models, training
 from hessjax.analysis import kronecker as kron_analysis
 from hessjax.data import gaussian_mixture, microbatches
 from hessjax.data.dataset import Dataset
@@ -65,6 +65,7 @@ RULES = common.SHARED_RULES | {
 }
 RELATIONS = (
     common.at_most_train_samples("hessian.num_samples"),
+    common.divides_mesh("hessian.microbatch_size"),
     common.Relation(
         "train.batch_size",
         lambda c: (
@@ -125,9 +126,9 @@ def train_model(config, workdir, tag, ds: Dataset, seed: int, steps: int, data_f
     return Trained(model, init_params, params, history, acc)
 
 
-def layer_eigen(model, params, batch, layer: str, k: int, h, key) -> LayerEigen:
+def layer_eigen(model, params, batch, layer: str, k: int, h, key, mesh: str = "") -> LayerEigen:
     """Top-k eigenpairs of the exact kernel block of `layer` and of its Kronecker approximation
-    over batch = (x (N, ...), y (N,))."""
+    over batch = (x (N, ...), y (N,)); the eigsh path's operator on `mesh` (config.mesh)."""
     in_dim, out_dim = params["params"][layer]["kernel"].shape
     n = in_dim * out_dim
     if not 1 <= k < n:
@@ -143,13 +144,14 @@ def layer_eigen(model, params, batch, layer: str, k: int, h, key) -> LayerEigen:
     else:
         loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
         data = microbatches(batch, min(int(h.microbatch_size), len(batch[1])))
-        op = curvature.hessian_operator(loss_fn, params, data, select=f"{layer}/kernel")
+        common.check_mesh_fits(mesh, params, data[1].shape[1])
+        op = common.placed_hessian(mesh, loss_fn, params, data, select=f"{layer}/kernel")
         res = linalg.eigsh(op, k, key=key, tol=h.tol)
         if not bool(np.all(res.converged)):
             logging.warning("[%s] eigsh: %d of %d pairs unconverged", layer,
                             int(np.sum(~np.asarray(res.converged))), k)  # fmt: skip
         values = np.asarray(res.eigenvalues, np.float64)
-        vectors = np.asarray(res.eigenvectors, np.float64)
+        vectors = np.asarray(distributed.to_host(res.eigenvectors), np.float64)
         method = "eigsh"
     factors = curvature.kronecker_factors(
         model, params, batch, curvature.cross_entropy, layer, chunk_size=chunk
@@ -245,7 +247,9 @@ def outliers_vs_classes(config, workdir) -> dict:
         for i, layer in enumerate(dense_layers(params)):
             in_dim, out_dim = params["params"][layer]["kernel"].shape
             k = min(max(o.top_factor * c, o.min_top), in_dim * out_dim - 1)
-            eig = layer_eigen(model, params, batch, layer, k, h, jax.random.key(1000 * c + i))
+            eig = layer_eigen(
+                model, params, batch, layer, k, h, jax.random.key(1000 * c + i), config.mesh
+            )
             ex = kron_analysis.count_outliers(eig.exact_values, rel_floor=o.rel_floor)
             kr = kron_analysis.count_outliers(eig.kron_values, rel_floor=o.rel_floor)
             row["layers"][layer] = {
@@ -315,7 +319,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def all_layers(params, seed):
         key = jax.random.key(seed)
         return {
-            name: layer_eigen(model, params, batch, name, top_k, h, jax.random.fold_in(key, i))
+            name: layer_eigen(
+                model, params, batch, name, top_k, h, jax.random.fold_in(key, i), config.mesh
+            )
             for i, name in enumerate(dense_layers(params))
         }
 

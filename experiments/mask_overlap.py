@@ -45,7 +45,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common, figures
-from hessjax import curvature, linalg, training
+from hessjax import curvature, distributed, linalg, training
 from hessjax.data import (
     DATASET_NAMES,
     Dataset,
@@ -78,6 +78,7 @@ RULES = common.SHARED_RULES | {
 RELATIONS = (
     common.at_most_train_samples("hessian.num_samples", lambda c: _resolved_data(c.data)),
     common.at_most("hessian.microbatch_size", "hessian.num_samples"),
+    common.divides_mesh("hessian.microbatch_size"),
     common.Relation(
         "sketch.outer",
         lambda c: c.sketch.outer == 0 or c.sketch.outer >= c.sketch.k,
@@ -210,7 +211,7 @@ def sketch_vs_exact(h, lam, vec, lam_s, vec_s, ks) -> dict:
 def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, key) -> tuple:
     """All metrics at one checkpoint; returns (record, exact eigenvalues or None, sketched
     eigenvalues)."""
-    op = curvature.hessian_operator(loss_fn, params, data)
+    op = common.placed_hessian(config.mesh, loss_fn, params, data)
     n = op.size
     theta = np.asarray(op.ravel(params))
     partition = None
@@ -233,7 +234,7 @@ def measure(config, step, params, loss_fn, model, data, ds, ks, random_masks, ke
         error_probes=s.error_probes, block_size=s.block_size or None,
     )  # fmt: skip
     lam_s = np.asarray(jax.block_until_ready(sk.eigenvalues), np.float64)
-    vec_s = np.asarray(sk.eigenvectors, np.float64)
+    vec_s = np.asarray(distributed.to_host(sk.eigenvectors), np.float64)
     sketch_ks = [k for k in ks if k <= k_s]
     record["sketch"] = {
         "k": k_s,
@@ -337,6 +338,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )  # fmt: skip
     model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
     n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    common.check_mesh_fits(config.mesh, params, config.hessian.microbatch_size)
 
     h = config.hessian
     if h.num_samples % ds.num_classes:

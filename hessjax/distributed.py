@@ -301,6 +301,20 @@ def to_host(tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(get, tree)
 
 
+def place_like(tree: PyTree, target: PyTree) -> PyTree:
+    """`tree` (host values of the same structure, e.g. restored from a checkpoint) placed as
+    `target` is: every leaf whose `target` leaf is a jax.Array of the same shape gets that
+    leaf's sharding (under several processes each process, holding the whole value, builds
+    only its own shards); other leaves are returned as they are."""
+
+    def put(x, t):
+        if isinstance(t, jax.Array) and np.shape(x) == t.shape:
+            return _put(x, t.sharding)
+        return x
+
+    return jax.tree_util.tree_map(put, tree, target)
+
+
 class Placement(NamedTuple):
     """mesh: None for one device; params and data placed on it."""
 

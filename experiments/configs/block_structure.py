@@ -5,12 +5,13 @@ MNIST with --config.data.name=mnist --config.data.dir=../shared/data/mnist."""
 
 import ml_collections
 
-from experiments.configs.common import data_config, train_config
+from experiments.configs.common import add_mesh, data_config, train_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    add_mesh(c)  # c.mesh: "" one device, "data:8", "fsdp:2,data:4" (configs/common.py)
 
     # a. Static force: mean neuron-block ratio r of f = V relu(W x) at initialisation vs C.
     c.static = ml_collections.ConfigDict()
