@@ -39,7 +39,8 @@ Several processes (`jax.distributed`, JAX's multi-controller runtime): call
 build only the local shards; `shard_microbatches` takes the whole data on every process and
 transfers only this process's rows (`process_rows`), `shard_local_microbatches` takes only
 those rows (`jax.make_array_from_process_local_data`); `to_host` gathers results split over
-processes. Tested by tests/test_multihost.py: 2 CPU processes of 2 devices, gloo collectives,
+processes and `place_like` puts host values (a restored checkpoint) back where a target tree
+lives. Tested by tests/test_multihost.py: 2 CPU processes of 2 devices, gloo collectives,
 eigsh and hutchpp equal one process of 4 devices.
 """
 
