@@ -13,7 +13,13 @@ What does not grow with n (the Python process, XLA, compiled code) drops out.
            vector
 
 Peak memory: on CPU the peak resident set of the child (VmHWM of /proc/self/status, else
-ru_maxrss); on a GPU `jax.devices()[0].memory_stats()['peak_bytes_in_use']`.
+ru_maxrss); on a GPU `jax.devices()[0].memory_stats()['peak_bytes_in_use']`. Beside it,
+`compiled`: arguments + outputs + temporaries of the solver's one compiled jit (XLA's buffer
+assignment, `compile().memory_analysis()`), the same slope with no allocator, compiler or
+page-touching in it. VmHWM slopes are only as good as the allocator lets them be: glibc's
+dynamic mmap threshold keeps freed n-sized temporaries in the heap (thick restart 6.33 B/param
+/basis vector; 4.60 with MALLOC_MMAP_THRESHOLD_=131072 in the child's environment, below the
+compiled 6.12, as the smaller size's peak then overlaps the compiler's).
 
     python benchmarks/memory.py [--quick] [--out benchmarks/results/memory_cpu.json]
 """
@@ -33,6 +39,8 @@ import numpy as np
 from _common import environment, peak_bytes, write_json
 
 from hessjax.linalg import Operator, eigsh, sketch_eigh
+from hessjax.linalg import lanczos as lanczos_mod
+from hessjax.linalg import sketch as sketch_mod
 
 
 def _diag_product(v, d):
@@ -44,6 +52,28 @@ def diagonal_operator(n: int) -> Operator:
     in a few cycles, so every cycle runs)."""
     d = jnp.linspace(1.0, 2.0, n, dtype=jnp.float32)
     return Operator(_diag_product, (d,), n, np.dtype(np.float32))
+
+
+def compiled_bytes(op: Operator, args) -> int:
+    """Arguments + outputs + temporaries of the solver's compiled jit for `args` (the calls
+    of `child`, lowered again with the same static arguments)."""
+    key = jax.random.key(0)
+    v0 = jax.ShapeDtypeStruct((op.size,), op.dtype)
+    if args.child == "sketch":
+        block = min(sketch_mod.DEFAULT_BLOCK_SIZE if args.block_size is None else args.block_size,
+                    args.inner)  # fmt: skip
+        lowered = sketch_mod._sketch.lower(
+            op, key, args.outer // 2, args.outer, args.inner, "gaussian", block, 0
+        )
+    elif args.child == "restart":
+        keep = args.k + (args.m - args.k) // 2
+        lowered = lanczos_mod._eigsh_restarted.lower(
+            op, v0, key, args.k, "LA", args.m, keep, args.restarts, 1e-10
+        )
+    else:
+        lowered = lanczos_mod._eigsh_traced.lower(op, v0, key, args.k, "LA", args.m, None, 1)
+    mem = lowered.compile().memory_analysis()
+    return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
 
 
 def child(args) -> None:
@@ -64,7 +94,8 @@ def child(args) -> None:
     seconds = time.perf_counter() - start
     peak, source = peak_bytes()
     print(json.dumps({"peak_bytes": peak, "source": source, "seconds": seconds,
-                      "num_matvecs": int(res.num_matvecs)}))  # fmt: skip
+                      "num_matvecs": int(res.num_matvecs),
+                      "compiled_bytes": compiled_bytes(op, args)}))  # fmt: skip
 
 
 def run_child(method: str, n: int, args) -> dict:
@@ -79,7 +110,8 @@ def run_child(method: str, n: int, args) -> dict:
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
     rec["n"] = n
     print(f"  {method:8s} n = {n:>10,d}: peak {rec['peak_bytes'] / 2**20:9.1f} MiB "
-          f"({rec['source']}), {rec['seconds']:.1f} s", flush=True)  # fmt: skip
+          f"({rec['source']}), compiled {rec['compiled_bytes'] / 2**20:9.1f} MiB, "
+          f"{rec['seconds']:.1f} s", flush=True)  # fmt: skip
     return rec
 
 
@@ -116,13 +148,16 @@ def main() -> None:
         columns = args.outer if method == "sketch" else args.m
         slope = (recs[1]["peak_bytes"] - recs[0]["peak_bytes"]) / (n2 - n1)
         per_col = slope / columns
+        compiled = (recs[1]["compiled_bytes"] - recs[0]["compiled_bytes"]) / (n2 - n1) / columns
         unit = "outer column" if method == "sketch" else "basis vector"
-        print(f"{method}: {slope:.1f} bytes / param = {per_col:.2f} bytes / param / {unit}")
+        print(f"{method}: {slope:.1f} bytes / param = {per_col:.2f} bytes / param / {unit} "
+              f"(compiled jit: {compiled:.2f})")  # fmt: skip
         result["methods"][method] = {
             "runs": recs,
             "columns": columns,
             "bytes_per_param": slope,
             "bytes_per_param_per_column": per_col,
+            "compiled_bytes_per_param_per_column": compiled,
             "column": unit,
         }
     write_json(result, args.out)

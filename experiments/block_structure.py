@@ -167,6 +167,8 @@ RELATIONS = (
     common.at_most_train_samples("neuron_dynamic.hessian_samples"),
     common.at_most("neuron_dynamic.microbatch_size", "neuron_dynamic.hessian_samples"),
     common.at_most_train_samples("neuron_dynamic.batch_size"),
+    common.divides_mesh("dynamic.microbatch_size"),
+    common.divides_mesh("layerwise.microbatch_size"),
 )
 THEORY_SLOPES = {"ce": {"output": -2.0, "hidden": -1.0}, "mse": {"output": "exactly zero"}}
 
@@ -271,9 +273,11 @@ def _train_in_segments(loss_fn, params, x, y, cfg: ml_collections.ConfigDict, ke
     return records
 
 
-def _layer_norms(loss_fn, params, data, num_probes, key) -> dict:
-    """‖H_ij‖_F of the layer blocks W = Dense_0, V = Dense_1 (and standard errors)."""
-    op = curvature.hessian_operator(loss_fn, params, data)
+def _layer_norms(loss_fn, params, data, num_probes, key, mesh: str = "") -> dict:
+    """‖H_ij‖_F of the layer blocks W = Dense_0, V = Dense_1 (and standard errors), the
+    Hessian on `mesh` (config.mesh)."""
+    op = common.placed_hessian(mesh, loss_fn, params, data)
+
     part = curvature.partition_by_layer(op.layout)
     w, v = part.index("Dense_0"), part.index("Dense_1")
     norms = block_frobenius_sq(op, part, num_probes=num_probes, key=key)
@@ -291,8 +295,11 @@ def _layer_norms(loss_fn, params, data, num_probes, key) -> dict:
     return out
 
 
-def dynamic_force(cfg: ml_collections.ConfigDict, seed: int, key: jax.Array) -> dict:
-    """Train f = V relu(W x) on a Gaussian mixture in segments; measure between them."""
+def dynamic_force(
+    cfg: ml_collections.ConfigDict, seed: int, key: jax.Array, mesh: str = ""
+) -> dict:
+    """Train f = V relu(W x) on a Gaussian mixture in segments; measure between them (the
+    Hessian on `mesh`, config.mesh)."""
     _check_loss(cfg.loss)
     init_key, train_key, probe_key = jax.random.split(key, 3)
     ds = gaussian_mixture(
@@ -302,6 +309,7 @@ def dynamic_force(cfg: ml_collections.ConfigDict, seed: int, key: jax.Array) -> 
     model = models.MLP((cfg.width, cfg.num_classes), act="relu", use_bias=False)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     params = model.init(init_key, x[:1])
+    common.check_mesh_fits(mesh, params, cfg.microbatch_size, "config.mesh (dynamic)")
     loss_fn = curvature.MeanLoss(model.apply, LOSSES[cfg.loss])
     eval_loss = jax.jit(loss_fn)  # params and data are arguments
     data = common.hessian_data(ds.x_train, ds.y_train, cfg.hessian_samples, cfg.microbatch_size)
@@ -322,7 +330,9 @@ def dynamic_force(cfg: ml_collections.ConfigDict, seed: int, key: jax.Array) -> 
             "train_loss": float(eval_loss(params, (x, y))),
             "test_accuracy": float(training.accuracy(model.apply, params, ds.x_test, ds.y_test)),
         }
-        rec |= _layer_norms(loss_fn, params, data, num_probes, jax.random.fold_in(probe_key, i))
+        rec |= _layer_norms(
+            loss_fn, params, data, num_probes, jax.random.fold_in(probe_key, i), mesh
+        )
         logging.info(
             "dynamic step %d/%d: loss %.4f, ‖H_WV‖_F %.4g, ‖H_WW‖_F %.4g, ‖H_VV‖_F %.4g, "
             "‖H_WV‖²/‖H_WW‖² %.4g",
@@ -370,6 +380,7 @@ def layerwise(config: ml_collections.ConfigDict, workdir: str, key: jax.Array) -
     init_key, train_key, probe_key, eig_key = jax.random.split(key, 4)
     ds = common.load_data(config.data)
     model, params, loss_fn = common.init_classifier(config.model, ds, init_key)
+    common.check_mesh_fits(config.mesh, params, cfg.microbatch_size, "config.mesh (layerwise)")
     fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train")}
     params, history = common.train_or_resume(
         workdir, "layerwise", fingerprint | {"seed": config.seed}, loss_fn, params,
@@ -379,7 +390,7 @@ def layerwise(config: ml_collections.ConfigDict, workdir: str, key: jax.Array) -
     logging.info("layer-wise: test accuracy %.4f", test_acc)
 
     data = common.hessian_data(ds.x_train, ds.y_train, cfg.hessian_samples, cfg.microbatch_size)
-    op = curvature.hessian_operator(loss_fn, params, data)
+    op = common.placed_hessian(config.mesh, loss_fn, params, data)
     part = curvature.partition_by_layer(op.layout)
     num_probes = _num_probes(cfg, op.size)
     norms = block_frobenius_sq(op, part, num_probes=num_probes, key=probe_key)
@@ -725,7 +736,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.perf_counter()
     parts = [
         ("static", lambda: static_force(config.static, static_key), _static_figure),
-        ("dynamic", lambda: dynamic_force(config.dynamic, config.seed, dynamic_key),
+        ("dynamic", lambda: dynamic_force(config.dynamic, config.seed, dynamic_key, config.mesh),
          _dynamic_figure),
         ("layerwise", lambda: layerwise(config, workdir, layer_key), _layerwise_figures),
         ("large_c", lambda: static_force(config.large_c, large_key), _large_c_figure),

@@ -31,6 +31,7 @@ a checkpoint of another config, or a damaged one, is reported and that run start
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -131,9 +132,12 @@ class Context:
 
 
 def _hessian(ctx: Context) -> dict[str, Any]:
+    """hessian_project / hessian_penalty settings; the Hessian on config.mesh
+    (`common.placed_hessian`)."""
     h = ctx.config.hessian
     return {"k": int(h.k), "capacity": ctx.capacity(int(h.k)),
-            "num_steps": int(h.num_steps) or None, "tol": float(h.tol)}  # fmt: skip
+            "num_steps": int(h.num_steps) or None, "tol": float(h.tol),
+            "operator": functools.partial(common.placed_hessian, ctx.config.mesh)}  # fmt: skip
 
 
 def _ogd(ctx: Context) -> cl.Strategy:
@@ -211,6 +215,7 @@ def make_context(config: ml_collections.ConfigDict, seq: cl.TaskSequence) -> Con
     input_shape = tuple(seq.tasks[0].x_train.shape[1:])
     model = common.build_model(cfg.model, seq.num_classes)
     params = model.init(jax.random.key(0), jnp.zeros((1,) + input_shape, jnp.float32))
+    common.check_mesh_fits(cfg.mesh, params, cfg.memory.microbatch_size)
     loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
     return Context(model, loss_fn, cfg, params, seq.num_tasks)
 
@@ -426,6 +431,7 @@ RELATIONS = (
         )
         for name in ("ogd", "gpm")
     ),
+    common.divides_mesh("memory.microbatch_size"),
     common.Relation(
         "update_pca.num_records",
         lambda c: (

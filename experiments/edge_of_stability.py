@@ -61,6 +61,7 @@ RULES = common.SHARED_RULES | {
 RELATIONS = (
     common.at_most_train_samples("eos.num_train"),
     common.at_most("eos.measure_every", "eos.steps"),
+    common.divides_mesh("eos.num_train"),
 )
 
 
@@ -184,6 +185,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = common.build_model(config.model, ds.num_classes)
     params = model.init(jax.random.key(config.seed), x[:1])
     num_params = sum(v.size for v in jax.tree_util.tree_leaves(params))
+    common.check_mesh_fits(config.mesh, params, e.num_train)
+    params, (x, y) = common.placed_batch(config.mesh, params, (x, y))  # GD and monitor on it
     loss_fn = curvature.MeanLoss(model.apply, LOSSES[e.loss])
     logging.info(
         "full-batch GD on %d samples, %s loss, %d params, step sizes %s",

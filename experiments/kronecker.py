@@ -80,6 +80,7 @@ RULES = common.SHARED_RULES | {
 }
 RELATIONS = (
     common.at_most_train_samples("hessian.num_samples"),
+    common.divides_mesh("hessian.microbatch_size"),
     common.Relation(
         "train.batch_size",
         lambda c: (
@@ -163,11 +164,20 @@ def train_model(config, workdir, tag, ds: Dataset, seed: int, steps: int, data_f
 
 
 def layer_eigen(
-    model, params, batch, layer: str, k: int, h, key, curvature_kind: str = "hessian"
+    model,
+    params,
+    batch,
+    layer: str,
+    k: int,
+    h,
+    key,
+    curvature_kind: str = "hessian",
+    mesh: str = "",
 ) -> LayerEigen:
     """Top-k eigenpairs of the exact kernel block of `layer` (of the Hessian, or of the
     Gauss-Newton matrix for curvature_kind='ggn') and of its Kronecker approximation (with the
-    same form of M) over batch = (x (N, ...), y (N,))."""
+    same form of M) over batch = (x (N, ...), y (N,)); the eigsh path's Hessian operator on
+    `mesh` (config.mesh; the Gauss-Newton operator stays on one device)."""
     in_dim, out_dim = kernel_shape(params, layer)
     n = in_dim * out_dim
     if not 1 <= k < n:
@@ -187,16 +197,15 @@ def layer_eigen(
         if curvature_kind == "ggn":
             op = curvature.ggn_operator(model.apply, ce, params, data, select=select)
         else:
+            common.check_mesh_fits(mesh, params, data[1].shape[1])
             loss_fn = curvature.MeanLoss(model.apply, ce)
-            op = curvature.hessian_operator(loss_fn, params, data, select=select)
+            op = common.placed_hessian(mesh, loss_fn, params, data, select=select)
         res = linalg.eigsh(op, k, key=key, tol=h.tol)
         if not bool(np.all(res.converged)):
             logging.warning("[%s] eigsh: %d of %d pairs unconverged", layer,
                             int(np.sum(~np.asarray(res.converged))), k)  # fmt: skip
         values = np.asarray(res.eigenvalues, np.float64)
-        # float32 Ritz vectors, orthonormal to ~1e-7: re-orthonormalised in float64 (QR keeps
-        # the span of every leading set of columns, i.e. each top-k eigenspace)
-        vectors = np.linalg.qr(np.asarray(res.eigenvectors, np.float64))[0]
+        vectors = common.host_orthonormal(res.eigenvectors)
         method = "eigsh"
         factors = curvature.kronecker_factors(
             model, params, batch, ce, layer, chunk_size=chunk, curvature=curvature_kind
@@ -218,7 +227,9 @@ def layer_eigen(
     )
 
 
-def all_layers(model, params, batch, k: int, h, seed: int, curvature_kind="hessian") -> dict:
+def all_layers(
+    model, params, batch, k: int, h, seed: int, curvature_kind="hessian", mesh: str = ""
+) -> dict:
     """layer -> `layer_eigen` for every dense/conv layer of the model, in call order, with
     min(k, J*out - 1) eigenpairs for a layer of at most k kernel entries."""
     key = jax.random.key(seed)
@@ -233,6 +244,7 @@ def all_layers(model, params, batch, k: int, h, seed: int, curvature_kind="hessi
             h,
             jax.random.fold_in(key, i),
             curvature_kind,
+            mesh,
         )  # fmt: skip
         for i, name in enumerate(names)
     }
@@ -349,7 +361,10 @@ def outliers_vs_classes(config, workdir) -> dict:
         for i, layer in enumerate(curvature.layer_names(model, params, batch[0][:1])):
             in_dim, out_dim = kernel_shape(params, layer)
             k = min(max(o.top_factor * c, o.min_top), in_dim * out_dim - 1)
-            eig = layer_eigen(model, params, batch, layer, k, h, jax.random.key(1000 * c + i))
+            eig = layer_eigen(
+                model, params, batch, layer, k, h, jax.random.key(1000 * c + i),
+                mesh=config.mesh,
+            )  # fmt: skip
             ex = kron_analysis.count_outliers(eig.exact_values, rel_floor=o.rel_floor)
             kr = kron_analysis.count_outliers(eig.kron_values, rel_floor=o.rel_floor)
             row["layers"][layer] = {
@@ -426,7 +441,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch = common.hessian_data(ds.x_train, ds.y_train, h.num_samples)
 
     def layers_of(params, seed, kind="hessian"):
-        return all_layers(model, params, batch, top_k, h, seed, kind)
+        return all_layers(model, params, batch, top_k, h, seed, kind, config.mesh)
 
     t0 = time.perf_counter()
     a = train_model(config, workdir, "seed_a", ds, config.seed, config.train.steps, data_fp)
@@ -506,7 +521,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             _with_model(config, batch_norm=bn), workdir, f"seed_a_bn{int(bn)}", ds, config.seed,
             config.train.steps, data_fp,
         )  # fmt: skip
-        eig_o = all_layers(other.model, other.params, batch, top_k, h, config.seed)
+        eig_o = all_layers(
+            other.model, other.params, batch, top_k, h, config.seed, mesh=config.mesh
+        )
         batch_norm = {"batch_norm": bn, "test_accuracy": other.test_accuracy,
                       "train_history": other.history, "layers": {}}  # fmt: skip
         for name, eig in eig_o.items():

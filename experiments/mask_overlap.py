@@ -65,7 +65,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common, figures
-from hessjax import curvature, linalg, training
+from hessjax import curvature, distributed, linalg, training
 from hessjax.data import (
     DATASET_NAMES,
     Dataset,
@@ -107,6 +107,7 @@ RULES = common.SHARED_RULES | {
 RELATIONS = (
     common.at_most_train_samples("hessian.num_samples", lambda c: _resolved_data(c.data)),
     common.at_most("hessian.microbatch_size", "hessian.num_samples"),
+    common.divides_mesh("hessian.microbatch_size"),
     common.Relation(
         "sketch.outer",
         lambda c: c.sketch.outer == 0 or c.sketch.outer >= c.sketch.k,
@@ -295,7 +296,8 @@ def _sketched(config, op, key):
         error_probes=s.error_probes, block_size=s.block_size or None,
     )  # fmt: skip
     lam_s = np.asarray(jax.block_until_ready(sk.eigenvalues), np.float64)
-    return sk, lam_s, np.asarray(sk.eigenvectors), time.perf_counter() - start
+    vectors = np.asarray(distributed.to_host(sk.eigenvectors))
+    return sk, lam_s, vectors, time.perf_counter() - start
 
 
 def _exact(config, loss_fn, params, data, width):
@@ -339,8 +341,8 @@ def measure(
 ) -> tuple:
     """All metrics at one checkpoint; returns (record, exact eigenvalues or None, sketched
     eigenvalues, ranked bases {'exact': (n, max ks) or None, 'sketch': (n, sketch.k),
-    'test': the test Hessian's or None})."""
-    op = curvature.hessian_operator(loss_fn, params, data)
+    'test': the test Hessian's or None}); the Hessian on config.mesh."""
+    op = common.placed_hessian(config.mesh, loss_fn, params, data)
     n = op.size
     theta = np.asarray(op.ravel(params))
     partition = None
@@ -479,6 +481,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )  # fmt: skip
     model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
     n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    common.check_mesh_fits(config.mesh, params, config.hessian.microbatch_size)
 
     h = config.hessian
     if h.num_samples % ds.num_classes:

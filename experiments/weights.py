@@ -50,7 +50,7 @@ from absl import logging
 from scipy import stats
 
 from experiments import common, figures
-from hessjax import curvature, linalg, training
+from hessjax import curvature, distributed, linalg, training
 from hessjax.analysis import blocks as analysis_blocks
 from hessjax.analysis import trajectory, weights
 
@@ -83,6 +83,7 @@ RELATIONS = (
     common.at_most_train_samples("hessian.num_samples"),
     common.at_most("hessian.microbatch_size", "hessian.num_samples"),
     common.at_most_train_samples("train.batch_size"),
+    common.divides_mesh("hessian.microbatch_size"),
     common.Relation(
         "record.every",
         lambda c: 2 * c.record.every <= c.train.steps,
@@ -142,14 +143,6 @@ def gd_probe(loss_fn, params, batch, learning_rate, num_steps: int):
 
     (_, state), _ = jax.lax.scan(step, (params, state), jnp.arange(num_steps))
     return state
-
-
-def _orthonormal(v: np.ndarray) -> np.ndarray:
-    """float32 Ritz vectors re-orthonormalised in float64 (QR, column signs kept): they are
-    orthonormal only to float32 round-off (max |VᵀV − I| 6e-7 at n = 55,050 on MNIST), above
-    the float64 tolerance of the subspace overlaps; each column moves by that much."""
-    q, r = np.linalg.qr(v)
-    return q * np.where(np.diag(r) < 0, -1.0, 1.0)
 
 
 def _eigsh(op, k: int, which: str, h, key):
@@ -368,8 +361,8 @@ def svd_part(config, loss_fn, params, data, op, vectors, values, h, key):
     compiled Lanczos, and one batch of products with D for all curvatures."""
     s = config.svd
     k_eig, k_probe = jax.random.split(key)
-    kop = curvature.hessian_operator(
-        loss_fn, params, data, select=lambda path: path.split("/")[-1] == "kernel"
+    kop = common.placed_hessian(
+        config.mesh, loss_fn, params, data, select=lambda path: path.split("/")[-1] == "kernel"
     )
     part = curvature.partition_by_layer(kop.layout)
     diag = curvature.layer_block_diagonal(kop, part)
@@ -385,7 +378,7 @@ def svd_part(config, loss_fn, params, data, op, vectors, values, h, key):
             block_diagonal=diag,
         )  # fmt: skip
         block_values = np.asarray(res.eigenvalues, np.float64)  # (b, k_l)
-        block_vectors = np.asarray(res.eigenvectors, np.float64)  # (n_kernels, k_l) packed
+        block_vectors = np.asarray(distributed.to_host(res.eigenvectors), np.float64)  # packed
         if not bool(np.all(res.converged)):
             unconverged = int(np.sum(~np.asarray(res.converged)))
             logging.warning(
@@ -464,6 +457,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     ds = common.load_data(config.data)
     model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
+    common.check_mesh_fits(config.mesh, params, h.microbatch_size)
 
     (params, history, traj), seconds["train"] = common.timed(
         "training (recorded)", train_recorded, config, workdir, loss_fn, params, ds, k_train
@@ -474,11 +468,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     t0 = time.perf_counter()
     data = common.hessian_data(ds.x_train, ds.y_train, h.num_samples, h.microbatch_size)
-    op = curvature.hessian_operator(loss_fn, params, data)
+    op = common.placed_hessian(config.mesh, loss_fn, params, data)
     n = op.size
     top = _eigsh(op, int(h.top_k), "LA", h, k_top)
     values = np.asarray(top.eigenvalues, np.float64)
-    vectors = _orthonormal(np.asarray(top.eigenvectors, np.float64))
+    vectors = common.host_orthonormal(top.eigenvectors)
     logging.info("top eigenvalues %s (%d HVPs)", np.round(values, 3).tolist(), top.num_matvecs)
     bottom = None
     if h.bottom_k:

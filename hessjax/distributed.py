@@ -39,7 +39,8 @@ Several processes (`jax.distributed`, JAX's multi-controller runtime): call
 build only the local shards; `shard_microbatches` takes the whole data on every process and
 transfers only this process's rows (`process_rows`), `shard_local_microbatches` takes only
 those rows (`jax.make_array_from_process_local_data`); `to_host` gathers results split over
-processes. Tested by tests/test_multihost.py: 2 CPU processes of 2 devices, gloo collectives,
+processes and `place_like` puts host values (a restored checkpoint) back where a target tree
+lives. Tested by tests/test_multihost.py: 2 CPU processes of 2 devices, gloo collectives,
 eigsh and hutchpp equal one process of 4 devices.
 """
 
@@ -299,6 +300,20 @@ def to_host(tree: PyTree) -> PyTree:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     return jax.tree_util.tree_map(get, tree)
+
+
+def place_like(tree: PyTree, target: PyTree) -> PyTree:
+    """`tree` (host values of the same structure, e.g. restored from a checkpoint) placed as
+    `target` is: every leaf whose `target` leaf is a jax.Array of the same shape gets that
+    leaf's sharding (under several processes each process, holding the whole value, builds
+    only its own shards); other leaves are returned as they are."""
+
+    def put(x, t):
+        if isinstance(t, jax.Array) and np.shape(x) == t.shape:
+            return _put(x, t.sharding)
+        return x
+
+    return jax.tree_util.tree_map(put, tree, target)
 
 
 class Placement(NamedTuple):

@@ -1,7 +1,7 @@
 """One process of the multi-process checks of tests/test_multihost.py (`jax.distributed` on
 local CPU processes):
 
-  python tests/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID MESH
+  python tests/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID MESH [CHECKPOINT PHASE]
 
 Joins the job (gloo CPU collectives), loads only its own rows of the Hessian batch
 (`distributed.process_rows` + `shard_local_microbatches`, i.e.
@@ -9,6 +9,12 @@ Joins the job (gloo CPU collectives), loads only its own rows of the Hessian bat
 computes the top-k Hessian eigenvalues together with the other processes, and prints one JSON
 line (eigenvalues, hutchpp trace, its process index, devices, the rows it loaded).
 NUM_PROCESSES = 1 runs the same problem in one process without `jax.distributed`.
+
+With CHECKPOINT and PHASE (`resumed`): PHASE "save" takes STEPS gradient-descent steps on the
+sharded params and writes them with `experiments.common.save_checkpoint` (gathered; process 0
+writes); "resume" restores them into sharded params (`load_checkpoint`, re-placed), checks
+the shardings, takes STEPS more and reports the top eigenvalues there; "whole" takes 2 STEPS
+in one go (the answer the two phases must give).
 """
 
 import os
@@ -69,12 +75,59 @@ def compute(spec: str) -> dict:
     return out
 
 
-def main(port: str, num_processes: str, process_id: str, spec: str) -> None:
+STEPS = 3
+
+
+def resumed(spec: str, path: str, phase: str) -> dict:
+    """GD on the placed problem of `compute`, split at a checkpoint (see the module doc)."""
+    from experiments import common
+    from hessjax import distributed
+    from hessjax.curvature import hessian_operator
+    from hessjax.linalg import eigsh
+
+    loss_fn, params, (x, y) = problem()
+    mesh = distributed.parse_mesh(spec)
+    rows = distributed.process_rows(mesh, x.shape[1])
+    data = distributed.shard_local_microbatches((x[:, rows], y[:, rows]), mesh)
+    params = distributed.shard_params(params, mesh)
+    descend = jax.jit(
+        lambda p, d, n: jax.lax.fori_loop(
+            0, n, lambda _, p: jax.tree_util.tree_map(
+                lambda w, g: w - 0.5 * g, p, jax.grad(loss_fn)(p, (d[0][0], d[1][0]))
+            ), p,
+        ),
+        static_argnums=2,
+    )  # fmt: skip
+    fingerprint = {"problem": "multihost_worker", "steps": STEPS}
+    if phase == "save":
+        params = descend(params, data, STEPS)
+        common.save_checkpoint(path, fingerprint, {"params": params}, {"steps": STEPS})
+        return {"process": jax.process_index()}
+    if phase == "resume":
+        target = {"params": params}  # the initial params: their placement is what counts
+        state, meta = common.load_checkpoint(path, fingerprint, target)
+        shardings = jax.tree_util.tree_map(lambda a: a.sharding, (state, target))
+        assert shardings[0] == shardings[1], shardings
+        params = descend(state["params"], data, STEPS)
+    else:
+        params = descend(params, data, 2 * STEPS)
+    op = distributed.shard_operator(hessian_operator(loss_fn, params, data), mesh)
+    top = eigsh(op, 5, key=jax.random.key(1), tol=1e-6)
+    return {
+        "process": jax.process_index(),
+        "eigenvalues": np.asarray(distributed.to_host(top.eigenvalues)).tolist(),
+        "params_sum": float(sum(np.sum(v) for v in jax.tree_util.tree_leaves(
+            distributed.to_host(params)))),
+    }  # fmt: skip
+
+
+def main(port: str, num_processes: str, process_id: str, spec: str, *checkpoint: str) -> None:
     num, pid = int(num_processes), int(process_id)
     if num > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"localhost:{port}", num_processes=num, process_id=pid)
-    print(json.dumps(compute(spec)), flush=True)
+    out = resumed(spec, *checkpoint) if checkpoint else compute(spec)
+    print(json.dumps(out), flush=True)
     if num > 1:
         jax.distributed.shutdown()
 

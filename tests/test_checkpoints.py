@@ -62,6 +62,25 @@ def test_foreign_or_mismatched_checkpoint_is_reported(tmp_path, caplog):
     assert len(messages) == 2 and "another config" in messages[0]
 
 
+def test_sharded_state_round_trips_onto_its_shardings(tmp_path):
+    """FSDP-split params (fsdp:2,data:2 on the suite's 4 devices) are written whole and come
+    back with the target's shardings, whatever the target's values; host leaves stay host."""
+    from hessjax import distributed
+
+    mesh = distributed.parse_mesh("fsdp:2,data:2")
+    state = {"params": distributed.shard_params(_state()["params"], mesh), "log": np.arange(3)}
+    path = str(tmp_path / "s.ckpt")
+    common.save_checkpoint(path, FINGERPRINT, state, {})
+    target = {"params": distributed.shard_params({"w": np.zeros((3, 4)), "b": np.zeros(4)}, mesh),
+              "log": np.zeros(3, int)}  # fmt: skip
+    restored, _ = common.load_checkpoint(path, FINGERPRINT, target)
+    for name in ("w", "b"):
+        got, want = restored["params"][name], target["params"][name]
+        assert got.sharding == want.sharding and "fsdp" in str(got.sharding.spec)
+        np.testing.assert_array_equal(np.asarray(got), _state()["params"][name])
+    assert isinstance(restored["log"], np.ndarray) and restored["log"].tolist() == [0, 1, 2]
+
+
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     path = str(tmp_path / "results.json")
     common.write_json(path, {"run": 1})

@@ -6,6 +6,9 @@ hung collective cannot hang the suite.
   * tests/multihost_worker.py: each process loads only its rows of the Hessian batch
     (`jax.make_array_from_process_local_data`), the two compute the top eigenvalues and a
     Hutch++ trace together; both equal one process on 4 devices (the suite's own).
+  * checkpoints of sharded state (experiments.common.save_checkpoint / load_checkpoint):
+    params split over both processes, gathered and written by process 0, restored and
+    re-placed by both in a fresh 2-process job, then trained on: the same answer as one run.
   * experiments/spectrum.py as 2 processes (--coordinator_address/--num_processes/
     --process_id): only process 0 writes, and its results.json has the eigenvalues of a
     one-process run.
@@ -97,6 +100,27 @@ def test_two_processes_equal_one(worker_reports, spec):
         assert r["eigenvectors_shape"] == [one["n"], 5]  # gathered from both processes
     # each process loaded only its own half of the 128 rows of the batch axis
     assert [r["rows"] for r in two] == [[0, 64], [64, 128]]
+
+
+def test_sharded_checkpoint_written_by_two_processes_resumes(tmp_path):
+    """fsdp:2,data:2 over 2 processes: 3 GD steps, checkpoint (gathered, process 0 writes),
+    a fresh 2-process job restores it onto the same shardings and takes 3 more; its params
+    and top eigenvalues equal 6 steps in one process on 4 devices (float32 round-off of
+    reductions split differently: rtol 1e-5)."""
+    sys.path.insert(0, str(HERE))
+    import multihost_worker
+
+    spec, path = "fsdp:2,data:2", str(tmp_path / "state.ckpt")
+    for phase in ("save", "resume"):
+        cmd = [sys.executable, str(HERE / "multihost_worker.py"), str(_free_port()), "2"]
+        outs = run_processes([[*cmd, str(i), spec, path, phase] for i in range(2)])
+        if phase == "save":
+            assert sorted(os.listdir(tmp_path)) == ["state.ckpt"]  # one file, no temporaries
+    two = [json.loads(out.strip().splitlines()[-1]) for out in outs]
+    whole = multihost_worker.resumed(spec, path, "whole")
+    for r in two:
+        np.testing.assert_allclose(r["params_sum"], whole["params_sum"], rtol=1e-5)
+        np.testing.assert_allclose(r["eigenvalues"], whole["eigenvalues"], rtol=1e-5)
 
 
 def test_spectrum_binary_as_two_processes(tmp_path):

@@ -51,3 +51,12 @@ def test_uneven_n_runs_unsplit_and_agrees(report):
     got = report["uneven"]
     assert got["n"] % DEVICES and got["eigsh_rel"] < 1e-5
     assert tuple(got["basis_shard"]) == (30, got["n"])  # documented: uneven n is not split
+
+
+def test_binaries_on_a_mesh_equal_one_device(report):
+    """experiments.edge_of_stability and block_structure (layer-wise part) with
+    --config.mesh=fsdp:2,data:4 give one device's numbers (the subprocess asserted < 1e-5)."""
+    got = report["binaries"]
+    assert set(got) == {"eos_sharpness_rel", "eos_loss_rel", "blocks_frobenius_rel",
+                        "blocks_top_rel"}  # fmt: skip
+    assert max(got.values()) < 1e-5, got

@@ -107,6 +107,39 @@ def test_mesh_must_split_the_hessian_batch_and_some_params(tmp_path):
     common.check_mesh_fits("fsdp:2,data:2", {"a": np.ones((3, 4)), "b": np.ones(3)}, 8)
 
 
+# the batch axis each binary splits over config.mesh
+MESH_BATCH = {
+    "spectrum": "hessian.microbatch_size",
+    "weights": "hessian.microbatch_size",
+    "block_structure": "layerwise.microbatch_size",
+    "mask_overlap": "hessian.microbatch_size",
+    "kronecker": "hessian.microbatch_size",
+    "continual": "memory.microbatch_size",
+    "edge_of_stability": "eos.num_train",
+}
+
+
+@pytest.mark.parametrize("binary", sorted(MESH_BATCH))
+def test_every_binary_checks_config_mesh_before_any_work(binary, tmp_path):
+    """Every binary that computes curvature takes --config.mesh: a mesh axis that does not
+    exist, or a batch that does not split over the mesh's devices, fails with the field named
+    before the workdir is touched."""
+    module = importlib.import_module(f"experiments.{binary}")
+    config = _config(binary)
+    config.mesh = "model:4"
+    with pytest.raises(common.ConfigError, match="axis 'model' is not one of fsdp, data"):
+        module.run(config, str(tmp_path / "run"))
+    config = _config(binary)
+    config.mesh = "data:4"
+    _set(config, MESH_BATCH[binary], 102)
+    with pytest.raises(common.ConfigError) as info:
+        module.run(config, str(tmp_path / "run"))
+    assert f"config.{MESH_BATCH[binary]} = 102: must be divisible by the number of devices" in str(
+        info.value
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_every_failing_field_is_listed_and_unruled_fields_are_errors():
     config = ml_collections.ConfigDict({"a": -1, "b": "x", "extra": 2})
     rules = {"a": common.POSITIVE_INT, "b": common.one_of("y", "z")}

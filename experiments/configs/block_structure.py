@@ -24,7 +24,7 @@ Presets (the config string after the file name, `...block_structure.py:paper`):
 
 import ml_collections
 
-from experiments.configs.common import data_config, train_config
+from experiments.configs.common import add_mesh, data_config, train_config
 
 PRESETS = ("small", "paper")
 
@@ -50,6 +50,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     paper = preset == "paper"
     c = ml_collections.ConfigDict()
     c.seed = 0
+    add_mesh(c)  # c.mesh: "" one device, "data:8", "fsdp:2,data:4" (configs/common.py)
 
     # a. Static force: mean neuron-block ratio r of f = V relu(W x) at initialisation vs C.
     if paper:

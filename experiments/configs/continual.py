@@ -8,7 +8,7 @@ Override any field on the command line, e.g. --config.seeds=0,1 --config.strateg
 
 import ml_collections
 
-from experiments.configs.common import data_config, train_config
+from experiments.configs.common import add_mesh, data_config, train_config
 
 STRATEGIES = (
     "finetune",  # plain fine-tuning (no protection)
@@ -25,6 +25,7 @@ STRATEGIES = (
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seeds = (0, 1, 2)  # seed: init, permutations, task subsets, minibatches, Lanczos
+    add_mesh(c)  # c.mesh: "" one device, "data:8", "fsdp:2,data:4" (configs/common.py)
     c.strategies = STRATEGIES
 
     c.data = data_config()

@@ -4,12 +4,13 @@ samples (generated offline), a tanh MLP, MSE, three step sizes. Real MNIST:
 
 import ml_collections
 
-from experiments.configs.common import data_config
+from experiments.configs.common import add_mesh, data_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    add_mesh(c)  # c.mesh: "" one device, "data:8", "fsdp:2,data:4" (configs/common.py)
 
     c.data = data_config()
     c.data.num_samples = 5000  # MNIST-1D: 4,000 training samples, of which eos.num_train used

@@ -7,12 +7,13 @@ the command line, e.g. --config.data.name=mnist --config.data.dir=../shared/data
 
 import ml_collections
 
-from experiments.configs.common import data_config, train_config
+from experiments.configs.common import add_mesh, data_config, train_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # model A: init and minibatch order; model B uses seed + cross_seed.offset
+    add_mesh(c)  # c.mesh: "" one device, "data:8", "fsdp:2,data:4" (configs/common.py)
 
     c.data = data_config()
 

@@ -59,7 +59,7 @@ Presets (the config string after the file name, `...mask_overlap.py:large`):
 
 import ml_collections
 
-from experiments.configs.common import data_config, train_config
+from experiments.configs.common import add_mesh, data_config, train_config
 
 PRESETS = ("small", "large", "sweep")
 
@@ -70,6 +70,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
     c = ml_collections.ConfigDict()
     c.seed = 0
+    add_mesh(c)  # c.mesh: "" one device, "data:8", "fsdp:2,data:4" (configs/common.py)
 
     c.data = data_config()
     c.data.name = "auto"  # auto = mnist when data.dir is set, else mnist1d (offline)

@@ -4,16 +4,13 @@ e.g. --config.model.widths=128,128,10 --config.data.name=mnist --config.data.dir
 
 import ml_collections
 
-from experiments.configs.common import data_config, train_config
+from experiments.configs.common import add_mesh, data_config, train_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # Device mesh of the Hessian work: "" one device; "data:8" data split over 8 devices;
-    # "fsdp:2,data:4" params split over 2 as well; vectors and Krylov bases split over all.
-    # Must use every device of the job (all processes' under jax.distributed).
-    c.mesh = ""
+    add_mesh(c)  # c.mesh: "" one device, "data:8", "fsdp:2,data:4" (see configs/common.py)
 
     c.data = data_config()
 

@@ -63,7 +63,7 @@ from hessjax.continual.transforms import (
     gpm_project,
     project_out,
 )
-from hessjax.curvature import make_layout
+from hessjax.curvature import hessian_operator, make_layout
 from hessjax.linalg.subspace import extend_basis, pad_columns, used_columns
 
 Array = jax.Array
@@ -159,14 +159,16 @@ def hessian_project(
     capacity: int | None = None,
     num_steps: int | None = None,
     tol: float | None = 1e-4,
+    operator: Callable[..., Any] = hessian_operator,
 ) -> Strategy:
     """Project updates out of the top-k Hessian eigenvectors of every old task
-    (`sources.hessian_directions` on `data`, Lanczos with `num_steps`, `tol`)."""
+    (`sources.hessian_directions` on `data`, Lanczos with `num_steps`, `tol`, the Hessian
+    built by `operator(loss_fn, params, data)`)."""
     k = _positive_int(k, "k")
 
     def directions(params, data, *, key, opt_state):
         return sources.hessian_directions(
-            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol
+            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol, operator=operator
         ).vectors
 
     return projection("hessian_project", directions, capacity)
@@ -279,6 +281,7 @@ def hessian_penalty(
     capacity: int | None = None,
     num_steps: int | None = None,
     tol: float | None = 1e-4,
+    operator: Callable[..., Any] = hessian_operator,
 ) -> Strategy:
     """The low-rank Hessian penalty: each old task adds ½ Σ_i λ_i <θ − θ_t, e_i>² over its
     top-k Hessian eigenpairs (negative λ clipped to 0), merged into one orthonormal quadratic
@@ -298,7 +301,7 @@ def hessian_penalty(
     def remember(memory, params, data, *, key, opt_state=None):
         memory.check_params(params)
         top = sources.hessian_directions(
-            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol
+            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol, operator=operator
         )
         weights = jnp.maximum(top.values, 0)
         return curvature_penalty_state(params, top.vectors, weights, memory, capacity)
