@@ -178,7 +178,8 @@ def check_binaries(spec):
 
     eos, blocks = eos_config(), block_config()
     eos.eos.learning_rates = (0.4,)
-    blocks.static.enabled = blocks.dynamic.enabled = False
+    for part in ("static", "dynamic", "large_c", "spectra", "heatmap", "neuron_dynamic"):
+        blocks[part].enabled = False  # only the layer-wise part runs on the mesh
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mesh in ("", spec):
