@@ -83,7 +83,6 @@ class Runner:
     def __init__(self, name, opts, model, loss_fn, params, base, lr):
         self.name, self.opts, self.model, self.loss_fn = name, opts, model, loss_fn
         self.layers = cl.dense_layers(params)
-        self.memory = None
         self.remember, self.memory_fields = None, ()
         if name == "finetune":
             self.optimizer = base
@@ -95,11 +94,17 @@ class Runner:
             self.optimizer = optax.chain(base, cl.gpm_project(zeros))
             self.memory_fields, self.remember = ("layer_bases",), self._gpm
         elif name in ("kron_project", "kron_prox"):
-            state = kron.kron_identity_state(params, self.layers)
-            prox = name == "kron_prox"
-            self.optimizer = optax.chain(base, kron.kron_transform(state, proximal=prox))
-            self.memory_fields, self.remember = ("u_a", "u_g", "scale", "anchor"), self._kron
-            self.lr = lr
+            ce = curvature.cross_entropy
+            if name == "kron_project":
+                self.strategy = cl.kron_project(
+                    model, ce, opts["share"], opts["mode"], opts["output_share"],
+                    chunk_size=MICROBATCH,
+                )  # fmt: skip
+            else:
+                self.strategy = cl.kron_prox(model, ce, opts["strength"], lr, chunk_size=MICROBATCH)
+            memory = self.strategy.init_memory(params)
+            self.optimizer = optax.chain(base, self.strategy.transform(memory))
+            self.memory_fields, self.remember = cl.KronState._fields, self._kron
         else:  # hessian_mass
             n = curvature.make_layout(params).size
             self.capacity = opts["max_k"] * 4
@@ -129,18 +134,12 @@ class Runner:
             jnp.asarray(task.x_train[:MEMORY_SAMPLES]),
             jnp.asarray(task.y_train[:MEMORY_SAMPLES]),
         )
-        self.memory = kron.kron_remember(
-            self.memory, self.model, params, batch, curvature.cross_entropy, chunk_size=MICROBATCH
-        )
+        memory = cl.get_memory(opt_state, cl.KronState)
+        st = self.strategy.remember(memory, params, microbatches(batch, MICROBATCH))
         if self.name == "kron_project":
-            st = kron.kron_projection_state(
-                self.memory, self.opts["share"], self.opts["mode"], self.opts["output_share"]
-            )
             kept = {k: int(np.sum(np.asarray(s) == 0)) for k, s in st.scale.items()}
             self.log.append({"task": t, "protected": kept})
-        else:
-            st = kron.kron_prox_state(self.memory, params, self.opts["strength"], self.lr)
-        return optax.tree_utils.tree_set(opt_state, **st._asdict())
+        return cl.set_memory(opt_state, st)
 
     def _hessian(self, opt_state, params, task, t, key):
         data = microbatches(

@@ -262,6 +262,7 @@ NONNEGATIVE_INT = int_at_least(0)
 ANY_INT = Rule(_is_int, "an integer")
 POSITIVE = real_in(0.0)
 PROBABILITY = real_in(0.0, 1.0)
+SHARE = Rule(lambda v: _is_real(v) and 0 < v <= 1, "a number in (0, 1]")
 BOOL = Rule(lambda v: isinstance(v, bool), "True or False")
 STRING = Rule(lambda v: isinstance(v, str), "a string")
 

@@ -7,7 +7,8 @@ forgetting per strategy.
       --config.data.name=mnist --config.data.dir=../shared/data/mnist  # permuted MNIST
 
 Strategies (experiments/configs/continual.py): finetune, ewc, ogd, gpm, hessian_project,
-hessian_penalty, weight_svd_project, update_pca_project: each a `hessjax.continual.Strategy`
+hessian_mass_project, hessian_penalty, kron_project, kron_prox, weight_svd_project,
+update_pca_project: each a `hessjax.continual.Strategy`
 (STRATEGY_BUILDERS maps the config to its factory). This file only orchestrates: per strategy
 one optax chain of the base optimiser and the strategy's transform of a fixed-capacity memory
 and one compiled training loop (`training.make_train_step`), reused over seeds and tasks;
@@ -63,6 +64,7 @@ _SHARED_DEFAULTS: dict[str, Any] = {
     "gpm.num_samples": 300,
     "hessian.k": 50,
     "hessian.penalty_strength": 10.0,
+    "hessian.max_k": 200,
     "weight_svd.k": 10,
     "update_pca.k": 50,
 }
@@ -140,6 +142,35 @@ def _hessian(ctx: Context) -> dict[str, Any]:
             "operator": functools.partial(common.placed_hessian, ctx.config.mesh)}  # fmt: skip
 
 
+def _hessian_mass_project(ctx: Context) -> cl.Strategy:
+    h = ctx.config.hessian
+    max_k = int(h.max_k)
+    return cl.hessian_mass_project(
+        ctx.loss_fn, float(h.mass_share), max_k, capacity=ctx.capacity(max_k),
+        num_steps=int(h.num_steps) or None, tol=float(h.tol),
+    )  # fmt: skip
+
+
+def _kron(ctx: Context) -> dict[str, Any]:
+    """The arguments kron_project and kron_prox share."""
+    return {"model": ctx.model, "per_example_loss": ctx.loss_fn.per_example_loss,
+            "num_samples": int(ctx.config.kron.num_samples) or None,
+            "chunk_size": int(ctx.config.memory.microbatch_size)}  # fmt: skip
+
+
+def _kron_project(ctx: Context) -> cl.Strategy:
+    k = ctx.config.kron
+    return cl.kron_project(
+        share=float(k.share), mode=str(k.mode), output_share=float(k.output_share), **_kron(ctx)
+    )
+
+
+def _kron_prox(ctx: Context) -> cl.Strategy:
+    return cl.kron_prox(
+        strength=float(ctx.config.kron.strength), learning_rate=ctx.learning_rate, **_kron(ctx)
+    )
+
+
 def _ogd(ctx: Context) -> cl.Strategy:
     m = int(ctx.config.ogd.num_samples)
     return cl.ogd(ctx.model.apply, m, ctx.capacity(m))
@@ -169,12 +200,15 @@ STRATEGY_BUILDERS: dict[str, Callable[[Context], cl.Strategy]] = {
     "ogd": _ogd,
     "gpm": _gpm,
     "hessian_project": lambda ctx: cl.hessian_project(ctx.loss_fn, **_hessian(ctx)),
+    "hessian_mass_project": _hessian_mass_project,
     "hessian_penalty": lambda ctx: cl.hessian_penalty(
         ctx.loss_fn,
         strength=float(ctx.config.hessian.penalty_strength),
         learning_rate=ctx.learning_rate,
         **_hessian(ctx),
     ),  # fmt: skip
+    "kron_project": _kron_project,
+    "kron_prox": _kron_prox,
     "weight_svd_project": _weight_svd_project,
     "update_pca_project": _update_pca_project,
 }
@@ -184,7 +218,10 @@ STRATEGY_SECTIONS = {  # the config sections each strategy reads besides data/mo
     "ogd": ("ogd",),
     "gpm": ("gpm",),
     "hessian_project": ("hessian",),
+    "hessian_mass_project": ("hessian",),
     "hessian_penalty": ("hessian",),
+    "kron_project": ("kron",),
+    "kron_prox": ("kron",),
     "weight_svd_project": ("weight_svd",),
     "update_pca_project": ("update_pca",),
 }
@@ -414,6 +451,13 @@ RULES = common.SHARED_RULES | {
     "hessian.num_steps": common.NONNEGATIVE_INT,
     "hessian.tol": common.POSITIVE,
     "hessian.penalty_strength": common.POSITIVE,
+    "hessian.mass_share": common.SHARE,
+    "hessian.max_k": common.POSITIVE_INT,
+    "kron.share": common.SHARE,
+    "kron.mode": common.one_of("input", "product", "block"),
+    "kron.output_share": common.SHARE,
+    "kron.strength": common.POSITIVE,
+    "kron.num_samples": common.NONNEGATIVE_INT,
     "weight_svd.k": common.POSITIVE_INT,
     "update_pca.k": common.POSITIVE_INT,
     "update_pca.num_records": common.POSITIVE_INT,
@@ -432,6 +476,14 @@ RELATIONS = (
         for name in ("ogd", "gpm")
     ),
     common.divides_mesh("memory.microbatch_size"),
+    common.Relation(
+        "kron.num_samples",
+        lambda c: (
+            not {"kron_project", "kron_prox"} & set(c.strategies)
+            or c.kron.num_samples <= c.memory.num_samples
+        ),
+        "at most memory.num_samples (0: all of them)",
+    ),
     common.Relation(
         "update_pca.num_records",
         lambda c: (

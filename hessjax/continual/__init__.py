@@ -3,11 +3,15 @@
 * strategies (`strategies`): each a `Strategy` of `init_memory(params)`, a pure
   `remember(memory, params, data, key=...)` that adds a finished task, and
   `transform(memory)`, an optax transformation chained after any optimiser: `finetune`,
-  `ewc`, `ogd`, `gpm`, `hessian_project`, `hessian_penalty`, `weight_svd_project`,
+  `ewc`, `ogd`, `gpm`, `hessian_project`, `hessian_mass_project` (k per task by curvature
+  mass), `hessian_penalty`, `kron_project` / `kron_prox` (per-layer Kronecker-factored
+  curvature: projection, online structured Laplace penalty), `weight_svd_project`,
   `update_pca_project`, and `projection` to build more; `set_memory` / `get_memory` swap a
   memory in an optimiser state (checked);
 * transforms (optax, chained after any optimiser): `project_out` (global or per-layer
-  protected subspace; also OGD), `gpm_project`, and the proximal penalties `ewc_penalty`,
+  protected subspace; also OGD), `gpm_project`, `kron_transform` (scaling in the eigenbasis
+  of Kronecker factors, memory `KronState`; the pieces in `hessjax.continual.kron`), and the
+  proximal penalties `ewc_penalty`,
   `curvature_penalty` (low-rank Hessian EWC), `proximal_penalty` (the hook for new
   quadratics); the updates for update-PCA are recorded by `analysis.trajectory.recording`;
 * subspace sources on an old task: `hessian_directions`, `weight_svd_directions`,
@@ -18,6 +22,17 @@
 * metrics of an accuracy matrix: ACC, BWT, forgetting.
 """
 
+from hessjax.continual.kron import (
+    KronState,
+    curvature_rank,
+    hessian_mass_directions,
+    kron_identity_state,
+    kron_memory,
+    kron_projection_state,
+    kron_prox_state,
+    kron_remember,
+    kron_transform,
+)
 from hessjax.continual.metrics import (
     ContinualMetrics,
     average_accuracy,
@@ -43,8 +58,11 @@ from hessjax.continual.strategies import (
     ewc,
     finetune,
     gpm,
+    hessian_mass_project,
     hessian_penalty,
     hessian_project,
+    kron_project,
+    kron_prox,
     ogd,
     projection,
     update_pca_project,
@@ -94,6 +112,7 @@ __all__ = [
     "Directions",
     "EwcState",
     "GpmState",
+    "KronState",
     "ProjectionState",
     "Strategy",
     "Task",
@@ -104,6 +123,7 @@ __all__ = [
     "check_orthonormal",
     "check_positive",
     "continual_metrics",
+    "curvature_rank",
     "curvature_penalty",
     "curvature_penalty_state",
     "default_pairs",
@@ -123,8 +143,18 @@ __all__ = [
     "gpm_project",
     "gpm_sizes",
     "hessian_directions",
+    "hessian_mass_directions",
+    "hessian_mass_project",
     "hessian_penalty",
     "hessian_project",
+    "kron_identity_state",
+    "kron_memory",
+    "kron_project",
+    "kron_projection_state",
+    "kron_prox",
+    "kron_prox_state",
+    "kron_remember",
+    "kron_transform",
     "logit_gradients",
     "ogd",
     "pad_columns",

@@ -53,10 +53,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hessjax.continual.sources import Directions, _energy_rank, dense_layers
-from hessjax.curvature import hessian_operator, kronecker_factors, leaf_paths
+from hessjax.continual.sources import Directions, _energy_rank, dense_layers, hessian_directions
+from hessjax.continual.transforms import _memory_transform, check_positive
+from hessjax.curvature import kronecker_factors, leaf_paths
 from hessjax.curvature.layout import select_mask
-from hessjax.linalg import eigsh
 
 Array = jax.Array
 PyTree = Any
@@ -161,27 +161,97 @@ def kron_remember(
 class KronState(NamedTuple):
     """Per layer {name: ...}: u_a (d, d) and u_g (out, out) orthogonal eigenvectors of the
     factors, scale (d, out) the multiplier S_ij of each eigen-coordinate (module docstring),
-    anchor (d, out) [K; b] at θ* (the proximal step; zeros and unused for a projection)."""
+    anchor (d, out) [K; b] at θ* (the proximal step; zeros and unused for a projection); a
+    (d, d) and g (out, out) the summed factors Σ_t A_t, Σ_t G_t they were computed from
+    (`kron_memory` reads them back for the next task; zeros before the first) and num_tasks
+    () int32 the T summed. The memory of the `kron_project` / `kron_prox` strategies: every
+    shape is fixed by the params, so a new task's state replaces the old one in an optimiser
+    state (`set_memory`) without recompiling."""
 
     u_a: dict[str, Array]
     u_g: dict[str, Array]
     scale: dict[str, Array]
     anchor: dict[str, Array]
+    a: dict[str, Array]
+    g: dict[str, Array]
+    num_tasks: Array
+
+    def check(self) -> None:
+        """ValueError unless every layer's leaves have consistent shapes, u_a and u_g are
+        orthogonal, 0 <= scale <= 1, the factors and anchor are finite and num_tasks >= 0."""
+        if not isinstance(self.u_a, Mapping) or not self.u_a:
+            raise ValueError("a KronState needs at least one layer")
+        for layer in self.u_a:
+            d, o = self.u_a[layer].shape[0], self.u_g[layer].shape[0]
+            for name, shape in (("u_a", (d, d)), ("u_g", (o, o)), ("scale", (d, o)),
+                                ("anchor", (d, o)), ("a", (d, d)), ("g", (o, o))):  # fmt: skip
+                m = getattr(self, name)[layer]
+                if m.shape != shape:
+                    raise ValueError(f"{name} of {layer!r} must be {shape}, got {m.shape}")
+            for name in ("u_a", "u_g"):
+                u = getattr(self, name)[layer]
+                err = float(jnp.max(jnp.abs(u.T @ u - jnp.eye(u.shape[0], dtype=u.dtype))))
+                if not err <= 1e-3:
+                    raise ValueError(f"{name} of {layer!r} is not orthogonal (max |UᵀU − I| {err})")
+            sc = np.asarray(self.scale[layer])
+            if not (np.all(sc >= 0) and np.all(sc <= 1)):
+                raise ValueError(f"scale of {layer!r} must lie in [0, 1]")
+            for name in ("anchor", "a", "g"):
+                if not bool(jnp.all(jnp.isfinite(getattr(self, name)[layer]))):
+                    raise ValueError(f"{name} of {layer!r} has non-finite entries")
+        if np.shape(self.num_tasks) != () or not int(self.num_tasks) >= 0:
+            raise ValueError(f"num_tasks must be a scalar >= 0, got {self.num_tasks}")
+
+    def check_params(self, params: PyTree) -> None:
+        """ValueError unless each layer's [K; b] in `params` is (d, out) as in the state."""
+        mats = layer_matrices(params, list(self.u_a))
+        for layer, w in mats.items():
+            want = (self.u_a[layer].shape[0], self.u_g[layer].shape[0])
+            if w.shape != want:
+                raise ValueError(f"layer {layer!r} of the params is {w.shape}, the memory {want}")
 
 
 def kron_identity_state(params: PyTree, layers: Sequence[str] | None = None) -> KronState:
-    """The state of a `kron_transform` that changes nothing (U = I, S = 1, anchor 0), for each
-    dense layer of `params` (default all, `dense_layers`): the memory before the first task,
-    with the shapes of every later state, so an optimiser built on it takes them by
-    `optax.tree_utils.tree_set(opt_state, **new_state._asdict())` without recompiling."""
+    """The state of a `kron_transform` that changes nothing (U = I, S = 1, anchor 0, no
+    factors), for each dense layer of `params` (default all, `dense_layers`): the memory
+    before the first task, with the shapes of every later state, so an optimiser built on it
+    takes them (`set_memory`) without recompiling."""
     layers = dense_layers(params) if layers is None else list(layers)
     mats = layer_matrices(params, layers)
+
+    def square(axis):
+        return {k: jnp.zeros((m.shape[axis],) * 2, m.dtype) for k, m in mats.items()}
+
     return KronState(
         {k: jnp.eye(m.shape[0], dtype=m.dtype) for k, m in mats.items()},
         {k: jnp.eye(m.shape[1], dtype=m.dtype) for k, m in mats.items()},
         {k: jnp.ones(m.shape, m.dtype) for k, m in mats.items()},
         {k: jnp.zeros(m.shape, m.dtype) for k, m in mats.items()},
+        square(0),
+        square(1),
+        jnp.zeros((), jnp.int32),
     )
+
+
+def kron_memory(state: KronState) -> KronMemory | None:
+    """The summed factors a state was built from, {layer: KronFactor} (`kron_remember`'s
+    memory), None for a state of no task (`kron_identity_state`)."""
+    tasks = int(state.num_tasks)
+    if tasks == 0:
+        return None
+    return {k: KronFactor(state.a[k], state.g[k], tasks) for k in state.u_a}
+
+
+def _factor_fields(memory: KronMemory) -> dict[str, Any]:
+    """The a, g, num_tasks fields of a KronState built from `memory`."""
+    tasks = {f.tasks for f in memory.values()}
+    if len(tasks) != 1:
+        raise ValueError(f"the layers of the memory hold different numbers of tasks: {tasks}")
+    return {
+        "a": {k: f.a for k, f in memory.items()},
+        "g": {k: f.g for k, f in memory.items()},
+        "num_tasks": jnp.asarray(tasks.pop(), jnp.int32),
+    }
 
 
 def _eigh_desc(m: Array) -> tuple[np.ndarray, np.ndarray]:
@@ -189,13 +259,26 @@ def _eigh_desc(m: Array) -> tuple[np.ndarray, np.ndarray]:
     return w[::-1], v[:, ::-1]
 
 
+def check_share(share: float, name: str = "share") -> float:
+    """float(share), ValueError naming it unless in (0, 1]."""
+    share = float(share)
+    if not 0 < share <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {share}")
+    return share
+
+
+def check_mode(mode: str) -> str:
+    """mode, ValueError unless a `kron_projection_state` mode: product, input or block."""
+    if mode not in ("product", "input", "block"):
+        raise ValueError(f"mode must be 'product', 'input' or 'block', got {mode!r}")
+    return mode
+
+
 def curvature_rank(values: Array, share: float) -> int:
     """The smallest k such that the k largest positive parts of `values` (any order) hold at
     least `share` of their sum: Σ_{i<k} λ⁺_(i) >= share · Σ_i λ⁺_i, share in (0, 1]
     (0 when no value is positive)."""
-    share = float(share)
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share}")
+    share = check_share(share)
     v = np.asarray(values, np.float64).ravel()
     if not np.all(np.isfinite(v)):
         raise ValueError("values must be finite")
@@ -244,9 +327,8 @@ def kron_projection_state(
     tr(G⁺) (the Cartesian block; output_share 1 is mode "input" up to G's null space).
     share: one value or {layer: value}, in (0, 1]."""
     _check_memory(memory)
-    if mode not in ("product", "input", "block"):
-        raise ValueError(f"mode must be 'product', 'input' or 'block', got {mode!r}")
-    curvature_rank(np.ones(1), output_share)  # validates output_share
+    check_mode(mode)
+    check_share(output_share, "output_share")
     u_a, u_g, scale, anchor = {}, {}, {}, {}
     for layer, f in memory.items():
         thr = share[layer] if isinstance(share, Mapping) else share
@@ -257,14 +339,7 @@ def kron_projection_state(
         u_a[layer], u_g[layer] = jnp.asarray(ua, dtype), jnp.asarray(ug, dtype)
         scale[layer] = jnp.asarray(keep, dtype)
         anchor[layer] = jnp.zeros(keep.shape, dtype)
-    return KronState(u_a, u_g, scale, anchor)
-
-
-def _check_positive(value: float, name: str) -> float:
-    value = float(value)
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return value
+    return KronState(u_a, u_g, scale, anchor, **_factor_fields(memory))
 
 
 def kron_prox_state(
@@ -276,8 +351,8 @@ def kron_prox_state(
     with negative eigenvalues set to 0 and T the memory's number of tasks: for T similar tasks
     (Σ A_t) ⊗ (Σ G_t) / T ≈ Σ_t A_t ⊗ G_t, the online Laplace precision."""
     _check_memory(memory)
-    strength = _check_positive(strength, "strength")
-    lr = _check_positive(learning_rate, "learning_rate")
+    strength = check_positive(strength, "strength")
+    lr = check_positive(learning_rate, "learning_rate")
     mats = layer_matrices(anchor, list(memory))
     u_a, u_g, scale, anchors = {}, {}, {}, {}
     for layer, f in memory.items():
@@ -292,29 +367,23 @@ def kron_prox_state(
         u_a[layer], u_g[layer] = jnp.asarray(ua, dtype), jnp.asarray(ug, dtype)
         scale[layer] = jnp.asarray(1.0 / (1.0 + lr * strength * curv), dtype)
         anchors[layer] = mats[layer].astype(dtype)
-    return KronState(u_a, u_g, scale, anchors)
+    return KronState(u_a, u_g, scale, anchors, **_factor_fields(memory))
 
 
-def _check_state(state: KronState) -> None:
-    if not isinstance(state, KronState) or not state.u_a:
-        raise ValueError("state must be a KronState with at least one layer")
-    for layer in state.u_a:
-        d, o = state.u_a[layer].shape[0], state.u_g[layer].shape[0]
-        for name, m, shape in (
-            ("u_a", state.u_a[layer], (d, d)),
-            ("u_g", state.u_g[layer], (o, o)),
-            ("scale", state.scale[layer], (d, o)),
-            ("anchor", state.anchor[layer], (d, o)),
-        ):
-            if m.shape != shape:
-                raise ValueError(f"{name} of {layer!r} must be {shape}, got {m.shape}")
-        for name, u in (("u_a", state.u_a[layer]), ("u_g", state.u_g[layer])):
-            err = float(jnp.max(jnp.abs(u.T @ u - jnp.eye(u.shape[0], dtype=u.dtype))))
-            if not err <= 1e-3:
-                raise ValueError(f"{name} of {layer!r} is not orthogonal (max |UᵀU − I| {err})")
-        s = np.asarray(state.scale[layer])
-        if not (np.all(s >= 0) and np.all(s <= 1)):
-            raise ValueError(f"scale of {layer!r} must lie in [0, 1]")
+def _kron_apply(updates: PyTree, st: KronState, params: PyTree | None, proximal: bool) -> PyTree:
+    layers = list(st.u_a)
+    deltas = layer_matrices(updates, layers)
+    theta = layer_matrices(params, layers) if proximal else None
+    out = {}
+    for layer in layers:
+        ua, ug = st.u_a[layer], st.u_g[layer]
+        v = deltas[layer].astype(ua.dtype)
+        if proximal:
+            drift = theta[layer].astype(ua.dtype) - st.anchor[layer]
+            v = v + drift
+        w = ua @ (st.scale[layer] * (ua.T @ v @ ug)) @ ug.T
+        out[layer] = w - drift if proximal else w
+    return _set_layer_matrices(updates, out)
 
 
 def kron_transform(state: KronState, proximal: bool = False) -> optax.GradientTransformation:
@@ -323,32 +392,15 @@ def kron_transform(state: KronState, proximal: bool = False) -> optax.GradientTr
     step Δ ← U_a (S ⊙ U_aᵀ (δ + Δ) U_g) U_gᵀ − δ, δ = [K; b] − anchor (needs params), with Δ
     the [K; b] (d, out) update of the layer. Chain it after the base optimiser:
     `optax.chain(optax.sgd(lr), kron_transform(state))`. Layers not in the state pass
-    unchanged. The state holds the memory (swap in a new task's with
-    `optax.tree_utils.tree_set`); `update` never changes it."""
-    _check_state(state)
-
-    def init(params):
-        del params
-        return state
-
-    def update(updates, st, params=None):
-        if proximal and params is None:
-            raise ValueError("the proximal kron_transform needs params: update(u, state, params)")
-        layers = list(st.u_a)
-        deltas = layer_matrices(updates, layers)
-        theta = layer_matrices(params, layers) if proximal else None
-        out = {}
-        for layer in layers:
-            ua, ug = st.u_a[layer], st.u_g[layer]
-            v = deltas[layer].astype(ua.dtype)
-            if proximal:
-                drift = theta[layer].astype(ua.dtype) - st.anchor[layer]
-                v = v + drift
-            w = ua @ (st.scale[layer] * (ua.T @ v @ ug)) @ ug.T
-            out[layer] = w - drift if proximal else w
-        return _set_layer_matrices(updates, out), st
-
-    return optax.GradientTransformation(init, update)
+    unchanged. The state (checked: `KronState.check`, and at init against the params) holds
+    the memory (swap in a new task's with `set_memory`); `update` never changes it."""
+    if not isinstance(state, KronState):
+        raise ValueError(f"state must be a KronState, got {type(state).__name__}")
+    state.check()
+    return _memory_transform(
+        state, lambda u, st, p: _kron_apply(u, st, p, proximal),
+        needs_params="the proximal kron_transform" if proximal else None,
+    )  # fmt: skip
 
 
 def hessian_mass_directions(
@@ -365,11 +417,13 @@ def hessian_mass_directions(
 ) -> Directions:
     """Hessian projection with k chosen per task by curvature: the top max_k eigenpairs
     (largest algebraic) of the Hessian of the mean of loss_fn over `data` (leaves (m, b, ...))
-    at `params` (`hessjax.linalg.eigsh`, thick-restarted `max_restarts` times), truncated to
+    at `params` (`sources.hessian_directions`, thick-restarted `max_restarts` times), truncated to
     the fewest that hold `share` of their positive curvature (`curvature_rank`, at least 1).
     vectors (n, k), values (k,) descending, k <= max_k."""
-    share = _check_positive(share, "share")
-    op = hessian_operator(loss_fn, params, data)
-    top = eigsh(op, max_k, key=key, num_steps=num_steps, tol=tol, max_restarts=max_restarts)
-    k = max(curvature_rank(top.eigenvalues, share), 1)
-    return Directions(top.eigenvectors[:, :k], top.eigenvalues[:k])
+    check_share(share)
+    top = hessian_directions(
+        loss_fn, params, data, max_k, key=key, num_steps=num_steps, tol=tol,
+        max_restarts=max_restarts,
+    )  # fmt: skip
+    k = max(curvature_rank(top.values, share), 1)
+    return Directions(top.vectors[:, :k], top.values[:k])

@@ -53,15 +53,16 @@ def hessian_directions(
     key: Array,
     num_steps: int | None = None,
     tol: float | None = 1e-4,
+    max_restarts: int = 0,
     operator: Callable[..., Any] = hessian_operator,
 ) -> Directions:
     """Top-k eigenpairs (largest algebraic) of the Hessian of the mean of loss_fn over `data`
     (leaves (m, b, ...): m microbatches) at `params`: vectors (n, k), values (k,) descending.
-    `num_steps`, `tol`: Lanczos budget and stopping rule of `hessjax.linalg.eigsh`.
-    `operator(loss_fn, params, data)` builds the Hessian operator (default
-    `curvature.hessian_operator`; e.g. one placed on a device mesh)."""
+    `num_steps`, `tol`, `max_restarts`: Lanczos budget, stopping rule and thick restarts of
+    `hessjax.linalg.eigsh`. `operator(loss_fn, params, data)` builds the Hessian operator
+    (default `curvature.hessian_operator`; e.g. one placed on a device mesh)."""
     op = operator(loss_fn, params, data)
-    top = eigsh(op, k, key=key, which="LA", num_steps=num_steps, tol=tol)
+    top = eigsh(op, k, key=key, which="LA", num_steps=num_steps, tol=tol, max_restarts=max_restarts)
     return Directions(top.eigenvectors, top.eigenvalues)
 
 

@@ -426,7 +426,8 @@ def _low_rank_correction(state: CurvaturePenaltyState, z: PyTree, c: Array) -> P
     e = state.directions.astype(flat.dtype)
     lam = state.weights.astype(flat.dtype)
     shrink = c * lam / (1 + c * lam)  # 1 − 1/(1 + c λ_i)
-    return layout.unravel(-e @ (shrink * (e.T @ flat - state.targets.astype(flat.dtype))))
+    coords = flat @ e  # Eᵀ flat, written so XLA does not transpose E (see project_vector)
+    return layout.unravel(-e @ (shrink * (coords - state.targets.astype(flat.dtype))))
 
 
 def curvature_penalty(
