@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import environment  # noqa: E402
 from experiments.common import write_json  # noqa: E402  (atomic)
+from experiments.continual import mean_std  # noqa: E402
 from hessjax import continual as cl  # noqa: E402
 from hessjax import curvature, models, training  # noqa: E402
 from hessjax.continual import kron  # noqa: E402
@@ -55,12 +56,6 @@ DEFAULTS = {
     "kron_prox": {"strength": 1e3},
     "hessian_mass": {"share": 0.9, "max_k": 200},
 }
-
-
-def mean_std(values) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for one value)."""
-    values = np.asarray(values, np.float64)
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
 def parse_strategy(spec: str) -> tuple[str, dict]:

@@ -390,7 +390,7 @@ def run_strategy(
     return meta
 
 
-def _mean_std(values) -> tuple[float, float] | None:
+def mean_std(values) -> tuple[float, float] | None:
     """Mean and sample standard deviation (ddof=1; 0 for one value); None for no values."""
     values = np.asarray(values, np.float64)
     if values.size == 0:
@@ -546,7 +546,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = {}
     for name in config.strategies:
         ok = [row for row in per_seed[name] if row["acc"] is not None]
-        summary[name] = {k: _mean_std([row[k] for row in ok]) for k in ("acc", "bwt", "forgetting")}
+        summary[name] = {k: mean_std([row[k] for row in ok]) for k in ("acc", "bwt", "forgetting")}
         summary[name] |= {"seeds": len(per_seed[name]), "diverged": len(per_seed[name]) - len(ok)}
     table = format_table(summary)
     logging.info(

@@ -54,9 +54,8 @@ import numpy as np
 import optax
 
 from hessjax.continual.sources import Directions, _energy_rank, dense_layers, hessian_directions
-from hessjax.continual.transforms import _memory_transform, check_positive
+from hessjax.continual.transforms import _layer_leaf, _memory_transform, check_positive
 from hessjax.curvature import kronecker_factors, leaf_paths
-from hessjax.curvature.layout import select_mask
 
 Array = jax.Array
 PyTree = Any
@@ -76,17 +75,10 @@ KronMemory = dict[str, KronFactor]
 
 def _layer_slots(paths: Sequence[str], layer: str) -> tuple[int, int | None]:
     """Leaf indices of the 2-D kernel and (None if absent) the bias of `layer`."""
-
-    def one(name: str) -> int | None:
-        hits = [i for i, on in enumerate(select_mask(paths, f"{layer}/{name}")) if on]
-        if len(hits) > 1:
-            raise ValueError(f"layer {layer!r} matches several {name} leaves: {hits}")
-        return hits[0] if hits else None
-
-    kernel = one("kernel")
+    kernel = _layer_leaf(list(paths), layer, "kernel")
     if kernel is None:
         raise ValueError(f"no kernel for layer {layer!r} among {list(paths)}")
-    return kernel, one("bias")
+    return kernel, _layer_leaf(list(paths), layer, "bias")
 
 
 def layer_matrices(tree: PyTree, layers: Sequence[str]) -> dict[str, Array]:
