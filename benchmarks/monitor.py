@@ -5,12 +5,15 @@ Model and data as the other benchmarks: the tanh MLP 784-256-128-10 (235,146 par
 drawn on device, `--steps` steps per compiled `lax.scan` chunk. The monitor
 (`hessjax.monitor.curvature_monitor`, its default tol 1e-2 unless `--tol`) measures the top-k
 Hessian eigenvalues of the mean cross-entropy on a fixed probe batch every N steps (`lax.cond`
-inside the scanned step). In one process this times, from the same state:
+inside the scanned step) at the params each step ends at (`update(..., applied=True)`, as the
+optax `monitoring` transform does), without the alignment unless named. In one process this
+times, from the same state:
 
   plain      the chunk without the monitor (the unit)
   k=1        the chunk with the monitor, k = 1, warm start (v0 = previous top eigenvector)
   k=5        the same with k = 5 (v0 = sum of the previous 5 eigenvectors)
   k=1 idle   the monitor in the step but never measuring (every = 10^9): the cost of the cond
+  k=1 align  k=1 with the alignment (the update passed to the monitor every step)
 
 Every configuration first runs one untimed warm-up chunk (compilation, and the monitor's first,
 necessarily cold, measurement); then all time their next chunk from the post-warm-up state,
@@ -73,19 +76,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "opt", "monitor", "batch_size"))
+@functools.partial(jax.jit, static_argnames=("loss_fn", "opt", "monitor", "batch_size", "align"))
 def train_chunk(params, opt_state, mstate, keys, x, y, probe, *, loss_fn, opt, monitor,
-                batch_size):  # fmt: skip
-    """len(keys) Adam steps on minibatches of (x, y); the monitor (unless None) on `probe`."""
+                batch_size, align=False):  # fmt: skip
+    """len(keys) Adam steps on minibatches of (x, y); the monitor (unless None) on `probe` at
+    the params each step ends at (applied=True), with the alignment when `align`."""
 
     def step(carry, key):
         params, opt_state, mstate = carry
         idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
         loss, grads = jax.value_and_grad(loss_fn)(params, (x[idx], y[idx]))
         updates, opt_state = opt.update(grads, opt_state, params)
+        new = optax.apply_updates(params, updates)
         if monitor is not None:
-            mstate = monitor.update(mstate, params, probe, updates=updates, loss=loss)
-        return (optax.apply_updates(params, updates), opt_state, mstate), loss
+            aligned = updates if align else None
+            mstate = monitor.update(mstate, new, probe, updates=aligned, loss=loss, applied=True)
+        return (new, opt_state, mstate), loss
 
     (params, opt_state, mstate), losses = jax.lax.scan(step, (params, opt_state, mstate), keys)
     return params, opt_state, mstate, losses[-1]
@@ -137,7 +143,8 @@ def main(argv=None) -> dict:
         configs[f"k={k}"] = monitor(k, True)
         configs[f"k={k} cold"] = monitor(k, False)
     configs["k=1 idle"] = monitor(1, True, every=10**9)
-    timed_names = ["plain", "k=1", "k=5", "k=1 idle"]
+    configs["k=1 align"] = monitor(1, True)
+    timed_names = ["plain", "k=1", "k=5", "k=1 idle", "k=1 align"]
 
     # Warm-up chunk per configuration (compiles; the first measurement is cold for all).
     k_warm, k_timed = jax.random.split(jax.random.fold_in(key, 1))
@@ -146,9 +153,9 @@ def main(argv=None) -> dict:
     calls, start = {}, None
     for name, mon in configs.items():
         mstate = mon.init(params, probe) if mon is not None else None
-        out = train_chunk(params, opt.init(params), mstate, keys_warm, monitor=mon, **kw)
-        p1, o1, m1, _ = jax.block_until_ready(out)
-        calls[name] = (functools.partial(train_chunk, monitor=mon, **kw), (p1, o1, m1, keys))
+        fn = functools.partial(train_chunk, monitor=mon, align=name.endswith("align"), **kw)
+        p1, o1, m1, _ = jax.block_until_ready(fn(params, opt.init(params), mstate, keys_warm))
+        calls[name] = (fn, (p1, o1, m1, keys))
         start = (p1, o1)  # the same for every configuration: the monitor never alters updates
     times, cpu = {}, {}
     if args.repeats:
@@ -157,12 +164,12 @@ def main(argv=None) -> dict:
     # HVPs per measurement in the timed chunk (warm and cold from the same state).
     logs = {}
     for name, (fn, a) in calls.items():
-        if configs[name] is None or name == "k=1 idle":
+        if configs[name] is None or name in ("k=1 idle", "k=1 align"):
             continue
         _, _, m2, _ = fn(*a)
         hm.check_finite(m2)
         log = hm.read_log(m2)
-        timed_chunk = log.steps >= args.steps  # the measurements of the timed chunk only
+        timed_chunk = log.steps > args.steps  # the measurements of the timed chunk only
         logs[name] = hm.MonitorLog(*(f[timed_chunk] for f in log))
     where = (logs["k=1"].steps - args.steps).tolist()
     ref_monitor = hm.curvature_monitor(loss_fn, k=REF_K, tol=REF_TOL, num_steps=REF_STEPS)
@@ -195,22 +202,26 @@ def main(argv=None) -> dict:
             "warm_max_rel_error": rel_error(warm, k),
             "cold_max_rel_error": rel_error(cold, k),
         }
-    idle = {
-        "overhead": med["k=1 idle"] / med["plain"] if med else None,
-        "overhead_paired": paired("k=1 idle") if med else None,
-        "overhead_cpu": med_cpu["k=1 idle"] / med_cpu["plain"] if med else None,
-    }
+
+    def overheads(name):
+        return {
+            "overhead": med[name] / med["plain"] if med else None,
+            "overhead_paired": paired(name) if med else None,
+            "overhead_cpu": med_cpu[name] / med_cpu["plain"] if med else None,
+        }
+
+    idle, align = overheads("k=1 idle"), overheads("k=1 align")
     print(
-        f"{'':<10}{'overhead':>10}{'paired':>8}{'cpu':>7}{'warm HVPs':>11}{'cold HVPs':>11}"
+        f"{'':<11}{'overhead':>10}{'paired':>8}{'cpu':>7}{'warm HVPs':>11}{'cold HVPs':>11}"
         f"{'cold/warm':>11}{'warm err':>10}{'cold err':>10}"
     )
 
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
-    for name, r in [(f"k={k}", rows[k]) for k in rows] + [("k=1 idle", idle)]:
+    for name, r in [(f"k={k}", rows[k]) for k in rows] + [("k=1 idle", idle), ("k=1 align", align)]:
         line = (
-            f"{name:<10}{fmt(r['overhead'], '.3f'):>10}{fmt(r['overhead_paired'], '.3f'):>8}"
+            f"{name:<11}{fmt(r['overhead'], '.3f'):>10}{fmt(r['overhead_paired'], '.3f'):>8}"
             f"{fmt(r['overhead_cpu'], '.3f'):>7}"
         )
         if "warm_hvps" in r:
@@ -239,6 +250,7 @@ def main(argv=None) -> dict:
         "cold_hvps": rows[1]["cold_hvps"],
         "by_k": {str(k): r for k, r in rows.items()},
         "idle": idle,
+        "align": align,
         "seconds_per_chunk": med,
         "cpu_seconds_per_chunk": med_cpu,
         "times_s": times,

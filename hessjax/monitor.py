@@ -290,19 +290,28 @@ class Monitor:
         *,
         updates: PyTree | None = None,
         loss: Array | None = None,
+        applied: bool = False,
     ) -> MonitorState:
-        """Advance the monitor by one training step; measure when step % every == 0.
+        """Advance the monitor by one training step (call number s = state.step).
 
-        params: the params the step starts from (the curvature is taken there); batch: the
-        probe batch (b, ...), a fixed one or the step's minibatch; updates: the update applied
-        at this step (for the alignment), optional; loss: the step's training loss, optional
-        (checked for divergence every step). Pure and traceable; call it inside the jitted step.
+        params: where the curvature is taken: the params the step starts from (θ_s, measured
+        when s % every == 0 and recorded as step s), or with applied=True the params it ends
+        at (θ_{s+1} = θ_s + updates, measured when (s + 1) % every == 0 and recorded as step
+        s + 1). Either way a recorded step counts the updates in the measured params.
+        applied=True is cheaper inside a scanned step: a `lax.cond` reading θ_s, which the
+        step then overwrites in place, makes XLA copy the params every step (measured: +14 %
+        per step of benchmarks/monitor.py's 235k-parameter MLP on CPU, with no measurement).
+        batch: the probe batch (b, ...), a fixed one or the step's minibatch; updates: the
+        update of this step (for the alignment), optional; loss: the step's training loss,
+        optional (checked for divergence every step, recorded at step s). Pure and traceable;
+        call it inside the jitted step.
         """
         self.check_batch(params, batch)
         step = state.step
         healthy = state.diverged_at < 0
         loss_bad = jnp.asarray(False) if loss is None else ~jnp.isfinite(loss)
-        take = (step % self.every == 0) & healthy & ~loss_bad
+        at = step + 1 if applied else step  # the updates in the measured params
+        take = (at % self.every == 0) & healthy & ~loss_bad
         if updates is not None:
             num = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(updates))
             if num != state.vectors.shape[0]:
@@ -310,7 +319,7 @@ class Monitor:
                     f"updates have {num} entries, the monitor's params {state.vectors.shape[0]}"
                 )
         state = lax.cond(
-            take, self._measure_into, lambda s, p, b, u: s, state, params, batch, updates
+            take, self._measure_into, lambda s, *_: s, state, params, batch, updates, at
         )
         if loss is not None:
             first, dtype = healthy & loss_bad, state.diverged_value.dtype
@@ -321,7 +330,7 @@ class Monitor:
             )
         return state._replace(step=step + 1)
 
-    def _measure_into(self, state, params, batch, updates):
+    def _measure_into(self, state, params, batch, updates, at):
         key, sub, start = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         n, dtype = state.vectors.shape[0], state.vectors.dtype
         if self.warm_start:  # n normals drawn only when there is nothing to start from
@@ -357,11 +366,11 @@ class Monitor:
         if self.callback is not None:
             jax.debug.callback(
                 functools.partial(_emit, self.callback),
-                state.step, m.eigenvalues, m.hvps, m.trace, alignment, m.loss,
+                at, m.eigenvalues, m.hvps, m.trace, alignment, m.loss,
             )  # fmt: skip
         good_vectors = jnp.all(jnp.isfinite(m.eigenvectors)) & ~bad
         return state._replace(
-            steps=state.steps.at[slot].set(state.step),
+            steps=state.steps.at[slot].set(at),
             eigenvalues=state.eigenvalues.at[slot].set(m.eigenvalues),
             converged=state.converged.at[slot].set(m.converged),
             hvps=state.hvps.at[slot].set(m.hvps),
@@ -374,7 +383,7 @@ class Monitor:
             have_vectors=state.have_vectors | good_vectors,
             count=state.count + 1,
             key=jax.random.key_data(key),
-            diverged_at=jnp.where(bad, state.step, state.diverged_at),
+            diverged_at=jnp.where(bad, at, state.diverged_at),
             diverged_what=jnp.where(loss_bad, 2, jnp.where(eig_bad, 3, state.diverged_what)),
             diverged_value=jnp.where(
                 loss_bad, m.loss, jnp.where(eig_bad, m.eigenvalues[0], state.diverged_value)
@@ -459,11 +468,17 @@ class MonitoringState(NamedTuple):
     probe: PyTree
 
 
-def monitoring(monitor: Monitor, probe: PyTree | None = None) -> optax.GradientTransformation:
+def monitoring(
+    monitor: Monitor, probe: PyTree | None = None, *, alignment: bool = False
+) -> optax.GradientTransformation:
     """optax transformation that passes updates through unchanged and runs `monitor` on the
-    params of each step. Chain it last (it then sees the updates actually applied). The probe
-    batch is `probe` (kept in the state, so it is a jit argument) or, per call, the extra
-    argument `batch=`; the extra argument `loss=` enables the divergence check every step:
+    params each step ends at (params + updates, `Monitor.update(applied=True)`: measured
+    after updates N, 2N, ...). Chain it last (it then sees the updates actually applied). The
+    probe batch is `probe` (kept in the state, so it is a jit argument) or, per call, the
+    extra argument `batch=`; the extra argument `loss=` enables the divergence check every
+    step. alignment=True also records |cos| between the top eigenvector and the update; it
+    keeps the update as a buffer of its own every step (measured: +5 % per step of
+    benchmarks/monitor.py's MLP on CPU), so it is off by default:
 
         opt = optax.chain(optax.sgd(0.1), monitoring(monitor, probe))
         updates, opt_state = opt.update(grads, opt_state, params, loss=loss)
@@ -481,7 +496,11 @@ def monitoring(monitor: Monitor, probe: PyTree | None = None) -> optax.GradientT
         batch = state.probe if batch is None else batch
         if batch is None:
             raise ValueError("monitoring needs a probe batch: monitoring(monitor, probe) or batch=")
-        new = monitor.update(state.monitor, params, batch, updates=updates, loss=loss)
+        after = optax.apply_updates(params, updates)  # XLA shares it with the caller's
+        new = monitor.update(
+            state.monitor, after, batch, updates=updates if alignment else None, loss=loss,
+            applied=True,
+        )  # fmt: skip
         return updates, MonitoringState(new, state.probe)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -133,10 +133,36 @@ def test_warm_start_spends_fewer_hvps_than_cold():
     assert hvps[True] * 2 < hvps[False], hvps  # GD changes the Hessian slowly
 
 
+def test_applied_measures_the_params_after_the_update():
+    """update(θ_s + u, applied=True) at call s is the measurement update(θ_{s+1}) takes at
+    call s + 1: same recorded steps (bar step 0), same eigenvalues."""
+    loss, params, batch = _gd_problem()
+    monitor = hm.curvature_monitor(loss, every=5, k=1, capacity=8, tol=1e-4)
+
+    @jax.jit
+    def chunk(params, pre, post):
+        def step(carry, _):
+            params, pre, post = carry
+            value, grads = jax.value_and_grad(loss)(params, batch)
+            updates = jax.tree_util.tree_map(lambda g: -0.05 * g, grads)
+            new = optax.apply_updates(params, updates)
+            pre = monitor.update(pre, params, batch, loss=value)
+            post = monitor.update(post, new, batch, loss=value, applied=True)
+            return (new, pre, post), None
+
+        return jax.lax.scan(step, (params, pre, post), None, length=21)[0]
+
+    _, pre, post = chunk(params, monitor.init(params, batch), monitor.init(params, batch))
+    pre, post = hm.read_log(pre), hm.read_log(post)
+    assert pre.steps.tolist() == [0, 5, 10, 15, 20] and post.steps.tolist() == [5, 10, 15, 20]
+    np.testing.assert_allclose(post.sharpness, pre.sharpness[1:], rtol=1e-5)
+    np.testing.assert_allclose(post.loss, pre.loss[1:], rtol=1e-6)
+
+
 def test_optax_transform_and_alignment():
     loss, params, batch = _gd_problem()
     monitor = hm.curvature_monitor(loss, every=4, k=1, capacity=8, trace_probes=8)
-    opt = optax.chain(optax.sgd(0.05), hm.monitoring(monitor, batch))
+    opt = optax.chain(optax.sgd(0.05), hm.monitoring(monitor, batch, alignment=True))
     opt_state = opt.init(params)
 
     @jax.jit
@@ -148,7 +174,7 @@ def test_optax_transform_and_alignment():
     for _ in range(9):
         params, opt_state = step(params, opt_state)
     log = hm.read_log(opt_state)
-    assert log.steps.tolist() == [0, 4, 8]
+    assert log.steps.tolist() == [4, 8]  # the params after 4 and 8 updates
     assert np.all((log.alignment >= 0) & (log.alignment <= 1 + 1e-6))
     assert np.all(log.trace > 0) and np.all(log.hvps > 8)  # Lanczos + 8 trace probes
     hm.check_finite(opt_state)  # healthy: no error
@@ -310,5 +336,5 @@ def test_readme_monitor_example_runs():
     exec(compile(blocks[0], "README.md", "exec"), namespace)  # the notebook cell it continues
     exec(compile(blocks[1], "README.md", "exec"), namespace)
     log = namespace["log"]
-    assert log.steps.tolist() == [0, 100, 200] and np.all(log.sharpness > 0)
+    assert log.steps.tolist() == [100, 200, 300] and np.all(log.sharpness > 0)
     assert log.converged.all() and np.all(log.hvps > 0)

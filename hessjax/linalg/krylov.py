@@ -324,7 +324,7 @@ def ritz_vectors(state: KrylovState, s: Array) -> Array:
     s = s.astype(state.basis.dtype)
     blocks = state.blocks
     if blocks is None:
-        return state.basis.T @ s[0]
+        return _combine_rows(state.basis, s[0], state.j).T
     if blocks.ids is None:
         return concat([state.basis[:, a:e].T @ s[i] for i, (a, e) in enumerate(blocks.ranges)], 0)
     ids = blocks.ids
@@ -335,6 +335,23 @@ def ritz_vectors(state: KrylovState, s: Array) -> Array:
 
     init_acc = jnp.zeros((state.basis.shape[1], s.shape[2]), state.basis.dtype)
     return lax.scan(add, init_acc, (state.basis, jnp.swapaxes(s, 0, 1)))[0]
+
+
+def _combine_rows(basis: Array, coef: Array, num_rows: Array) -> Array:
+    """coefᵀ basis over rows 0..num_rows-1 only: basis (m, n), coef (m, k) -> (k, n), in
+    chunks of `_ORTHO_ROWS` rows, so the cost follows the rows in use, not m."""
+    m = basis.shape[0]
+    size = min(_ORTHO_ROWS, m)
+
+    def chunk(i, acc):
+        start = jnp.minimum(i * size, m - size)  # the last chunk may overlap the previous one
+        idx = start + jnp.arange(size)
+        c = lax.dynamic_slice_in_dim(coef, start, size, 0)
+        c = jnp.where(((idx >= i * size) & (idx < num_rows))[:, None], c, 0)
+        return acc + c.T @ lax.dynamic_slice_in_dim(basis, start, size, 0)
+
+    acc = jnp.zeros((coef.shape[1], basis.shape[1]), basis.dtype)
+    return lax.fori_loop(0, (jnp.minimum(num_rows, m) + size - 1) // size, chunk, acc)
 
 
 def final_ritz(state: KrylovState, k: int, which: str) -> Ritz:
