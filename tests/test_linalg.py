@@ -638,6 +638,17 @@ def test_eigsh_thick_restart_matches_eigh(make, which):
     assert int(res.num_matvecs) > 20  # it did restart
 
 
+def test_eigsh_thick_restart_stops_in_its_first_cycle_when_converged(make):
+    """LOW_RANK (rank 5) with a basis of 20: its 2 largest eigenpairs converge within the
+    first 7 products, so no restart runs, and they are the plain Lanczos answer."""
+    a, op = make(LOW_RANK)
+    restarted = eigsh(op, 2, key=jax.random.key(3), num_steps=20, max_restarts=5, tol=1e-8)
+    plain = eigsh(op, 2, key=jax.random.key(3), num_steps=20, tol=1e-8)
+    assert int(restarted.num_matvecs) == int(plain.num_matvecs) < 10
+    np.testing.assert_allclose(restarted.eigenvalues, [5.0, 3.0], rtol=1e-10)
+    np.testing.assert_allclose(restarted.eigenvalues, plain.eigenvalues, rtol=1e-12)
+
+
 def test_eigsh_thick_restart_errors(separated):
     _, op = separated
     with pytest.raises(ValueError, match="max_restarts needs"):

@@ -116,24 +116,34 @@ def _unit(blocks: Blocks | None, w: Array) -> tuple[Array, Array]:
     return w / _spread(blocks, jnp.where(norms > 0, norms, 1)), norms
 
 
+def _over_rows(num_rows: Array, m: int, fn, acc):
+    """acc = fn(start, size, acc) over chunks [start, start + size) covering rows
+    0..num_rows-1 (<= m) exactly: `_ORTHO_ROWS`-row chunks in a fori_loop, then the remainder
+    as one chunk per binary digit (4, 2, 1 rows, each under a lax.cond). No chunk reads a row
+    past num_rows, so the cost follows the rows in use, not m."""
+    size = min(_ORTHO_ROWS, m)
+    full = num_rows // size
+    acc = lax.fori_loop(0, full, lambda i, a: fn(i * size, size, a), acc)
+    done = full * size
+    for part in (4, 2, 1):  # static: at most three chunk sizes
+        if part < size:
+            take = num_rows - done >= part
+            acc = lax.cond(take, lambda a, s=done, p=part: fn(s, p, a), lambda a: a, acc)
+            done = done + jnp.where(take, part, 0)
+    return acc
+
+
 def orthogonalise(basis: Array, w: Array, num_rows: Array, blocks: Blocks | None) -> Array:
     """Block Gram-Schmidt of w (n,) against rows 0..num_rows-1 of `basis` (m, n), block by
-    block, `_ORTHO_ROWS` rows at a time, so the cost follows the rows in use, not m. A second
-    pass runs when some block lost most of its norm (‖w'‖ < ‖w‖/√2, the DGKS test: "twice is
-    enough")."""
-    m = basis.shape[0]
-    size = min(_ORTHO_ROWS, m)
+    block, `_ORTHO_ROWS` rows at a time (`_over_rows`). A second pass runs when some block
+    lost most of its norm (‖w'‖ < ‖w‖/√2, the DGKS test: "twice is enough")."""
 
-    def chunk(i, w):
-        start = jnp.minimum(i * size, m - size)  # the last chunk may overlap the previous one
+    def chunk(start, size, w):
         rows = lax.dynamic_slice_in_dim(basis, start, size, 0)
-        idx = start + jnp.arange(size)
-        h = _dots(blocks, rows, w)
-        h = jnp.where(((idx >= i * size) & (idx < num_rows))[:, None], h, 0)
-        return w - _combine(blocks, rows, h)
+        return w - _combine(blocks, rows, _dots(blocks, rows, w))
 
     def one_pass(w):
-        return lax.fori_loop(0, (num_rows + size - 1) // size, chunk, w)
+        return _over_rows(num_rows, basis.shape[0], chunk, w)
 
     before = _dots(blocks, w, w)
     w = one_pass(w)
@@ -338,20 +348,15 @@ def ritz_vectors(state: KrylovState, s: Array) -> Array:
 
 
 def _combine_rows(basis: Array, coef: Array, num_rows: Array) -> Array:
-    """coefᵀ basis over rows 0..num_rows-1 only: basis (m, n), coef (m, k) -> (k, n), in
-    chunks of `_ORTHO_ROWS` rows, so the cost follows the rows in use, not m."""
-    m = basis.shape[0]
-    size = min(_ORTHO_ROWS, m)
+    """coefᵀ basis over rows 0..num_rows-1 only (`_over_rows`): basis (m, n), coef (m, k)
+    -> (k, n)."""
 
-    def chunk(i, acc):
-        start = jnp.minimum(i * size, m - size)  # the last chunk may overlap the previous one
-        idx = start + jnp.arange(size)
+    def chunk(start, size, acc):
         c = lax.dynamic_slice_in_dim(coef, start, size, 0)
-        c = jnp.where(((idx >= i * size) & (idx < num_rows))[:, None], c, 0)
         return acc + c.T @ lax.dynamic_slice_in_dim(basis, start, size, 0)
 
     acc = jnp.zeros((coef.shape[1], basis.shape[1]), basis.dtype)
-    return lax.fori_loop(0, (jnp.minimum(num_rows, m) + size - 1) // size, chunk, acc)
+    return _over_rows(jnp.minimum(num_rows, basis.shape[0]), basis.shape[0], chunk, acc)
 
 
 def final_ritz(state: KrylovState, k: int, which: str) -> Ritz:

@@ -65,6 +65,13 @@ def _eigsh_traced(op, v0, key, k, which, num_steps, tol, check_every):
     if tol is None:
         state = krylov.run(op, state, num_steps)
         return _result(state, k, which, krylov.default_tol(v0.dtype)), state.bad
+    state = _run_until_converged(op, state, num_steps, k, which, tol, check_every)
+    return _result(state, k, which, tol), state.bad
+
+
+def _run_until_converged(op, state, num_steps, k, which, tol, check_every):
+    """Steps until row num_steps, a non-finite product, or convergence, tested every
+    `check_every` steps."""
 
     def cond(carry):
         state, done = carry
@@ -75,8 +82,7 @@ def _eigsh_traced(op, v0, key, k, which, num_steps, tol, check_every):
         state = krylov.run(op, state, jnp.minimum(check_every, num_steps - state.j))
         return state, krylov.converged(state, k, which, tol) | (state.bad >= 0)
 
-    state, _ = lax.while_loop(cond, body, (state, jnp.bool_(False)))
-    return _result(state, k, which, tol), state.bad
+    return lax.while_loop(cond, body, (state, jnp.bool_(False)))[0]
 
 
 def _eigsh_host(op, v0, key, k, which, num_steps, tol, check_every):
@@ -94,8 +100,8 @@ def _eigsh_host(op, v0, key, k, which, num_steps, tol, check_every):
     jax.jit, static_argnames=("k", "which", "num_steps", "keep", "max_restarts", "tol")
 )
 def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol):
-    """A first cycle, then restart + extend until converged: no `lax.cond` around the restart
-    (a cond on the state would hold a second (m, n) basis)."""
+    """A first cycle (it stops early when converged), then restart + extend until converged:
+    no `lax.cond` around the restart (a cond on the state would hold a second (m, n) basis)."""
 
     def more(carry):
         state, restarts = carry
@@ -107,7 +113,9 @@ def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol):
         state = krylov.run(op, krylov.restart(state, keep, which), num_steps - keep)
         return state, restarts + 1
 
-    state = krylov.run(op, krylov.init(constrain(op, v0), num_steps, key), num_steps)
+    state = krylov.init(constrain(op, v0), num_steps, key)
+    check_every = max(1, num_steps // 40)
+    state = _run_until_converged(op, state, num_steps, k, which, tol, check_every)
     state, _ = lax.while_loop(more, cycle, (state, jnp.int32(0)))
     return _result(state, k, which, tol), state.bad
 
