@@ -90,10 +90,35 @@ def dense_eig(f):
     return w[::-1], v[:, ::-1], gplus
 
 
-@pytest.mark.parametrize("mode,share", [("product", 0.9), ("product", 0.999), ("input", 0.95)])
+def mass_oracle(mem, share):
+    """Mode "mass" by a plain loop: rows (eigenvectors of A) of all layers in decreasing
+    α tr(G⁺) / out, taken until their α tr(G⁺) reaches share of Σ tr(A) tr(G⁺)."""
+    rows = []
+    for layer in LAYERS:
+        a, g = np.linalg.eigvalsh(np.asarray(mem[layer].a)), np.linalg.eigvalsh(mem[layer].g)
+        tg = np.clip(g, 0, None).sum()
+        rows += [(-ai * tg / g.size, ai * tg, layer) for ai in np.clip(a, 0, None)]
+    rows.sort(key=lambda r: r[0])
+    total, acc, k = sum(r[1] for r in rows), 0.0, dict.fromkeys(LAYERS, 0)
+    for _, m, layer in rows:
+        if acc >= share * total:
+            break
+        acc += m
+        k[layer] += 1
+    return k
+
+
+@pytest.mark.parametrize(
+    "mode,share",
+    [("product", 0.9), ("product", 0.999), ("input", 0.95), ("input", (0.99, 0.8)),
+     ("mass", 0.95)],
+)  # fmt: skip
 def test_projection_is_the_explicit_projector(setup, mode, share):
     params, _, _, mem = setup
+    if isinstance(share, tuple):  # one share per layer
+        share = dict(zip(LAYERS, share, strict=True))
     state = kron.kron_projection_state(mem, share, mode)
+    ranks = mass_oracle(mem, share) if mode == "mass" else None
     tx = kron.kron_transform(state)
     u = random_updates(params, 1)
     out, _ = jax.jit(tx.update)(u, tx.init(params))
@@ -105,9 +130,12 @@ def test_projection_is_the_explicit_projector(setup, mode, share):
             w, v, _ = dense_eig(f)
             k = kron.curvature_rank(w, share)
             protected = v[:, :k]
-        else:  # the top-k eigenvectors of A, k by mass, times all of R^out
+        else:  # the top-k eigenvectors of A (k by mass, per layer or global), times R^out
             aw, av = np.linalg.eigh(np.asarray(f.a))
-            k = kron.curvature_rank(aw, share)
+            if mode == "mass":
+                k = ranks[layer]
+            else:
+                k = kron.curvature_rank(aw, share[layer] if isinstance(share, dict) else share)
             protected = np.kron(av[:, ::-1][:, :k], np.eye(o))
         assert 0 < protected.shape[1] < d * o  # a real, partial projection
         proj = np.eye(d * o) - protected @ protected.T
@@ -190,6 +218,20 @@ def test_curvature_rank_on_known_spectra():
     assert kron.curvature_rank(10.0 ** -np.arange(8.0), 0.999) == 3
 
 
+def test_mass_ranks_on_known_spectra():
+    # L1: α (1,), tr G = 4, out 4: mass 4, 1 per parameter; L2: α (2,), G (1,): mass 2, 2
+    spectra = {"L1": (np.array([1.0]), np.ones(4)), "L2": (np.array([2.0]), np.array([1.0]))}
+    assert kron.mass_ranks(spectra, 0.3) == {"L1": 0, "L2": 1}  # denser first, not heavier
+    assert kron.mass_ranks(spectra, 0.34) == {"L1": 1, "L2": 1}  # 2/6 < 0.34
+    two = {"L1": (np.array([4.0, 1.0]), np.array([1.0, 1.0, -5.0])),  # γ⁺: tr G⁺ = 2, out 3
+           "L2": (np.array([3.0, 1.0]), np.array([1.0]))}  # fmt: skip
+    # masses 8, 2 | 3, 1 (total 14); per parameter 8/3, 2/3 | 3, 1: order L2, L1, L2, L1
+    assert kron.mass_ranks(two, 3 / 14) == {"L1": 0, "L2": 1}
+    assert kron.mass_ranks(two, 11 / 14) == {"L1": 1, "L2": 1}
+    assert kron.mass_ranks(two, 12 / 14) == {"L1": 1, "L2": 2}
+    assert kron.mass_ranks(two, 1.0) == {"L1": 2, "L2": 2}
+
+
 def test_hessian_mass_directions_against_the_dense_hessian(setup):
     params, x, y, _ = setup
     loss = MeanLoss(MODEL.apply, cross_entropy)
@@ -222,6 +264,12 @@ def test_bad_input(setup):
             kron.kron_prox_state(mem, params, bad, 0.05)
     with pytest.raises(ValueError, match="memory has layers"):
         kron.kron_remember({"Dense_0": mem["Dense_0"]}, MODEL, params, (x, y), cross_entropy)
+    with pytest.raises(ValueError, match="share has layers"):
+        kron.kron_projection_state(mem, {"Dense_0": 0.9}, "input")
+    with pytest.raises(ValueError, match="share of 'Dense_1'"):
+        kron.kron_projection_state(mem, {"Dense_0": 0.9, "Dense_1": 1.5}, "input")
+    with pytest.raises(ValueError, match="one share for all layers"):
+        kron.kron_projection_state(mem, {"Dense_0": 0.9, "Dense_1": 0.9}, "mass")
     with pytest.raises(ValueError, match="memory must be"):
         kron.kron_projection_state({}, 0.9)
     state = kron.kron_projection_state(mem, 0.9)

@@ -39,7 +39,7 @@ section in `STRATEGY_SECTIONS` and experiments/configs/continual.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -378,7 +378,7 @@ def _kron_strategy(
 def kron_project(
     model: nn.Module,
     per_example_loss: Callable[[Array, Any], Array],
-    share: float = 0.95,
+    share: float | Mapping[str, float] = 0.95,
     mode: str = "input",
     output_share: float = 1.0,
     num_samples: int | None = None,
@@ -388,11 +388,12 @@ def kron_project(
     the high-curvature eigenpairs of kron(A, G), the per-layer Kronecker factors summed over
     the old tasks (`kron.kron_projection_state`: mode "input" protects the top eigenvectors of
     A = Σ_t E[x̃x̃ᵀ] holding `share` of tr(A), "product" the pairs of largest α_i γ_j,
-    "block" top-A × top-G with `output_share`). per_example_loss(output, target) -> (N,)
+    "block" top-A × top-G with `output_share`; share: one value or {layer: value}).
+    per_example_loss(output, target) -> (N,)
     (e.g. `curvature.cross_entropy`). Defaults: the best measured on 5-task permuted MNIST
     under plain SGD (benchmarks/README.md, continual_strategies). The memory (`kron.KronState`)
     has the fixed shapes of the params' dense layers."""
-    share = kron.check_share(share)
+    share = kron.check_shares(share)
     mode = kron.check_mode(mode)
     output_share = kron.check_share(output_share, "output_share")
     return _kron_strategy(
