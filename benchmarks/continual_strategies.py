@@ -21,7 +21,8 @@ Strategies, `name` or `name:key=value,...`:
     out of the protected eigenpairs of the summed per-layer Kronecker factors
     (`hessjax.continual.kron`); share=0.97/0.995/0.995: one share per dense layer, in order;
     pre=1: also project the gradient before the base optimiser (`around`);
-  kron_prox:strength=1e3 — proximal online structured Laplace penalty;
+  kron_prox:strength=1e3,share=0,mode=mass — proximal online structured Laplace penalty
+    (share > 0: on the directions a kron_project of that share and mode leaves free);
   hessian_mass:share=0.9,max_k=200 — global Hessian projection, k per task by curvature mass.
 """
 
@@ -55,7 +56,7 @@ BATCH, MEMORY_SAMPLES, MICROBATCH, GPM_SAMPLES = 64, 1000, 250, 300
 DEFAULTS = {
     "gpm": {"threshold": 0.97, "samples": GPM_SAMPLES},
     "kron_project": {"mode": "product", "share": 0.99, "output_share": 1.0, "pre": 0},
-    "kron_prox": {"strength": 1e3},
+    "kron_prox": {"strength": 1e3, "share": 0.0, "mode": "mass"},
     "hessian_mass": {"share": 0.9, "max_k": 200},
 }
 
@@ -123,7 +124,10 @@ class Runner:
                     chunk_size=MICROBATCH,
                 )  # fmt: skip
             else:
-                self.strategy = cl.kron_prox(model, ce, opts["strength"], lr, chunk_size=MICROBATCH)
+                self.strategy = cl.kron_prox(
+                    model, ce, opts["strength"], lr, chunk_size=MICROBATCH,
+                    share=opts["share"] or None, mode=opts["mode"],
+                )  # fmt: skip
             memory = self.strategy.init_memory(params)
             if opts.get("pre"):
                 self.optimizer = around(base, self.strategy.transform(memory))

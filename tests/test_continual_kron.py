@@ -159,11 +159,16 @@ def test_block_mode_protects_the_cartesian_block(setup):
         np.testing.assert_array_equal(state.scale[layer], want)
 
 
-def test_prox_solves_the_implicit_step(setup):
+@pytest.mark.parametrize("share", [None, 0.8])
+def test_prox_solves_the_implicit_step(setup, share):
+    """θ⁺ − θ* = P (I + η s H)⁻¹ (θ + u − θ*), P the projector of kron_project (input mode)
+    with `share` (I for None): P and H = kron(A, G⁺) / T commute (both act on A's
+    eigenvectors)."""
     params, _, _, mem = setup
     anchor = random_updates(params, 2)
     lr, strength = 0.05, 30.0
-    state = kron.kron_prox_state(mem, anchor, strength, lr)
+    proj = None if share is None else kron.kron_projection_state(mem, share, "input")
+    state = kron.kron_prox_state(mem, anchor, strength, lr, proj)
     tx = kron.kron_transform(state, proximal=True)
     u = random_updates(params, 3)
     out, _ = jax.jit(tx.update)(u, tx.init(params), params)
@@ -174,8 +179,15 @@ def test_prox_solves_the_implicit_step(setup):
         _, _, gplus = dense_eig(mem[layer])
         h = np.kron(np.asarray(mem[layer].a), gplus) / mem[layer].tasks
         rhs = np.asarray(theta[layer] + uu[layer] - star[layer]).ravel()
-        new = np.linalg.solve(np.eye(h.shape[0]) + lr * strength * h, rhs) + np.ravel(star[layer])
-        want = new - np.ravel(theta[layer])
+        p = np.eye(h.shape[0])
+        if share is not None:
+            aw, av = np.linalg.eigh(np.asarray(mem[layer].a))
+            k = kron.curvature_rank(aw, share)
+            assert 0 < k < aw.size
+            q = np.kron(av[:, ::-1][:, :k], np.eye(gplus.shape[0]))
+            p = p - q @ q.T
+        new = p @ np.linalg.solve(np.eye(h.shape[0]) + lr * strength * h, rhs)
+        want = new + np.ravel(star[layer]) - np.ravel(theta[layer])
         assert np.max(np.abs(want - np.ravel(uu[layer]))) > 1e-2  # the penalty acts
         np.testing.assert_allclose(np.ravel(got[layer]), want, rtol=0, atol=1e-10)
 
@@ -270,6 +282,9 @@ def test_bad_input(setup):
         kron.kron_projection_state(mem, {"Dense_0": 0.9, "Dense_1": 1.5}, "input")
     with pytest.raises(ValueError, match="one share for all layers"):
         kron.kron_projection_state(mem, {"Dense_0": 0.9, "Dense_1": 0.9}, "mass")
+    other = kron.kron_projection_state({"Dense_0": mem["Dense_0"]}, 0.9)
+    with pytest.raises(ValueError, match="projection has layers"):
+        kron.kron_prox_state(mem, params, 1.0, 0.1, other)
     with pytest.raises(ValueError, match="memory must be"):
         kron.kron_projection_state({}, 0.9)
     state = kron.kron_projection_state(mem, 0.9)

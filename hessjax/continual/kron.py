@@ -384,13 +384,20 @@ def kron_projection_state(
 
 
 def kron_prox_state(
-    memory: KronMemory, anchor: PyTree, strength: float, learning_rate: float
+    memory: KronMemory,
+    anchor: PyTree,
+    strength: float,
+    learning_rate: float,
+    projection: KronState | None = None,
 ) -> KronState:
     """The proximal Kronecker-factored penalty ½ s (θ − θ*)ᵀ kron(A, G⁺) / T (θ − θ*) per layer
     (module docstring), anchored at params-shaped `anchor` θ*: S_ij = 1 / (1 + η s α_i γ_j⁺ / T)
     with η = learning_rate (the base optimiser's step), s = strength (> 0), G⁺ the summed G
     with negative eigenvalues set to 0 and T the memory's number of tasks: for T similar tasks
-    (Σ A_t) ⊗ (Σ G_t) / T ≈ Σ_t A_t ⊗ G_t, the online Laplace precision."""
+    (Σ A_t) ⊗ (Σ G_t) / T ≈ Σ_t A_t ⊗ G_t, the online Laplace precision. `projection`: a
+    `kron_projection_state` of the same memory (same eigenvectors), whose protected pairs get
+    S_ij = 0 (the s → ∞ limit there: projection of the top directions, the penalty on the
+    rest), S = S_proj ⊙ S_prox."""
     _check_memory(memory)
     strength = check_positive(strength, "strength")
     lr = check_positive(learning_rate, "learning_rate")
@@ -406,7 +413,17 @@ def kron_prox_state(
         curv = np.maximum(alpha[:, None] * gamma[None, :], 0) / f.tasks
         dtype = f.a.dtype
         u_a[layer], u_g[layer] = jnp.asarray(ua, dtype), jnp.asarray(ug, dtype)
-        scale[layer] = jnp.asarray(1.0 / (1.0 + lr * strength * curv), dtype)
+        sc = 1.0 / (1.0 + lr * strength * curv)
+        if projection is not None:
+            if set(projection.u_a) != set(memory):
+                raise ValueError(f"projection has layers {sorted(projection.u_a)}, the memory "
+                                 f"{sorted(memory)}")  # fmt: skip
+            if not np.allclose(projection.u_a[layer], ua) or not np.allclose(
+                projection.u_g[layer], ug
+            ):
+                raise ValueError(f"projection of {layer!r} has other eigenvectors than the memory")
+            sc = sc * np.asarray(projection.scale[layer], np.float64)
+        scale[layer] = jnp.asarray(sc, dtype)
         anchors[layer] = mats[layer].astype(dtype)
     return KronState(u_a, u_g, scale, anchors, **_factor_fields(memory))
 

@@ -410,15 +410,24 @@ def kron_prox(
     learning_rate: float,
     num_samples: int | None = None,
     chunk_size: int | None = 250,
+    share: float | None = None,
+    mode: str = "mass",
 ) -> Strategy:
     """The online structured Laplace penalty (Ritter, Botev, Barber 2018) ½ s (θ − θ*)ᵀ
     kron(A, G⁺) / T (θ − θ*) per dense layer, anchored at the last old task's params θ*, as
     an exact proximal step (`kron.kron_prox_state`; stable for every strength s > 0);
-    learning_rate: the base optimiser's η. Otherwise as `kron_project`."""
+    learning_rate: the base optimiser's η. share (None: no projection): also project out the
+    eigenpairs `kron_project` with that share and `mode` protects (the penalty acts on the
+    rest). Otherwise as `kron_project`."""
     strength = check_positive(strength, "kron_prox strength")
     learning_rate = check_positive(learning_rate, "kron_prox learning_rate")
+    if share is not None:
+        share, mode = kron.check_share(share), kron.check_mode(mode)
+
+    def state_of(factors, params):
+        proj = None if share is None else kron.kron_projection_state(factors, share, mode)
+        return kron.kron_prox_state(factors, params, strength, learning_rate, proj)
+
     return _kron_strategy(
-        "kron_prox", model, per_example_loss, num_samples, chunk_size,
-        lambda factors, params: kron.kron_prox_state(factors, params, strength, learning_rate),
-        proximal=True,
+        "kron_prox", model, per_example_loss, num_samples, chunk_size, state_of, proximal=True
     )  # fmt: skip
