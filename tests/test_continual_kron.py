@@ -1,10 +1,11 @@
 """Tests for hessjax.continual.kron in float64 on a small Linen MLP: the summed per-layer
 factors against jax.hessian of one sample's loss in [K; b] (where kron(A, G) is exact) and the
 layer inputs by hand; the Kronecker projection against the explicit projector from numpy's
-eigh of np.kron(A, G); the proximal step against solving (I + η s H) θ⁺ = θ + u − θ*
-explicitly, finite for every strength and equal to the null-space projection in the limit;
-the curvature-mass rank on known spectra; Hessian projection with k by curvature mass against
-the dense Hessian; bad input."""
+eigh of np.kron(A, G) (one share per layer; mode mass by a plain loop over rows); the proximal
+step against solving (I + η s H) θ⁺ = θ + u − θ* explicitly (then projected, with a share),
+finite for every strength and equal to the null-space projection in the limit; the
+curvature-mass ranks (per layer and across layers) on known spectra; Hessian projection with k
+by curvature mass against the dense Hessian; bad input."""
 
 import jax
 import jax.numpy as jnp
