@@ -17,9 +17,12 @@ memory kept.
 
 Strategies, `name` or `name:key=value,...`:
   finetune; gpm:threshold=0.97,samples=300 (threshold + 0.003 t at task t);
-  kron_project:mode=product|input|block,share=0.99,output_share=1 — projection out of the
-    protected eigenpairs of the summed per-layer Kronecker factors (`hessjax.continual.kron`);
-  kron_prox:strength=1e3 — proximal online structured Laplace penalty;
+  kron_project:mode=product|input|block|mass,share=0.99,output_share=1,pre=0 — projection
+    out of the protected eigenpairs of the summed per-layer Kronecker factors
+    (`hessjax.continual.kron`); share=0.97/0.995/0.995: one share per dense layer, in order;
+    pre=1: also project the gradient before the base optimiser (`around`);
+  kron_prox:strength=1e3,share=0,mode=mass — proximal online structured Laplace penalty
+    (share > 0: on the directions a kron_project of that share and mode leaves free);
   hessian_mass:share=0.9,max_k=200 — global Hessian projection, k per task by curvature mass.
 """
 
@@ -52,8 +55,8 @@ PROTOCOLS = {
 BATCH, MEMORY_SAMPLES, MICROBATCH, GPM_SAMPLES = 64, 1000, 250, 300
 DEFAULTS = {
     "gpm": {"threshold": 0.97, "samples": GPM_SAMPLES},
-    "kron_project": {"mode": "product", "share": 0.99, "output_share": 1.0},
-    "kron_prox": {"strength": 1e3},
+    "kron_project": {"mode": "product", "share": 0.99, "output_share": 1.0, "pre": 0},
+    "kron_prox": {"strength": 1e3, "share": 0.0, "mode": "mass"},
     "hessian_mass": {"share": 0.9, "max_k": 200},
 }
 
@@ -65,10 +68,30 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
         k, _, v = item.partition("=")
         if k not in opts:
             raise ValueError(f"strategy {name!r} has no option {k!r} (options {sorted(opts)})")
-        opts[k] = type(opts[k])(v)
+        opts[k] = (
+            tuple(float(x) for x in v.split("/")) if k == "share" and "/" in v
+            else type(opts[k])(v)
+        )  # fmt: skip
     if name not in ("finetune", *DEFAULTS):
         raise ValueError(f"unknown strategy {name!r}")
     return name, opts
+
+
+def around(inner, outer) -> optax.GradientTransformation:
+    """outer ∘ inner ∘ outer with one outer state: the base optimiser sees projected
+    gradients, and its update is projected again (exact)."""
+
+    def init(params):
+        return outer.init(params), inner.init(params)
+
+    def update(g, state, params=None):
+        so, si = state
+        u, _ = outer.update(g, so, params)
+        u, si = inner.update(u, si, params)
+        u, _ = outer.update(u, so, params)
+        return u, (so, si)
+
+    return optax.GradientTransformation(init, update)
 
 
 class Runner:
@@ -91,14 +114,25 @@ class Runner:
         elif name in ("kron_project", "kron_prox"):
             ce = curvature.cross_entropy
             if name == "kron_project":
+                share = opts["share"]
+                if isinstance(share, tuple):  # one share per dense layer, in order
+                    if len(share) != len(self.layers):
+                        raise ValueError(f"share {share}: one per layer {self.layers}")
+                    share = dict(zip(self.layers, share, strict=True))
                 self.strategy = cl.kron_project(
-                    model, ce, opts["share"], opts["mode"], opts["output_share"],
+                    model, ce, share, opts["mode"], opts["output_share"],
                     chunk_size=MICROBATCH,
                 )  # fmt: skip
             else:
-                self.strategy = cl.kron_prox(model, ce, opts["strength"], lr, chunk_size=MICROBATCH)
+                self.strategy = cl.kron_prox(
+                    model, ce, opts["strength"], lr, chunk_size=MICROBATCH,
+                    share=opts["share"] or None, mode=opts["mode"],
+                )  # fmt: skip
             memory = self.strategy.init_memory(params)
-            self.optimizer = optax.chain(base, self.strategy.transform(memory))
+            if opts.get("pre"):
+                self.optimizer = around(base, self.strategy.transform(memory))
+            else:
+                self.optimizer = optax.chain(base, self.strategy.transform(memory))
             self.memory_fields, self.remember = cl.KronState._fields, self._kron
         else:  # hessian_mass
             n = curvature.make_layout(params).size

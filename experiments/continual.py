@@ -166,9 +166,11 @@ def _kron_project(ctx: Context) -> cl.Strategy:
 
 
 def _kron_prox(ctx: Context) -> cl.Strategy:
+    k = ctx.config.kron
     return cl.kron_prox(
-        strength=float(ctx.config.kron.strength), learning_rate=ctx.learning_rate, **_kron(ctx)
-    )
+        strength=float(k.strength), learning_rate=ctx.learning_rate,
+        share=float(k.prox_share) or None, mode=str(k.mode), **_kron(ctx),
+    )  # fmt: skip
 
 
 def _ogd(ctx: Context) -> cl.Strategy:
@@ -454,9 +456,10 @@ RULES = common.SHARED_RULES | {
     "hessian.mass_share": common.SHARE,
     "hessian.max_k": common.POSITIVE_INT,
     "kron.share": common.SHARE,
-    "kron.mode": common.one_of("input", "product", "block"),
+    "kron.mode": common.one_of(*cl.kron.MODES),
     "kron.output_share": common.SHARE,
     "kron.strength": common.POSITIVE,
+    "kron.prox_share": common.real_in(0.0, 1.0, closed=True),
     "kron.num_samples": common.NONNEGATIVE_INT,
     "weight_svd.k": common.POSITIVE_INT,
     "update_pca.k": common.POSITIVE_INT,

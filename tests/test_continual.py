@@ -449,18 +449,20 @@ def test_ogd_logit_gradients_by_hand_and_projection(linear):
 
 @pytest.mark.x64
 def test_kron_strategies_project_and_swap_memories_without_recompiling(linear):
-    """kron_project / kron_prox through the Strategy API: remember equals kron_remember +
-    kron_projection_state / kron_prox_state by hand and sums the factors over tasks; after
-    `set_memory` the compiled loop is reused; the projected training moves no protected
-    input direction of the old task."""
+    """kron_project / kron_prox (without and with a projection) through the Strategy API:
+    remember equals kron_remember + kron_projection_state / kron_prox_state by hand and sums
+    the factors over tasks; after `set_memory` the compiled loop is reused; the projected
+    training moves no protected input direction of the old task."""
     from hessjax.continual import kron
 
     model, params, x, y = linear
     loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
     data = (x.reshape(2, 3, 4), y.reshape(2, 3))
     ce = curvature.cross_entropy
-    for strategy in (cl.kron_project(model, ce, share=0.9, chunk_size=None),
-                     cl.kron_prox(model, ce, 10.0, 0.1, chunk_size=None)):  # fmt: skip
+    for strategy, share in ((cl.kron_project(model, ce, share=0.9, chunk_size=None), 0.9),
+                            (cl.kron_prox(model, ce, 10.0, 0.1, chunk_size=None), None),
+                            (cl.kron_prox(model, ce, 10.0, 0.1, chunk_size=None, share=0.9,
+                                          mode="input"), 0.9)):  # fmt: skip
         opt = optax.chain(optax.sgd(0.1), strategy.transform(strategy.init_memory(params)))
         step = training.make_train_step(loss_fn, opt)
         p1, state, _ = step.run(params, opt.init(params), jax.random.key(0), x, y,
@@ -469,8 +471,9 @@ def test_kron_strategies_project_and_swap_memories_without_recompiling(linear):
         factors = kron.kron_remember(None, model, p1, (x, y), ce, chunk_size=None)
         if strategy.name == "kron_project":
             want = kron.kron_projection_state(factors, 0.9, "input")
-        else:
-            want = kron.kron_prox_state(factors, p1, 10.0, 0.1)
+        else:  # with share: the projected pairs get S = 0, the penalty acts on the rest
+            proj = None if share is None else kron.kron_projection_state(factors, share, "input")
+            want = kron.kron_prox_state(factors, p1, 10.0, 0.1, proj)
         for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(want),
                         strict=True):  # fmt: skip
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -482,7 +485,7 @@ def test_kron_strategies_project_and_swap_memories_without_recompiling(linear):
         assert int(second.num_tasks) == 2
         np.testing.assert_allclose(second.a["Dense_0"], again["Dense_0"].a, rtol=1e-10)
         np.testing.assert_allclose(second.g["Dense_0"], again["Dense_0"].g, rtol=1e-10)
-        if strategy.name == "kron_project":
+        if share is not None:  # projection (alone or with the penalty)
             mats = [kron.layer_matrices(p, ["Dense_0"])["Dense_0"] for p in (p1, p2)]
             rows = np.asarray(first.scale["Dense_0"])[:, 0] == 0  # protected eigvecs of A
             assert 0 < rows.sum() < rows.size

@@ -1,10 +1,11 @@
 """Tests for hessjax.continual.kron in float64 on a small Linen MLP: the summed per-layer
 factors against jax.hessian of one sample's loss in [K; b] (where kron(A, G) is exact) and the
 layer inputs by hand; the Kronecker projection against the explicit projector from numpy's
-eigh of np.kron(A, G); the proximal step against solving (I + η s H) θ⁺ = θ + u − θ*
-explicitly, finite for every strength and equal to the null-space projection in the limit;
-the curvature-mass rank on known spectra; Hessian projection with k by curvature mass against
-the dense Hessian; bad input."""
+eigh of np.kron(A, G) (one share per layer; mode mass by a plain loop over rows); the proximal
+step against solving (I + η s H) θ⁺ = θ + u − θ* explicitly (then projected, with a share),
+finite for every strength and equal to the null-space projection in the limit; the
+curvature-mass ranks (per layer and across layers) on known spectra; Hessian projection with k
+by curvature mass against the dense Hessian; bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -90,10 +91,35 @@ def dense_eig(f):
     return w[::-1], v[:, ::-1], gplus
 
 
-@pytest.mark.parametrize("mode,share", [("product", 0.9), ("product", 0.999), ("input", 0.95)])
+def mass_oracle(mem, share):
+    """Mode "mass" by a plain loop: rows (eigenvectors of A) of all layers in decreasing
+    α tr(G⁺) / out, taken until their α tr(G⁺) reaches share of Σ tr(A) tr(G⁺)."""
+    rows = []
+    for layer in LAYERS:
+        a, g = np.linalg.eigvalsh(np.asarray(mem[layer].a)), np.linalg.eigvalsh(mem[layer].g)
+        tg = np.clip(g, 0, None).sum()
+        rows += [(-ai * tg / g.size, ai * tg, layer) for ai in np.clip(a, 0, None)]
+    rows.sort(key=lambda r: r[0])
+    total, acc, k = sum(r[1] for r in rows), 0.0, dict.fromkeys(LAYERS, 0)
+    for _, m, layer in rows:
+        if acc >= share * total:
+            break
+        acc += m
+        k[layer] += 1
+    return k
+
+
+@pytest.mark.parametrize(
+    "mode,share",
+    [("product", 0.9), ("product", 0.999), ("input", 0.95), ("input", (0.99, 0.8)),
+     ("mass", 0.95)],
+)  # fmt: skip
 def test_projection_is_the_explicit_projector(setup, mode, share):
     params, _, _, mem = setup
+    if isinstance(share, tuple):  # one share per layer
+        share = dict(zip(LAYERS, share, strict=True))
     state = kron.kron_projection_state(mem, share, mode)
+    ranks = mass_oracle(mem, share) if mode == "mass" else None
     tx = kron.kron_transform(state)
     u = random_updates(params, 1)
     out, _ = jax.jit(tx.update)(u, tx.init(params))
@@ -105,9 +131,12 @@ def test_projection_is_the_explicit_projector(setup, mode, share):
             w, v, _ = dense_eig(f)
             k = kron.curvature_rank(w, share)
             protected = v[:, :k]
-        else:  # the top-k eigenvectors of A, k by mass, times all of R^out
+        else:  # the top-k eigenvectors of A (k by mass, per layer or global), times R^out
             aw, av = np.linalg.eigh(np.asarray(f.a))
-            k = kron.curvature_rank(aw, share)
+            if mode == "mass":
+                k = ranks[layer]
+            else:
+                k = kron.curvature_rank(aw, share[layer] if isinstance(share, dict) else share)
             protected = np.kron(av[:, ::-1][:, :k], np.eye(o))
         assert 0 < protected.shape[1] < d * o  # a real, partial projection
         proj = np.eye(d * o) - protected @ protected.T
@@ -131,11 +160,16 @@ def test_block_mode_protects_the_cartesian_block(setup):
         np.testing.assert_array_equal(state.scale[layer], want)
 
 
-def test_prox_solves_the_implicit_step(setup):
+@pytest.mark.parametrize("share", [None, 0.8])
+def test_prox_solves_the_implicit_step(setup, share):
+    """θ⁺ − θ* = P (I + η s H)⁻¹ (θ + u − θ*), P the projector of kron_project (input mode)
+    with `share` (I for None): P and H = kron(A, G⁺) / T commute (both act on A's
+    eigenvectors)."""
     params, _, _, mem = setup
     anchor = random_updates(params, 2)
     lr, strength = 0.05, 30.0
-    state = kron.kron_prox_state(mem, anchor, strength, lr)
+    proj = None if share is None else kron.kron_projection_state(mem, share, "input")
+    state = kron.kron_prox_state(mem, anchor, strength, lr, proj)
     tx = kron.kron_transform(state, proximal=True)
     u = random_updates(params, 3)
     out, _ = jax.jit(tx.update)(u, tx.init(params), params)
@@ -146,8 +180,15 @@ def test_prox_solves_the_implicit_step(setup):
         _, _, gplus = dense_eig(mem[layer])
         h = np.kron(np.asarray(mem[layer].a), gplus) / mem[layer].tasks
         rhs = np.asarray(theta[layer] + uu[layer] - star[layer]).ravel()
-        new = np.linalg.solve(np.eye(h.shape[0]) + lr * strength * h, rhs) + np.ravel(star[layer])
-        want = new - np.ravel(theta[layer])
+        p = np.eye(h.shape[0])
+        if share is not None:
+            aw, av = np.linalg.eigh(np.asarray(mem[layer].a))
+            k = kron.curvature_rank(aw, share)
+            assert 0 < k < aw.size
+            q = np.kron(av[:, ::-1][:, :k], np.eye(gplus.shape[0]))
+            p = p - q @ q.T
+        new = p @ np.linalg.solve(np.eye(h.shape[0]) + lr * strength * h, rhs)
+        want = new + np.ravel(star[layer]) - np.ravel(theta[layer])
         assert np.max(np.abs(want - np.ravel(uu[layer]))) > 1e-2  # the penalty acts
         np.testing.assert_allclose(np.ravel(got[layer]), want, rtol=0, atol=1e-10)
 
@@ -190,6 +231,20 @@ def test_curvature_rank_on_known_spectra():
     assert kron.curvature_rank(10.0 ** -np.arange(8.0), 0.999) == 3
 
 
+def test_mass_ranks_on_known_spectra():
+    # L1: α (1,), tr G = 4, out 4: mass 4, 1 per parameter; L2: α (2,), G (1,): mass 2, 2
+    spectra = {"L1": (np.array([1.0]), np.ones(4)), "L2": (np.array([2.0]), np.array([1.0]))}
+    assert kron.mass_ranks(spectra, 0.3) == {"L1": 0, "L2": 1}  # denser first, not heavier
+    assert kron.mass_ranks(spectra, 0.34) == {"L1": 1, "L2": 1}  # 2/6 < 0.34
+    two = {"L1": (np.array([4.0, 1.0]), np.array([1.0, 1.0, -5.0])),  # γ⁺: tr G⁺ = 2, out 3
+           "L2": (np.array([3.0, 1.0]), np.array([1.0]))}  # fmt: skip
+    # masses 8, 2 | 3, 1 (total 14); per parameter 8/3, 2/3 | 3, 1: order L2, L1, L2, L1
+    assert kron.mass_ranks(two, 3 / 14) == {"L1": 0, "L2": 1}
+    assert kron.mass_ranks(two, 11 / 14) == {"L1": 1, "L2": 1}
+    assert kron.mass_ranks(two, 12 / 14) == {"L1": 1, "L2": 2}
+    assert kron.mass_ranks(two, 1.0) == {"L1": 2, "L2": 2}
+
+
 def test_hessian_mass_directions_against_the_dense_hessian(setup):
     params, x, y, _ = setup
     loss = MeanLoss(MODEL.apply, cross_entropy)
@@ -222,6 +277,15 @@ def test_bad_input(setup):
             kron.kron_prox_state(mem, params, bad, 0.05)
     with pytest.raises(ValueError, match="memory has layers"):
         kron.kron_remember({"Dense_0": mem["Dense_0"]}, MODEL, params, (x, y), cross_entropy)
+    with pytest.raises(ValueError, match="share has layers"):
+        kron.kron_projection_state(mem, {"Dense_0": 0.9}, "input")
+    with pytest.raises(ValueError, match="share of 'Dense_1'"):
+        kron.kron_projection_state(mem, {"Dense_0": 0.9, "Dense_1": 1.5}, "input")
+    with pytest.raises(ValueError, match="one share for all layers"):
+        kron.kron_projection_state(mem, {"Dense_0": 0.9, "Dense_1": 0.9}, "mass")
+    other = kron.kron_projection_state({"Dense_0": mem["Dense_0"]}, 0.9)
+    with pytest.raises(ValueError, match="projection has layers"):
+        kron.kron_prox_state(mem, params, 1.0, 0.1, other)
     with pytest.raises(ValueError, match="memory must be"):
         kron.kron_projection_state({}, 0.9)
     state = kron.kron_projection_state(mem, 0.9)

@@ -259,10 +259,22 @@ def check_share(share: float, name: str = "share") -> float:
     return share
 
 
+def check_shares(share: float | Mapping[str, float]) -> float | dict[str, float]:
+    """`check_share` of one share or of each value of {layer: share}."""
+    if isinstance(share, Mapping):
+        if not share:
+            raise ValueError("share must be a float or a non-empty {layer: share} dict")
+        return {k: check_share(v, f"share of {k!r}") for k, v in share.items()}
+    return check_share(share)
+
+
+MODES = ("product", "input", "block", "mass")
+
+
 def check_mode(mode: str) -> str:
-    """mode, ValueError unless a `kron_projection_state` mode: product, input or block."""
-    if mode not in ("product", "input", "block"):
-        raise ValueError(f"mode must be 'product', 'input' or 'block', got {mode!r}")
+    """mode, ValueError unless a `kron_projection_state` mode (`MODES`)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return mode
 
 
@@ -299,6 +311,29 @@ def _protected_mask(
     return mask.reshape(d, o)
 
 
+def mass_ranks(spectra: Mapping[str, tuple[Array, Array]], share: float) -> dict[str, int]:
+    """Mode "mass": how many top eigenvectors of each layer's A to protect, {layer: k}, from
+    spectra {layer: (α (d,) descending, γ (out,))}. Row i of a layer (all pairs (i, j)) holds
+    curvature mass m_i = α_i⁺ tr(G⁺), i.e. m_i / out per parameter; an update of per-entry
+    size δ along it (Adam's steps are about lr per entry) raises the old tasks' loss by about
+    ½ δ² m_i. Rows of all layers are protected in decreasing m_i / out, the fewest holding
+    `share` of Σ_layers tr(A⁺) tr(G⁺) (all layers' curvature mass): one threshold on the
+    curvature per parameter for the whole network, instead of one share per layer."""
+    share = check_share(share)
+    names, density, mass = [], [], []
+    for layer, (alpha, gamma) in spectra.items():
+        m = np.maximum(np.asarray(alpha, np.float64), 0) * np.maximum(np.asarray(gamma), 0).sum()
+        names += [layer] * m.size
+        mass.append(m)
+        density.append(m / np.size(gamma))
+    mass, density, names = np.concatenate(mass), np.concatenate(density), np.asarray(names)
+    order = np.argsort(-density, kind="stable")
+    total = float(mass.sum())
+    k = 0 if total == 0 else _energy_rank(np.cumsum(mass[order]), share * total, total)
+    chosen = names[order[:k]]
+    return {layer: int(np.sum(chosen == layer)) for layer in spectra}
+
+
 def _check_memory(memory: KronMemory) -> None:
     if not isinstance(memory, Mapping) or not memory:
         raise ValueError("memory must be a non-empty dict {layer: KronFactor} (kron_remember)")
@@ -316,17 +351,31 @@ def kron_projection_state(
     protects every j for the fewest top eigenvectors of A holding `share` of tr(A) (GPM's
     input subspace, from the summed factors); mode "block" protects the pairs (i, j) of those
     top eigenvectors of A and the fewest top eigenvectors of G holding `output_share` of
-    tr(G⁺) (the Cartesian block; output_share 1 is mode "input" up to G's null space).
-    share: one value or {layer: value}, in (0, 1]."""
+    tr(G⁺) (the Cartesian block; output_share 1 is mode "input" up to G's null space); mode
+    "mass" protects, like "input", every j for top eigenvectors of A, but chooses how many in
+    each layer with one threshold on the curvature per parameter across layers
+    (`mass_ranks`: `share` of all layers' Σ tr(A) tr(G⁺)). share: one value or (not for
+    "mass") {layer: value}, in (0, 1]."""
     _check_memory(memory)
     check_mode(mode)
     check_share(output_share, "output_share")
+    share = check_shares(share)
+    if isinstance(share, Mapping) and set(share) != set(memory):
+        raise ValueError(f"share has layers {sorted(share)}, the memory {sorted(memory)}")
+    if mode == "mass" and isinstance(share, Mapping):
+        raise ValueError("mode 'mass' takes one share for all layers, not {layer: share}")
+    eigs = {layer: (_eigh_desc(f.a), _eigh_desc(f.g)) for layer, f in memory.items()}
+    if mode == "mass":
+        ranks = mass_ranks({k: (a[0], g[0]) for k, (a, g) in eigs.items()}, share)
     u_a, u_g, scale, anchor = {}, {}, {}, {}
     for layer, f in memory.items():
-        thr = share[layer] if isinstance(share, Mapping) else share
-        alpha, ua = _eigh_desc(f.a)
-        gamma, ug = _eigh_desc(f.g)
-        keep = ~_protected_mask(alpha, gamma, thr, mode, output_share)
+        (alpha, ua), (gamma, ug) = eigs[layer]
+        if mode == "mass":  # every column j of the top ranks[layer] rows
+            rows = np.arange(alpha.size)[:, None] < ranks[layer]
+            keep = ~np.repeat(rows, gamma.size, axis=1)
+        else:
+            thr = share[layer] if isinstance(share, Mapping) else share
+            keep = ~_protected_mask(alpha, gamma, thr, mode, output_share)
         dtype = f.a.dtype
         u_a[layer], u_g[layer] = jnp.asarray(ua, dtype), jnp.asarray(ug, dtype)
         scale[layer] = jnp.asarray(keep, dtype)
@@ -335,13 +384,20 @@ def kron_projection_state(
 
 
 def kron_prox_state(
-    memory: KronMemory, anchor: PyTree, strength: float, learning_rate: float
+    memory: KronMemory,
+    anchor: PyTree,
+    strength: float,
+    learning_rate: float,
+    projection: KronState | None = None,
 ) -> KronState:
     """The proximal Kronecker-factored penalty ½ s (θ − θ*)ᵀ kron(A, G⁺) / T (θ − θ*) per layer
     (module docstring), anchored at params-shaped `anchor` θ*: S_ij = 1 / (1 + η s α_i γ_j⁺ / T)
     with η = learning_rate (the base optimiser's step), s = strength (> 0), G⁺ the summed G
     with negative eigenvalues set to 0 and T the memory's number of tasks: for T similar tasks
-    (Σ A_t) ⊗ (Σ G_t) / T ≈ Σ_t A_t ⊗ G_t, the online Laplace precision."""
+    (Σ A_t) ⊗ (Σ G_t) / T ≈ Σ_t A_t ⊗ G_t, the online Laplace precision. `projection`: a
+    `kron_projection_state` of the same memory (same eigenvectors), whose protected pairs get
+    S_ij = 0 (the s → ∞ limit there: projection of the top directions, the penalty on the
+    rest), S = S_proj ⊙ S_prox."""
     _check_memory(memory)
     strength = check_positive(strength, "strength")
     lr = check_positive(learning_rate, "learning_rate")
@@ -357,7 +413,17 @@ def kron_prox_state(
         curv = np.maximum(alpha[:, None] * gamma[None, :], 0) / f.tasks
         dtype = f.a.dtype
         u_a[layer], u_g[layer] = jnp.asarray(ua, dtype), jnp.asarray(ug, dtype)
-        scale[layer] = jnp.asarray(1.0 / (1.0 + lr * strength * curv), dtype)
+        sc = 1.0 / (1.0 + lr * strength * curv)
+        if projection is not None:
+            if set(projection.u_a) != set(memory):
+                raise ValueError(f"projection has layers {sorted(projection.u_a)}, the memory "
+                                 f"{sorted(memory)}")  # fmt: skip
+            if not np.allclose(projection.u_a[layer], ua) or not np.allclose(
+                projection.u_g[layer], ug
+            ):
+                raise ValueError(f"projection of {layer!r} has other eigenvectors than the memory")
+            sc = sc * np.asarray(projection.scale[layer], np.float64)
+        scale[layer] = jnp.asarray(sc, dtype)
         anchors[layer] = mats[layer].astype(dtype)
     return KronState(u_a, u_g, scale, anchors, **_factor_fields(memory))
 

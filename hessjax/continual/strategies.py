@@ -39,7 +39,7 @@ section in `STRATEGY_SECTIONS` and experiments/configs/continual.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -378,7 +378,7 @@ def _kron_strategy(
 def kron_project(
     model: nn.Module,
     per_example_loss: Callable[[Array, Any], Array],
-    share: float = 0.95,
+    share: float | Mapping[str, float] = 0.95,
     mode: str = "input",
     output_share: float = 1.0,
     num_samples: int | None = None,
@@ -388,11 +388,12 @@ def kron_project(
     the high-curvature eigenpairs of kron(A, G), the per-layer Kronecker factors summed over
     the old tasks (`kron.kron_projection_state`: mode "input" protects the top eigenvectors of
     A = Σ_t E[x̃x̃ᵀ] holding `share` of tr(A), "product" the pairs of largest α_i γ_j,
-    "block" top-A × top-G with `output_share`). per_example_loss(output, target) -> (N,)
+    "block" top-A × top-G with `output_share`; share: one value or {layer: value}).
+    per_example_loss(output, target) -> (N,)
     (e.g. `curvature.cross_entropy`). Defaults: the best measured on 5-task permuted MNIST
     under plain SGD (benchmarks/README.md, continual_strategies). The memory (`kron.KronState`)
     has the fixed shapes of the params' dense layers."""
-    share = kron.check_share(share)
+    share = kron.check_shares(share)
     mode = kron.check_mode(mode)
     output_share = kron.check_share(output_share, "output_share")
     return _kron_strategy(
@@ -409,15 +410,24 @@ def kron_prox(
     learning_rate: float,
     num_samples: int | None = None,
     chunk_size: int | None = 250,
+    share: float | None = None,
+    mode: str = "mass",
 ) -> Strategy:
     """The online structured Laplace penalty (Ritter, Botev, Barber 2018) ½ s (θ − θ*)ᵀ
     kron(A, G⁺) / T (θ − θ*) per dense layer, anchored at the last old task's params θ*, as
     an exact proximal step (`kron.kron_prox_state`; stable for every strength s > 0);
-    learning_rate: the base optimiser's η. Otherwise as `kron_project`."""
+    learning_rate: the base optimiser's η. share (None: no projection): also project out the
+    eigenpairs `kron_project` with that share and `mode` protects (the penalty acts on the
+    rest). Otherwise as `kron_project`."""
     strength = check_positive(strength, "kron_prox strength")
     learning_rate = check_positive(learning_rate, "kron_prox learning_rate")
+    if share is not None:
+        share, mode = kron.check_share(share), kron.check_mode(mode)
+
+    def state_of(factors, params):
+        proj = None if share is None else kron.kron_projection_state(factors, share, mode)
+        return kron.kron_prox_state(factors, params, strength, learning_rate, proj)
+
     return _kron_strategy(
-        "kron_prox", model, per_example_loss, num_samples, chunk_size,
-        lambda factors, params: kron.kron_prox_state(factors, params, strength, learning_rate),
-        proximal=True,
+        "kron_prox", model, per_example_loss, num_samples, chunk_size, state_of, proximal=True
     )  # fmt: skip
