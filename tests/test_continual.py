@@ -155,7 +155,7 @@ def test_extend_basis_blocked_matches_column_by_column_gram_schmidt():
     classical Gram-Schmidt against everything kept before (the oracle, float64 numpy)."""
     n, k, m = 60, 3, 40
     basis = np.asarray(_orthonormal(jax.random.key(4), n, k))
-    new = np.asarray(jax.random.normal(jax.random.key(5), (n, m), F64))
+    new = np.array(jax.random.normal(jax.random.key(5), (n, m), F64))
     new[:, 5] = 2 * new[:, 1] - new[:, 3]  # dependent within the first block
     new[:, 20] = new[:, 2] + 0.5 * new[:, 17]  # on columns of two earlier / same blocks
     new[:, 33] = basis @ np.array([1.0, 2.0, -1.0])  # in span(basis)
