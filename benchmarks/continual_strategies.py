@@ -138,7 +138,7 @@ class Runner:
             n = curvature.make_layout(params).size
             self.capacity = opts["max_k"] * 4
             self.optimizer = optax.chain(base, cl.project_out(jnp.zeros((n, self.capacity))))
-            self.memory_fields, self.remember = ("basis",), self._hessian
+            self.memory_fields, self.remember = ("rows",), self._hessian
         self.log: list[dict] = []
 
     def reset(self, opt_state, params):
@@ -182,10 +182,10 @@ class Runner:
             self.loss_fn, params, data, self.opts["share"], self.opts["max_k"], key=key,
             num_steps=min(2 * self.opts["max_k"] + 20, 600),
         )  # fmt: skip
-        used = cl.used_columns(optax.tree_utils.tree_get(opt_state, "basis"))
+        used = cl.used_columns(optax.tree_utils.tree_get(opt_state, "rows").T)
         new = cl.extend_basis(used if used.shape[1] else None, d.vectors)
         self.log.append({"task": t, "k": int(d.vectors.shape[1]), "basis": int(new.shape[1])})
-        return optax.tree_utils.tree_set(opt_state, basis=cl.pad_columns(new, self.capacity))
+        return optax.tree_utils.tree_set(opt_state, rows=cl.pad_columns(new, self.capacity).T)
 
 
 def run_one(runner, model, loss_fn, seq, seed, proto) -> np.ndarray:

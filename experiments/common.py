@@ -510,16 +510,22 @@ def config_hash(fingerprint: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def save_checkpoint(path: str, fingerprint: Any, state: Any, meta: dict | None = None) -> None:
+def save_checkpoint(
+    path: str, fingerprint: Any, state: Any, meta: dict | None = None, version: int | None = None
+) -> None:
     """Write one checkpoint file atomically: a JSON header line {format, fingerprint
-    (`config_hash`), num_bytes and sha256 of the state bytes, meta (JSON-able dict)}, then
-    `state` (a pytree of arrays, flax msgpack). State sharded over a mesh, even over several
-    processes, is first gathered whole (`distributed.to_host`: a collective, so every process
-    calls this with the same state); process 0 alone writes (`write_atomic`)."""
+    (`config_hash`), version, num_bytes and sha256 of the state bytes, meta (JSON-able dict)},
+    then `state` (a pytree of arrays, flax msgpack). version: the caller's state format (e.g.
+    `experiments.continual.CHECKPOINT_VERSION`), bumped when the meaning of the state changes
+    under an unchanged config, so `load_checkpoint` rejects the older files. State sharded
+    over a mesh, even over several processes, is first gathered whole (`distributed.to_host`:
+    a collective, so every process calls this with the same state); process 0 alone writes
+    (`write_atomic`)."""
     body = serialization.to_bytes(distributed.to_host(state))
     header = {
         "format": CHECKPOINT_FORMAT,
         "fingerprint": config_hash(fingerprint),
+        "version": version,
         "num_bytes": len(body),
         "sha256": hashlib.sha256(body).hexdigest(),
         "meta": meta or {},
@@ -527,16 +533,21 @@ def save_checkpoint(path: str, fingerprint: Any, state: Any, meta: dict | None =
     write_atomic(path, json.dumps(header).encode() + b"\n" + body)
 
 
-def load_checkpoint(path: str, fingerprint: Any, target: Any) -> tuple[Any, dict] | None:
-    """(state, meta) of a `save_checkpoint` file written under the same `fingerprint`, the
-    state restored into the structure of `target` and placed as its leaves are
-    (`distributed.place_like`: a leaf of a sharded target comes back with that sharding).
-    None when the file is absent, and None with a logged warning naming the file when it is
-    truncated, corrupted, not a checkpoint or written under another config: the caller then
-    recomputes (and overwrites) it. Under several processes every process reads the file (the
-    workdir must be one directory that all of them see) and they must agree on whether it is
-    usable: a ValueError naming the file otherwise, before any of them resumes."""
-    loaded = _read_checkpoint(path, fingerprint, target)
+def load_checkpoint(
+    path: str, fingerprint: Any, target: Any, version: int | None = None
+) -> tuple[Any, dict] | None:
+    """(state, meta) of a `save_checkpoint` file written under the same `fingerprint` and
+    state `version`, the state restored into the structure of `target` and placed as its
+    leaves are (`distributed.place_like`: a leaf of a sharded target comes back with that
+    sharding). None when the file is absent, and None with a logged warning naming the file
+    when it is truncated, corrupted, not a checkpoint, written under another config or in
+    another state version (the warning names both versions; a file without one, written
+    before versions were recorded, counts as None): the caller then recomputes (and
+    overwrites) it, so stale state is never resumed and one stale file does not stop a
+    sweep. Under several processes every process reads the file (the workdir must be one
+    directory that all of them see) and they must agree on whether it is usable: a
+    ValueError naming the file otherwise, before any of them resumes."""
+    loaded = _read_checkpoint(path, fingerprint, target, version)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -552,7 +563,9 @@ def load_checkpoint(path: str, fingerprint: Any, target: Any) -> tuple[Any, dict
     return distributed.place_like(loaded[0], target), loaded[1]
 
 
-def _read_checkpoint(path: str, fingerprint: Any, target: Any) -> tuple[Any, dict] | None:
+def _read_checkpoint(
+    path: str, fingerprint: Any, target: Any, version: int | None
+) -> tuple[Any, dict] | None:
     """`load_checkpoint` of this process alone: (host state, meta) or None (warned)."""
     if not os.path.exists(path):
         return None
@@ -564,6 +577,12 @@ def _read_checkpoint(path: str, fingerprint: Any, target: Any) -> tuple[Any, dic
             raise ValueError("no checkpoint header")
         if header.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {header.get('format')!r}, not {CHECKPOINT_FORMAT!r}")
+        if header.get("version") != version:
+            logging.warning(
+                "checkpoint %s holds state version %s, this code reads version %s; recomputing it",
+                path, header.get("version"), version,
+            )  # fmt: skip
+            return None
         if header["fingerprint"] != config_hash(fingerprint):
             logging.warning("checkpoint %s was written under another config; recomputing", path)
             return None

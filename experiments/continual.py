@@ -10,13 +10,16 @@ Strategies (experiments/configs/continual.py): finetune, ewc, ogd, gpm, hessian_
 hessian_mass_project, hessian_penalty, kron_project, kron_prox, weight_svd_project,
 update_pca_project: each a `hessjax.continual.Strategy`
 (STRATEGY_BUILDERS maps the config to its factory). This file only orchestrates: per strategy
-one optax chain of the base optimiser and the strategy's transform of a fixed-capacity memory
-and one compiled training loop (`training.make_train_step`), reused over seeds and tasks;
-after each task `strategy.remember` grows the memory and `set_memory` writes it into the
-optimiser state. All strategies of one seed start from the same initial params and see the
-same minibatches. A strategy whose training loss becomes non-finite (or whose memory cannot
-be computed) is recorded as diverged (seed, task, step) in results.json, the table and the
-figure's legend, and the others run on.
+one optax chain of the base optimiser and the strategy's transform of its empty memory and
+one training loop (`training.make_train_step`), reused over seeds and tasks; after each task
+`strategy.remember` grows the memory and `set_memory` writes it into the optimiser state.
+Projection bases (and hessian_penalty's directions) grow to exactly the columns they hold:
+the loop compiles once per basis size (a few per strategy, shared by the seeds), and no step
+multiplies by zero padding (on permuted MNIST a padded basis cost more than the compiles).
+All strategies of one seed start from the same initial params and see the same minibatches.
+A strategy whose training loss becomes non-finite (or whose memory cannot be computed) is
+recorded as diverged (seed, task, step) in results.json, the table and the figure's legend,
+and the others run on.
 
 Writes into the workdir: accuracy_matrices.npz ({strategy: (seeds, T, T)}),
 first_task_accuracy.png and, last, results.json (accuracy matrices, per-seed metrics,
@@ -26,7 +29,8 @@ diverged) and
 checkpoints/seed_<s>/<strategy>.ckpt, rewritten atomically after each completed task (params,
 optimizer state with the memories, RNG, the accuracy rows so far). A killed run restarted with
 the same config and workdir resumes after the last completed task of every (seed, strategy);
-a checkpoint of another config, or a damaged one, is reported and that run starts afresh.
+a checkpoint of another config or state version (CHECKPOINT_VERSION), or a damaged one, is
+reported and that run starts afresh.
 """
 
 from __future__ import annotations
@@ -52,6 +56,12 @@ from hessjax import continual as cl
 from hessjax import curvature, training
 
 OUTPUTS = ("results.json", "accuracy_matrices.npz", "first_task_accuracy.png")
+# The state format of checkpoints/seed_<s>/<strategy>.ckpt (`common.save_checkpoint`'s
+# version): bump it when a memory's meaning or layout changes under an unchanged config, so
+# a run resumed with newer code recomputes the older files (a warning names the file and both
+# versions) instead of loading them. None: files from before versions were recorded (e.g. a
+# hessian_penalty memory from before it became one orthonormal quadratic); 2: the current.
+CHECKPOINT_VERSION = 2
 
 # Values used for config fields left at 0 / (): (permuted) MNIST-1D by default, MNIST / Fashion.
 _SHARED_DEFAULTS: dict[str, Any] = {
@@ -123,32 +133,28 @@ class Context:
     def learning_rate(self) -> float:
         return float(self.config.train.learning_rate)
 
-    def capacity(self, per_task: int) -> int:
-        """A zero-padded memory for per_task columns from each old task (all but the last)."""
-        return per_task * (self.num_tasks - 1)
-
     def memory_batch(self, task: cl.Task) -> tuple[jax.Array, jax.Array]:
         """The task's first memory.num_samples training pairs as (m, b, ...) microbatches."""
         m = self.config.memory
         return common.hessian_data(task.x_train, task.y_train, m.num_samples, m.microbatch_size)
 
 
-def _hessian(ctx: Context) -> dict[str, Any]:
-    """hessian_project / hessian_penalty settings; the Hessian on config.mesh
+def _lanczos(ctx: Context) -> dict[str, Any]:
+    """The eigensolver settings every hessian_* strategy takes; the Hessian on config.mesh
     (`common.placed_hessian`)."""
     h = ctx.config.hessian
-    return {"k": int(h.k), "capacity": ctx.capacity(int(h.k)),
-            "num_steps": int(h.num_steps) or None, "tol": float(h.tol),
+    return {"num_steps": int(h.num_steps) or None, "tol": float(h.tol),
             "operator": functools.partial(common.placed_hessian, ctx.config.mesh)}  # fmt: skip
+
+
+def _hessian(ctx: Context) -> dict[str, Any]:
+    """hessian_project / hessian_penalty settings."""
+    return {"k": int(ctx.config.hessian.k)} | _lanczos(ctx)
 
 
 def _hessian_mass_project(ctx: Context) -> cl.Strategy:
     h = ctx.config.hessian
-    max_k = int(h.max_k)
-    return cl.hessian_mass_project(
-        ctx.loss_fn, float(h.mass_share), max_k, capacity=ctx.capacity(max_k),
-        num_steps=int(h.num_steps) or None, tol=float(h.tol),
-    )  # fmt: skip
+    return cl.hessian_mass_project(ctx.loss_fn, float(h.mass_share), int(h.max_k), **_lanczos(ctx))
 
 
 def _kron(ctx: Context) -> dict[str, Any]:
@@ -174,8 +180,7 @@ def _kron_prox(ctx: Context) -> cl.Strategy:
 
 
 def _ogd(ctx: Context) -> cl.Strategy:
-    m = int(ctx.config.ogd.num_samples)
-    return cl.ogd(ctx.model.apply, m, ctx.capacity(m))
+    return cl.ogd(ctx.model.apply, int(ctx.config.ogd.num_samples))
 
 
 def _gpm(ctx: Context) -> cl.Strategy:
@@ -184,14 +189,11 @@ def _gpm(ctx: Context) -> cl.Strategy:
 
 
 def _weight_svd_project(ctx: Context) -> cl.Strategy:
-    k = int(ctx.config.weight_svd.k)
-    per_task = cl.weight_svd_directions(ctx.params, k).vectors.shape[1]  # Σ_layers min(k, rank)
-    return cl.weight_svd_project(k, ctx.capacity(per_task))
+    return cl.weight_svd_project(int(ctx.config.weight_svd.k))
 
 
 def _update_pca_project(ctx: Context) -> cl.Strategy:
-    k = int(ctx.config.update_pca.k)
-    return cl.update_pca_project(k, *_num_update_records(ctx.config), capacity=ctx.capacity(k))
+    return cl.update_pca_project(int(ctx.config.update_pca.k), *_num_update_records(ctx.config))
 
 
 # name -> builder(ctx) -> hessjax.continual.Strategy. A new strategy is one entry here (plus
@@ -231,8 +233,9 @@ STRATEGY_SECTIONS = {  # the config sections each strategy reads besides data/mo
 
 class Runner(NamedTuple):
     """One strategy of a run: the optimiser (base optimiser, then the strategy's transform of
-    a fixed-shape empty memory), its compiled training loop and the memory's class (None for
-    a memory-less strategy). Built once per run, reused over seeds and tasks."""
+    its empty memory), its training loop (compiled once per memory shape) and the memory's
+    class (None for a memory-less strategy). Built once per run, reused over seeds and
+    tasks."""
 
     strategy: cl.Strategy
     optimizer: optax.GradientTransformation
@@ -300,7 +303,7 @@ def _reset(runner: Runner, opt_state, params):
     if runner.memory_cls is None:
         return fresh
     memory = cl.get_memory(opt_state, runner.memory_cls)  # checked when it was set
-    return cl.set_memory(fresh, memory, check_values=False)
+    return cl.set_memory(fresh, memory, check_values=False, same_shapes=False)
 
 
 def run_strategy(
@@ -330,12 +333,12 @@ def run_strategy(
     def save(t: int, event: str) -> None:
         if config.checkpoint:
             state = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(key)}
-            common.save_checkpoint(path, fingerprint, state, meta)
+            common.save_checkpoint(path, fingerprint, state, meta, version=CHECKPOINT_VERSION)
             events(event, seed=seed, strategy=strategy.name, task=t)
 
     if config.checkpoint:
         target = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(key)}
-        loaded = common.load_checkpoint(path, fingerprint, target)
+        loaded = common.load_checkpoint(path, fingerprint, target, version=CHECKPOINT_VERSION)
         if loaded is not None:
             state, meta = loaded
             params, opt_state = state["params"], state["opt_state"]
@@ -375,7 +378,9 @@ def run_strategy(
                         cl.get_memory(opt_state, runner.memory_cls), params,
                         ctx.memory_batch(task), key=k_memory, opt_state=opt_state,
                     )  # fmt: skip
-                    opt_state = jax.block_until_ready(cl.set_memory(opt_state, memory))
+                    opt_state = jax.block_until_ready(
+                        cl.set_memory(opt_state, memory, same_shapes=False)
+                    )
                 except (FloatingPointError, ValueError) as e:  # e.g. a non-finite Fisher
                     failure = {"task": t, "step": int(config.train.steps), "error": str(e)}
                 meta["seconds"]["memory"] += time.perf_counter() - begin

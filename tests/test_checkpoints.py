@@ -62,6 +62,26 @@ def test_foreign_or_mismatched_checkpoint_is_reported(tmp_path, caplog):
     assert len(messages) == 2 and "another config" in messages[0]
 
 
+def test_checkpoint_of_another_state_version_is_reported_and_recomputed(tmp_path, caplog):
+    """A file of an older state version (or of none: written before versions were recorded)
+    is not loaded: a warning names the file and both versions, and the caller recomputes;
+    the same version loads."""
+    old, unversioned = str(tmp_path / "old.ckpt"), str(tmp_path / "none.ckpt")
+    common.save_checkpoint(old, FINGERPRINT, _state(), {}, version=1)
+    common.save_checkpoint(unversioned, FINGERPRINT, _state(), {})
+    with caplog.at_level(logging.WARNING):
+        assert common.load_checkpoint(old, FINGERPRINT, _state(), version=2) is None
+        assert common.load_checkpoint(unversioned, FINGERPRINT, _state(), version=2) is None
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 2
+    assert old in messages[0] and "version 1" in messages[0] and "version 2" in messages[0]
+    assert unversioned in messages[1] and "version None" in messages[1]
+    state, _ = common.load_checkpoint(old, FINGERPRINT, _state(), version=1)
+    np.testing.assert_array_equal(state["params"]["w"], _state()["params"]["w"])
+    header = json.loads(open(old, "rb").read().partition(b"\n")[0])
+    assert header["version"] == 1
+
+
 def test_sharded_state_round_trips_onto_its_shardings(tmp_path):
     """FSDP-split params (fsdp:2,data:2 on the suite's 4 devices) are written whole and come
     back with the target's shardings, whatever the target's values; host leaves stay host."""

@@ -148,6 +148,31 @@ def test_extend_basis_orthonormal_and_drops_dependent_vectors():
     np.testing.assert_array_equal(cl.used_columns(cl.pad_columns(out, 9)), out)
 
 
+@pytest.mark.x64
+def test_extend_basis_blocked_matches_column_by_column_gram_schmidt():
+    """40 new columns (more than one block of 16 of the blocked Gram-Schmidt), with dependent
+    ones inside a block, across blocks and in span(basis): the same basis as column-by-column
+    classical Gram-Schmidt against everything kept before (the oracle, float64 numpy)."""
+    n, k, m = 60, 3, 40
+    basis = np.asarray(_orthonormal(jax.random.key(4), n, k))
+    new = np.array(jax.random.normal(jax.random.key(5), (n, m), F64))
+    new[:, 5] = 2 * new[:, 1] - new[:, 3]  # dependent within the first block
+    new[:, 20] = new[:, 2] + 0.5 * new[:, 17]  # on columns of two earlier / same blocks
+    new[:, 33] = basis @ np.array([1.0, 2.0, -1.0])  # in span(basis)
+    new[:, 36] = 0.0
+    tol = 1e3 * np.finfo(np.float64).eps
+    q = basis
+    for x in new.T:
+        r = x - q @ (q.T @ x)
+        r = r - q @ (q.T @ r)
+        if np.linalg.norm(r) > tol * np.linalg.norm(x) > 0:
+            q = np.concatenate([q, (r / np.linalg.norm(r))[:, None]], axis=1)
+    out = np.asarray(cl.extend_basis(jnp.asarray(basis), jnp.asarray(new)))
+    assert q.shape == (n, k + m - 4) and out.shape == q.shape
+    np.testing.assert_allclose(out, q, atol=1e-12)
+    np.testing.assert_array_equal(out[:, :k], basis)
+
+
 def test_projection_and_extend_basis_in_float32():
     """The default float32 path: a basis grown by extend_basis from float32 vectors is
     orthonormal to float32 round-off (two Gram-Schmidt passes: max |BᵀB − I| ~ eps · sqrt(n)
@@ -372,15 +397,20 @@ def test_bad_memories_and_strengths_raise():
     good = _orthonormal(jax.random.key(3), n, 3, jnp.float32)
     opt = optax.chain(optax.sgd(1.0), cl.project_out(good))
     state = opt.init(params)
-    bad = cl.ProjectionState(good * 10.0)
+    bad = cl.ProjectionState(good.T * 10.0)  # the basis stored as rows (k, n)
     with pytest.raises(ValueError, match="not orthonormal"):
         cl.set_memory(state, bad)
     with pytest.raises(ValueError, match="float32"):
-        cl.set_memory(state, cl.ProjectionState(good[:, :2]))
-    swapped = optax.tree_utils.tree_set(state, basis=bad.basis)
+        cl.set_memory(state, cl.ProjectionState(good[:, :2].T))
+    # a memory that grows: only its leading axis may change, and only when allowed
+    fewer = cl.set_memory(state, cl.ProjectionState(good[:, :2].T), same_shapes=False)
+    assert cl.get_memory(fewer, cl.ProjectionState).basis.shape == (n, 2)
+    with pytest.raises(ValueError, match="leading axis"):
+        cl.set_memory(state, cl.ProjectionState(basis.T), same_shapes=False)
+    swapped = optax.tree_utils.tree_set(state, rows=bad.rows)
     unit = jax.tree_util.tree_map(jnp.ones_like, grads)
     assert float(jnp.max(jnp.abs(_flat(opt.update(unit, swapped, params)[0])))) > 10
-    fine = cl.set_memory(state, cl.ProjectionState(-good))
+    fine = cl.set_memory(state, cl.ProjectionState(-good.T))
     assert cl.get_memory(fine, cl.ProjectionState).basis[0, 0] == -good[0, 0]
     with pytest.raises(ValueError, match="not orthonormal"):
         cl.project_out(good * 2.0)
@@ -415,6 +445,65 @@ def test_hessian_directions_match_dense_eigh(linear):
     proj = vec[:, ::-1][:, :3] @ vec[:, ::-1][:, :3].T  # the top-3 eigenspace (gaps checked)
     assert np.min(np.diff(lam[::-1][:4]) * -1) > 1e-6
     np.testing.assert_allclose(proj @ top.vectors, top.vectors, atol=1e-7)
+
+
+@pytest.mark.x64
+def test_hessian_strategies_build_the_hessian_with_the_given_operator(linear, monkeypatch):
+    """hessian_project, hessian_penalty and hessian_mass_project build their Hessian with
+    `operator=` (the binary's hook for config.mesh): called once per remember, and the memory
+    spans the dense Hessian's top eigenvectors (k of them; the mass rule's k from the dense
+    eigenvalues). The binary passes each of them `common.placed_hessian` on config.mesh."""
+    model, params, x, y = linear
+    loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
+    data = (x.reshape(2, 3, 4), y.reshape(2, 3))
+    layout = curvature.make_layout(params)
+    dense = jax.hessian(lambda v: loss_fn(layout.unravel(v), (x, y)))(layout.ravel(params))
+    lam, vec = np.linalg.eigh(np.asarray(dense))
+    lam, vec = lam[::-1], vec[:, ::-1]
+    calls = []
+
+    def operator(loss, p, d):
+        calls.append(loss)
+        return curvature.hessian_operator(loss, p, d)
+
+    share = 0.6
+    k_mass = max(cl.curvature_rank(lam[:3], share), 1)
+    assert 1 <= k_mass < 3
+    cases = {
+        "hessian_project": (cl.hessian_project(loss_fn, 3, tol=None, operator=operator), 3),
+        "hessian_penalty": (
+            cl.hessian_penalty(loss_fn, 3, 1.0, 0.1, tol=None, operator=operator),
+            3,
+        ),
+        "hessian_mass_project": (
+            cl.hessian_mass_project(loss_fn, share, 3, tol=None, operator=operator),
+            k_mass,
+        ),
+    }
+    for name, (strategy, k) in cases.items():
+        before = len(calls)
+        memory = strategy.remember(
+            strategy.init_memory(params), params, data, key=jax.random.key(0)
+        )
+        assert len(calls) == before + 1 and calls[-1] is loss_fn, name
+        basis = memory.directions if name == "hessian_penalty" else memory.basis
+        assert basis.shape == (layout.size, k), name
+        top = vec[:, :k]
+        np.testing.assert_allclose(top @ (top.T @ basis), basis, atol=1e-7, err_msg=name)
+
+    from experiments import common
+    from experiments import continual as binary
+
+    config = binary.resolve_config(_tiny_config())
+    config.mesh = "data:1"
+    seen = {}
+    for name in cases:
+        monkeypatch.setattr(binary.cl, name, lambda *a, name=name, **kw: seen.setdefault(name, kw))
+    ctx = binary.Context(model, loss_fn, config, params, 3)
+    for name in cases:
+        binary.STRATEGY_BUILDERS[name](ctx)
+        op = seen[name]["operator"]
+        assert op.func is common.placed_hessian and op.args == ("data:1",), name
 
 
 @pytest.mark.x64
@@ -752,6 +841,13 @@ def test_hessian_projection_forgets_less_than_finetuning(reference):
     matrices = np.load(os.path.join(workdir, "accuracy_matrices.npz"))
     assert matrices["finetune"].shape == (3, 3, 3)
     assert "hessian_project" in results["table"] and "±" in results["table"]
+    # checkpoints carry the binary's state version (a file of another version is recomputed:
+    # tests/test_checkpoints.py)
+    from experiments import continual
+
+    ckpt = os.path.join(workdir, "checkpoints", "seed_0", "hessian_project.ckpt")
+    header = json.loads(open(ckpt, "rb").read().partition(b"\n")[0])
+    assert header["version"] == continual.CHECKPOINT_VERSION
 
 
 def test_kill_and_resume_gives_the_uninterrupted_result(reference, tmp_path):

@@ -55,7 +55,7 @@ import optax
 
 from hessjax.continual.sources import Directions, _energy_rank, dense_layers, hessian_directions
 from hessjax.continual.transforms import _layer_leaf, _memory_transform, check_positive
-from hessjax.curvature import kronecker_factors, leaf_paths
+from hessjax.curvature import hessian_operator, kronecker_factors, leaf_paths
 
 Array = jax.Array
 PyTree = Any
@@ -472,16 +472,18 @@ def hessian_mass_directions(
     num_steps: int | None = None,
     tol: float | None = 1e-4,
     max_restarts: int = 0,
+    operator: Callable[..., Any] = hessian_operator,
 ) -> Directions:
     """Hessian projection with k chosen per task by curvature: the top max_k eigenpairs
     (largest algebraic) of the Hessian of the mean of loss_fn over `data` (leaves (m, b, ...))
-    at `params` (`sources.hessian_directions`, thick-restarted `max_restarts` times), truncated to
-    the fewest that hold `share` of their positive curvature (`curvature_rank`, at least 1).
+    at `params` (`sources.hessian_directions`, thick-restarted `max_restarts` times, the
+    Hessian built by `operator(loss_fn, params, data)`), truncated to the fewest that hold
+    `share` of their positive curvature (`curvature_rank`, at least 1).
     vectors (n, k), values (k,) descending, k <= max_k."""
     check_share(share)
     top = hessian_directions(
         loss_fn, params, data, max_k, key=key, num_steps=num_steps, tol=tol,
-        max_restarts=max_restarts,
+        max_restarts=max_restarts, operator=operator,
     )  # fmt: skip
     k = max(curvature_rank(top.values, share), 1)
     return Directions(top.vectors[:, :k], top.values[:k])

@@ -25,8 +25,9 @@ A notebook sequence (any loss_fn(params, batch); see README "Continual learning"
 Rebuilding the optimiser per task recompiles its step. To compile once, give the strategy a
 fixed `capacity` (a zero-padded memory of constant shape), build the optimiser and
 `training.make_train_step` once from `init_memory(params)`, and after each task write the new
-memory into the optimiser state with `set_memory(opt_state, memory)` (checked); that is what
-experiments/continual.py does.
+memory into the optimiser state with `set_memory(opt_state, memory)` (checked). Without a
+capacity, `set_memory(..., same_shapes=False)` takes the grown memory and the step compiles
+once per size; that is what experiments/continual.py does (no step multiplies by padding).
 
 Adding a strategy: write a factory returning `Strategy(name, init_memory, remember,
 transform)`. Its memory is a NamedTuple state (the transform's `init` returns it: reuse
@@ -119,14 +120,16 @@ def finetune() -> Strategy:
 
 
 def _grow(memory: ProjectionState, vectors: Array, capacity: int | None) -> ProjectionState:
-    """memory with span(vectors) (n, m) added to its basis, zero-padded to `capacity`."""
-    used = used_columns(memory.basis)
-    new = extend_basis(used if used.shape[1] else None, vectors.astype(memory.basis.dtype))
+    """memory with span(vectors) (n, m) added to its basis, zero-padded to `capacity` rows."""
+    rows = np.asarray(memory.rows)
+    used = int(np.flatnonzero(np.any(rows != 0, axis=1)).max(initial=-1)) + 1
+    old = memory.rows[:used].T if used else None
+    new = extend_basis(old, vectors.astype(memory.rows.dtype)).T  # (k, n) rows
     if capacity is None:
         return ProjectionState(new)
-    if new.shape[1] > capacity:
-        raise ValueError(f"the protected basis needs {new.shape[1]} columns > capacity {capacity}")
-    return ProjectionState(pad_columns(new, capacity))
+    if new.shape[0] > capacity:
+        raise ValueError(f"the protected basis needs {new.shape[0]} columns > capacity {capacity}")
+    return ProjectionState(jnp.pad(new, ((0, capacity - new.shape[0]), (0, 0))))
 
 
 def projection(
@@ -138,13 +141,16 @@ def projection(
     """A strategy that projects updates out of a growing global basis (`project_out`):
     remember adds directions(params, data, key=..., opt_state=...) (n, m) of the finished task,
     orthonormalised against the basis (`extend_basis`). capacity: a zero-padded basis of
-    that many columns (fixed shape; ValueError when it would overflow), None to let it grow.
-    extra: transformations chained after the projection (e.g. a recorder)."""
+    that many columns (fixed shape, so one compilation of a training step serves every task;
+    ValueError when it would overflow), None to let it grow to exactly the columns it holds
+    (a step recompiles once per new size, and multiplies by no padding: faster when the
+    training steps outweigh a compilation). extra: transformations chained after the
+    projection (e.g. a recorder)."""
     capacity = _capacity(capacity)
 
     def init_memory(params):
-        n = make_layout(params).size
-        return ProjectionState(jnp.zeros((n, capacity or 0), make_layout(params).dtype))
+        layout = make_layout(params)
+        return ProjectionState(jnp.zeros((capacity or 0, layout.size), layout.dtype))
 
     def remember(memory, params, data, *, key=None, opt_state=None):
         memory.check_params(params)
@@ -184,19 +190,21 @@ def hessian_mass_project(
     num_steps: int | None = None,
     tol: float | None = 1e-4,
     max_restarts: int = 0,
+    operator: Callable[..., Any] = hessian_operator,
 ) -> Strategy:
     """Hessian projection with k chosen per task by curvature: project updates out of the
     fewest of each old task's top-`max_k` Hessian eigenvectors that hold `share` (in (0, 1])
     of their positive curvature (`kron.hessian_mass_directions`: Lanczos with `num_steps`,
-    `tol`, `max_restarts` thick restarts). capacity: as in `projection` (max_k per old task
-    always fits)."""
+    `tol`, `max_restarts` thick restarts, the Hessian built by `operator(loss_fn, params,
+    data)` as in `hessian_project`). capacity: as in `projection` (max_k per old task always
+    fits)."""
     share = kron.check_share(share)
     max_k = _positive_int(max_k, "max_k")
 
     def directions(params, data, *, key, opt_state):
         return kron.hessian_mass_directions(
             loss_fn, params, data, share, max_k, key=key, num_steps=num_steps, tol=tol,
-            max_restarts=max_restarts,
+            max_restarts=max_restarts, operator=operator,
         ).vectors  # fmt: skip
 
     return projection("hessian_mass_project", directions, capacity)
@@ -324,7 +332,7 @@ def hessian_penalty(
         layout = make_layout(params)
         size = capacity or 0
         zeros = jnp.zeros((size,), layout.dtype)
-        return CurvaturePenaltyState(jnp.zeros((layout.size, size), layout.dtype), zeros, zeros)
+        return CurvaturePenaltyState(jnp.zeros((size, layout.size), layout.dtype), zeros, zeros)
 
     def remember(memory, params, data, *, key, opt_state=None):
         memory.check_params(params)

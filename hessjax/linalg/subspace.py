@@ -61,16 +61,36 @@ def orthonormality_tol(dtype) -> float:
 
 
 def orthonormality_error(basis: Any, allow_zero: bool = False) -> float:
-    """max |BᵀB − I| of a concrete (n, k) array, from a float64 Gram matrix; with
-    `allow_zero`, all-zero columns (padding) count as fine."""
+    """max |BᵀB − I| of a concrete (n, k) array; with `allow_zero`, all-zero columns
+    (padding) count as fine (columns of squared norm <= 0.5 are held to 0 instead of 1;
+    exactly zero ones, which change no entry, are left out of the product).
+
+    The Gram matrix of a float64 basis is a float64 product on the host; of any other one a
+    jitted product in float32 (a host float64 product took seconds for a (1e5, 400) basis),
+    whose round-off, ~sqrt(n)·eps = 2e-5 at n = 1e5 (at most n·eps), stays below the
+    float32 `orthonormality_tol` (3.5e-3)."""
     b = np.asarray(basis)
     if b.shape[1] == 0:
         return 0.0
-    gram = b.T.astype(np.float64) @ b.astype(np.float64)
+    if allow_zero:
+        used = np.flatnonzero(np.any(b != 0, axis=0))
+        if used.size == 0:
+            return 0.0
+        b = b[:, used]
+    if b.dtype == np.float64:
+        gram = b.T @ b
+    else:
+        gram = np.asarray(_gram(jnp.asarray(b)), np.float64)
     want = np.eye(b.shape[1])
     if allow_zero:
         want = want * (np.diag(gram) > 0.5)
     return float(np.max(np.abs(gram - want)))
+
+
+@jax.jit
+def _gram(b: Array) -> Array:
+    b = b.astype(jnp.float32)
+    return jnp.matmul(b.T, b, precision=lax.Precision.HIGHEST)
 
 
 def check_orthonormal(basis: Any, name: str = "basis", allow_zero: bool = False) -> None:
@@ -96,27 +116,55 @@ def check_orthonormal(basis: Any, name: str = "basis", allow_zero: bool = False)
         )
 
 
+_CHUNK = 16  # new columns orthogonalised together against the ones kept before them
+
+
 @jax.jit
-def _gram_schmidt(q: Array, count: Array, vectors: Array, tol: Array) -> tuple[Array, Array]:
-    """Append the columns of `vectors` (n, m) to the first `count` columns of `q` (n, K),
-    K >= count + m, zeros after `count`: two passes of classical Gram-Schmidt per column against
-    all of q (zero columns contribute nothing); a column whose remainder is <= tol · its norm
-    is dropped. Returns (q, new count)."""
+def _gram_schmidt(basis: Array, vectors: Array, tol: Array) -> tuple[Array, Array]:
+    """Classical Gram-Schmidt, two passes ("twice is enough"), of the columns of `vectors`
+    (n, m) in order against the orthonormal `basis` (n, k) and the new columns kept before
+    them; a column whose remainder is <= tol · its norm (or zero) is dropped. Returns (rows
+    (m', n), count): the kept directions as the first `count` rows, zeros after (m' = m
+    rounded up to a multiple of _CHUNK).
 
-    def body(j, carry):
+    Blocked, with the same remainders as column by column: both passes against `basis` for
+    all columns at once, then per chunk of _CHUNK columns both passes against the rows kept
+    by earlier chunks, then column by column against the rows kept in its own chunk. The
+    products run over (m', n) rows (contiguous in n), which XLA on CPU streams ~5x faster
+    than the same products over (n, k) columns."""
+    n, m = vectors.shape
+    pad = (-m) % _CHUNK
+    norm0 = jnp.pad(jnp.linalg.norm(vectors, axis=0), (0, pad))
+    w = vectors - basis @ (basis.T @ vectors)
+    w = w - basis @ (basis.T @ w)
+    w = jnp.pad(w.T, ((0, pad), (0, 0)))  # (m', n) rows
+    q = jnp.zeros_like(w)
+
+    def chunk(c, carry):
         q, count = carry
-        x = vectors[:, j]
-        norm0 = jnp.linalg.norm(x)
-        x = x - q @ (q.T @ x)
-        x = x - q @ (q.T @ x)  # "twice is enough"
-        norm = jnp.linalg.norm(x)
-        keep = (norm > tol * norm0) & (norm0 > 0)
-        slot = jnp.minimum(count, q.shape[1] - 1)
-        col = jnp.where(keep, x / jnp.where(keep, norm, 1), q[:, slot])
-        q = lax.dynamic_update_slice(q, col[:, None], (jnp.zeros_like(slot), slot))
-        return q, count + keep.astype(count.dtype)
+        x = lax.dynamic_slice_in_dim(w, c * _CHUNK, _CHUNK)
+        x = x - (x @ q.T) @ q
+        x = x - (x @ q.T) @ q
+        nrm0 = lax.dynamic_slice_in_dim(norm0, c * _CHUNK, _CHUNK)
 
-    return lax.fori_loop(0, vectors.shape[1], body, (q, count))
+        def column(i, carry):
+            q, local, count = carry
+            v = x[i]
+            v = v - (local @ v) @ local
+            v = v - (local @ v) @ local
+            norm = jnp.linalg.norm(v)
+            keep = (norm > tol * nrm0[i]) & (nrm0[i] > 0)
+            v = jnp.where(keep, v / jnp.where(keep, norm, 1), 0)
+            local = local.at[i].set(v)
+            slot = jnp.minimum(count, q.shape[0] - 1)
+            q = q.at[slot].set(jnp.where(keep, v, q[slot]))
+            return q, local, count + keep.astype(count.dtype)
+
+        local = jnp.zeros((_CHUNK, n), w.dtype)
+        q, _, count = lax.fori_loop(0, _CHUNK, column, (q, local, count))
+        return q, count
+
+    return lax.fori_loop(0, w.shape[0] // _CHUNK, chunk, (q, jnp.int32(0)))
 
 
 def extend_basis(basis: Array | None, new_vectors: Array, tol: float | None = None) -> Array:
@@ -151,12 +199,20 @@ def extend_basis(basis: Array | None, new_vectors: Array, tol: float | None = No
     tol = default_tol(dtype) if tol is None else float(tol)
     if not 0 < tol < 1:
         raise ValueError(f"tol must be in (0, 1), got {tol}")
-    k = basis.shape[1]
     if m == 0:
         return basis.astype(dtype)
-    q = jnp.concatenate([basis.astype(dtype), jnp.zeros((n, m), dtype)], axis=1)
-    q, count = _gram_schmidt(q, jnp.int32(k), new_vectors.astype(dtype), jnp.asarray(tol, dtype))
-    return q[:, : int(count)]
+    k = basis.shape[1]
+    # zero columns change no remainder (and a zero new column is dropped): padding both to a
+    # power of two bounds the compilations of _gram_schmidt to a few per n over growing bases
+    padded = jnp.pad(basis.astype(dtype), ((0, 0), (0, _bucket(k) - k)))
+    vectors = jnp.pad(new_vectors.astype(dtype), ((0, 0), (0, _bucket(m) - m)))
+    rows, count = _gram_schmidt(padded, vectors, jnp.asarray(tol, dtype))
+    return jnp.concatenate([basis.astype(dtype), rows[: int(count)].T], axis=1)
+
+
+def _bucket(size: int) -> int:
+    """0, or the power of two >= max(size, _CHUNK)."""
+    return 0 if size == 0 else max(_CHUNK, 1 << (size - 1).bit_length())
 
 
 def pad_columns(basis: Array, capacity: int) -> Array:
