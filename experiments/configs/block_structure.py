@@ -20,10 +20,12 @@ Presets (the config string after the file name, `...block_structure.py:paper`):
   schedule). Not run in full here: hours on 2 CPU cores (each probed hidden block costs 500
   Hessian-vector products over 5,000 samples), meant for a GPU. Measured on the shared
   2 cores: part static with losses=ce, C = 10, 100, 1000 and probed=2 took 9.1 min wall
-  (60 s CPU); part large_c alone with losses=ce and C = 1000, 4096 took 7.0 min wall, 221 s
-  CPU, peak RSS 1.3 GB at a load average of ~7 (C = 1000: 80 s, C = 4096: 5.6 min wall; the
-  time grows about linearly in C, so C = 16,384 and 32,768 would add ~20 and ~40 min per
-  loss there); part heatmap alone (both models, init and trained) 6.0 min wall, 182 s CPU,
+  (60 s CPU); part large_c alone with losses=ce and C = 1000, 4096 (one batch) took 7.0 min wall,
+  221 s CPU, peak RSS 1.3 GB at a load average of ~7 (C = 1000: 80 s, C = 4096: 5.6 min wall; the
+  time grows at least linearly in C: C = 32,768 alone with probed=1, microbatch_size 500,
+  had not finished after 39 min wall, 28 min CPU (RSS 1.8 GB) at a load average of 4-10, so the full
+  large_c part takes hours here; one batch of 5,000 samples at C = 32,768 held 6.2 GB);
+  part heatmap alone (both models, init and trained) 6.0 min wall, 182 s CPU,
   peak RSS 3.2 GB (the linear model's dense 10,000² Hessian).
 """
 
