@@ -81,6 +81,7 @@ def _static_rules(part: str) -> dict[str, common.Rule]:
         f"{part}.num_samples": common.POSITIVE_INT,
         f"{part}.probed": common.POSITIVE_INT,
         f"{part}.block_size": common.NONNEGATIVE_INT,
+        f"{part}.microbatch_size": common.NONNEGATIVE_INT,
         f"{part}.param_init": common.one_of(*models.INITS),
     }
 
@@ -156,7 +157,21 @@ RULES = (
         "layerwise.tol": common.POSITIVE,
     }
 )
+
+
+def _divides_samples(part: str) -> common.Relation:
+    """Relation: <part>.microbatch_size is 0 (one batch) or divides <part>.num_samples."""
+    mb = lambda c: c[part].microbatch_size  # noqa: E731
+    return common.Relation(
+        f"{part}.microbatch_size",
+        lambda c: mb(c) == 0 or c[part].num_samples % mb(c) == 0,
+        f"0 or a divisor of {part}.num_samples",
+    )
+
+
 RELATIONS = (
+    _divides_samples("static"),
+    _divides_samples("large_c"),
     common.at_most("dynamic.hessian_samples", _mixture_train, _MIXTURE_TRAIN),
     common.at_most("dynamic.batch_size", _mixture_train, _MIXTURE_TRAIN),
     common.at_most("dynamic.microbatch_size", "dynamic.hessian_samples"),
@@ -209,6 +224,7 @@ def static_force(cfg: ml_collections.ConfigDict, key: jax.Array) -> dict:
                 c, loss, input_dim=cfg.input_dim, width=cfg.width,
                 num_samples=cfg.num_samples, key=key, probed=cfg.probed,
                 block_size=cfg.block_size or None, param_init=cfg.param_init,
+                microbatch_size=cfg.microbatch_size or None,
             )  # fmt: skip
             for block in ("output", "hidden"):
                 ratios[loss][block].append(float(r[block]))

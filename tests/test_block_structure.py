@@ -54,6 +54,7 @@ def _tiny_config():
     c.large_c.num_samples = 64
     c.large_c.probed = 2
     c.large_c.block_size = 4
+    c.large_c.microbatch_size = 16  # 4 microbatches: the path that bounds memory at large C
     c.spectra.num_classes = (8, 64)
     c.spectra.input_dim = 8
     c.spectra.width = 4
@@ -191,10 +192,13 @@ def test_presets_and_bad_sweeps(tmp_path):
     common.validate(paper, block_structure.RULES, block_structure.RELATIONS)
     with pytest.raises(ValueError, match="unknown preset 'papr'"):
         get_config("papr")
-    for field in ("spectra.num_classes", "large_c.num_classes", "spectra.models"):
+    # empty sweeps, and a microbatch size that does not divide large_c's 64 samples
+    bad = {"spectra.num_classes": (), "large_c.num_classes": (), "spectra.models": (),
+           "large_c.microbatch_size": 24}  # fmt: skip
+    for field, value in bad.items():
         c = _tiny_config()
         section, name = field.split(".")
-        c[section][name] = ()
+        c[section][name] = value
         workdir = tmp_path / field
         with pytest.raises(common.ConfigError, match=field.replace(".", r"\.")):
             block_structure.run(c, str(workdir))

@@ -268,6 +268,19 @@ def test_mse_output_blocks_are_exactly_block_diagonal():
     assert r["hidden"] > 0
 
 
+def test_static_force_ratios_in_microbatches_match_one_batch():
+    """The same 40 samples in 4 microbatches of 10: the same Hessian, so the same ratios; a
+    microbatch size that does not divide the samples is refused."""
+    kw = dict(input_dim=6, width=5, num_samples=40, key=KEY, probed=2)
+    one = analysis_blocks.static_force_ratios(7, "ce", **kw)
+    four = analysis_blocks.static_force_ratios(7, "ce", microbatch_size=10, **kw)
+    for block in ("output", "hidden"):
+        assert one[block] > 0
+        np.testing.assert_allclose(four[block], one[block], rtol=1e-10)
+    with pytest.raises(ValueError, match="microbatch_size must be a positive divisor"):
+        analysis_blocks.static_force_ratios(7, "ce", microbatch_size=12, **kw)
+
+
 def test_layer_block_diagonal_restricted_products(mlp):
     op, dense, *_ = mlp
     part = partition_by_layer(op.layout)

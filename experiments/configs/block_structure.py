@@ -5,9 +5,10 @@ spectra, heatmaps; and the layer-wise block structure of a trained network).
 Presets (the config string after the file name, `...block_structure.py:paper`):
 
 * small (default) — every part at small sizes, offline. Measured 2026-12-01 on the 2 CPU
-  cores of the development machine shared with other jobs (load average ~38): all seven parts
-  in 9.3 min wall, 2 min 3 s of CPU time (user); per part (wall): static 86 s, dynamic 56 s,
-  layerwise 94 s, large_c 97 s, spectra 107 s, heatmap 40 s, neuron_dynamic 62 s (MNIST-1D;
+  cores of the development machine shared with other jobs: all seven parts in 3.5 min wall,
+  125 s of CPU time (user + sys), peak RSS 1.9 GB, at a load average of 1-6; per part (wall):
+  static 19 s, dynamic 19 s, layerwise 40 s, large_c 43 s, spectra 45 s, heatmap 19 s,
+  neuron_dynamic 23 s (an earlier run at a load average of ~38: 9.3 min wall; MNIST-1D;
   on MNIST, --config.data.name=mnist --config.data.dir=../shared/data/mnist, it took 11.8 min
   wall, 80 s CPU). Switch a part off with e.g. --config.large_c.enabled=False.
 * paper — the sizes of the authors' code (train_gaussian.py of zyushun/Hessian-structure):
@@ -19,7 +20,13 @@ Presets (the config string after the file name, `...block_structure.py:paper`):
   schedule). Not run in full here: hours on 2 CPU cores (each probed hidden block costs 500
   Hessian-vector products over 5,000 samples), meant for a GPU. Measured on the shared
   2 cores: part static with losses=ce, C = 10, 100, 1000 and probed=2 took 9.1 min wall
-  (60 s CPU).
+  (60 s CPU); part large_c alone with losses=ce and C = 1000, 4096 (one batch) took 7.0 min wall,
+  221 s CPU, peak RSS 1.3 GB at a load average of ~7 (C = 1000: 80 s, C = 4096: 5.6 min wall; the
+  time grows at least linearly in C: C = 32,768 alone with probed=1, microbatch_size 500,
+  had not finished after 39 min wall, 28 min CPU (RSS 1.8 GB) at a load average of 4-10, so the full
+  large_c part takes hours here; one batch of 5,000 samples at C = 32,768 held 6.2 GB);
+  part heatmap alone (both models, init and trained) 6.0 min wall, 182 s CPU,
+  peak RSS 3.2 GB (the linear model's dense 10,000² Hessian).
 """
 
 import ml_collections
@@ -29,7 +36,7 @@ from experiments.configs.common import add_mesh, data_config, train_config
 PRESETS = ("small", "paper")
 
 
-def _static(num_classes, input_dim, width, num_samples, probed, block_size, param_init):
+def _static(num_classes, input_dim, width, num_samples, probed, block_size, param_init, mb=0):
     c = ml_collections.ConfigDict()
     c.enabled = True
     c.num_classes = num_classes
@@ -39,6 +46,9 @@ def _static(num_classes, input_dim, width, num_samples, probed, block_size, para
     c.num_samples = num_samples  # Gaussian inputs, uniform random labels
     c.probed = probed  # neuron blocks j probed per layer (exact norms, n_j products each)
     c.block_size = block_size  # products vmapped at a time (0 = all of a block at once)
+    # samples per microbatch of a product (0 = all at once); a product holds about
+    # block_size · microbatch_size · C logits, so this bounds memory at large C
+    c.microbatch_size = mb
     c.param_init = param_init  # lecun | fan_in_uniform (PyTorch default, the authors' code)
     return c
 
@@ -99,7 +109,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # d. Large C as in language models: the static-force ratios up to C = 32,768, matrix-free
     # (probed blocks only; output-layer blocks have `width` entries). Figure large_c.png.
     if paper:
-        c.large_c = _static((1000, 4096, 16384, 32768), 500, 8, 5000, 2, 2, "fan_in_uniform")
+        c.large_c = _static((1000, 4096, 16384, 32768), 500, 8, 5000, 2, 2, "fan_in_uniform", 500)
     else:
         c.large_c = _static((1024, 4096, 32768), 8, 8, 128, 2, 8, "lecun")
 

@@ -1,11 +1,11 @@
 """Default config of experiments/layerwise_sweep.py (Haink, arXiv 2311.00452: "higher
 eigenvalues are concentrated more in deeper layers"): layer-wise top Hessian eigenvalues of
 MLPs on MNIST-1D (generated offline), one factor at a time around a base setting, measured at
-several training steps: 12 settings × 5 checkpoints. Measured on the shared 2-core machine:
-247 s of CPU time (user) over two invocations (10 settings in 17.6 min wall at load average
-~30, then 2 more on resume in 8.6 min at ~40); a 10-setting, 3-checkpoint version took 208 s
-wall at load ~1. Real MNIST with --config.data.name=mnist
---config.data.dir=../shared/data/mnist (first layers of 784 inputs: slower)."""
+several training steps: 12 settings × 5 checkpoints. Measured on the shared 2-core machine
+(2026-12-01): 8.1 min wall, 247 s of CPU time (user + sys), peak RSS 1.3 GB, at a load
+average of ~7 (earlier, at ~30-40: 26 min wall over two invocations). Real MNIST with
+--config.data.name=mnist --config.data.dir=../shared/data/mnist (first layers of 784 inputs:
+slower)."""
 
 import ml_collections
 

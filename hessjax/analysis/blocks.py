@@ -223,16 +223,28 @@ def static_problem(
     key: Array,
     model: str = "nn",
     param_init: str = "lecun",
+    microbatch_size: int | None = None,
 ) -> tuple[StaticProblem, Array]:
     """(problem, probe_key): `static_model` at initialisation (param_init 'lecun' or
     'fan_in_uniform', PyTorch's default as in the authors' code) on x ~ N(0, I_d) with uniform
-    random labels, for loss 'ce' or 'mse'; probe_key is left for choosing probed blocks."""
+    random labels, for loss 'ce' or 'mse'; probe_key is left for choosing probed blocks.
+
+    problem.data is (x (m, b, d), y (m, b)): one microbatch of all num_samples (m = 1) by
+    default, or m = num_samples / microbatch_size of them (the same samples; products then
+    hold only b × num_classes logits at a time, which bounds memory at large C)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    mb = num_samples if microbatch_size is None else microbatch_size
+    if not (isinstance(mb, int) and mb > 0 and num_samples % mb == 0):
+        raise ValueError(
+            f"microbatch_size must be a positive divisor of num_samples {num_samples}, "
+            f"got {microbatch_size!r}"
+        )
     net = static_model(model, num_classes, width, param_init)
     init_key, x_key, y_key, probe_key = jax.random.split(key, 4)
-    x = jax.random.normal(x_key, (1, num_samples, input_dim))
-    y = jax.random.randint(y_key, (1, num_samples), 0, num_classes)
+    m = num_samples // mb
+    x = jax.random.normal(x_key, (1, num_samples, input_dim)).reshape(m, mb, input_dim)
+    y = jax.random.randint(y_key, (1, num_samples), 0, num_classes).reshape(m, mb)
     params = net.init(init_key, x[0])
     params = jax.tree_util.tree_map(lambda p: p.astype(x.dtype), params)  # float64 under x64
     loss_fn = MeanLoss(net.apply, LOSSES[loss])
@@ -252,15 +264,18 @@ def static_force_ratios(
     probed: int = 4,
     block_size: int | None = None,
     param_init: str = "lecun",
+    microbatch_size: int | None = None,
 ) -> dict[str, float]:
     """Dong et al.'s static force: at initialisation (`static_problem`) of f = V relu(W x) (no bias)
     on Gaussian inputs x ~ N(0, I) with uniform random labels, the mean neuron-block ratio of
     the output layer (blocks v_c, one per class) and of the hidden layer (blocks w_i), for
     loss 'ce' (cross-entropy) or 'mse' (½‖f - onehot(y)‖²). Matrix-free: probed · (d + width)
-    Hessian-vector products, `block_size` at a time (bounds memory at large C)."""
+    Hessian-vector products, `block_size` at a time, over the samples in microbatches of
+    `microbatch_size` (both bound memory at large C: a product holds about
+    block_size · microbatch_size · C logits and their derivatives)."""
     problem, probe_key = static_problem(
         num_classes, loss, input_dim=input_dim, width=width, num_samples=num_samples, key=key,
-        param_init=param_init,
+        param_init=param_init, microbatch_size=microbatch_size,
     )  # fmt: skip
     hidden_key, output_key = jax.random.split(probe_key)
     ratio = functools.partial(
