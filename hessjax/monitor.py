@@ -299,8 +299,9 @@ class Monitor:
         at (θ_{s+1} = θ_s + updates, measured when (s + 1) % every == 0 and recorded as step
         s + 1). Either way a recorded step counts the updates in the measured params.
         applied=True is cheaper inside a scanned step: a `lax.cond` reading θ_s, which the
-        step then overwrites in place, makes XLA copy the params every step (measured: +14 %
-        per step of benchmarks/monitor.py's 235k-parameter MLP on CPU, with no measurement).
+        step then overwrites in place, makes XLA copy the params every step (with the update
+        for the alignment, an idle monitor cost benchmarks/monitor.py's 235k-parameter MLP
+        +14 % per step on CPU that way; with applied=True and no alignment, nothing measurable).
         batch: the probe batch (b, ...), a fixed one or the step's minibatch; updates: the
         update of this step (for the alignment), optional; loss: the step's training loss,
         optional (checked for divergence every step, recorded at step s). Pure and traceable;
@@ -477,8 +478,8 @@ def monitoring(
     probe batch is `probe` (kept in the state, so it is a jit argument) or, per call, the
     extra argument `batch=`; the extra argument `loss=` enables the divergence check every
     step. alignment=True also records |cos| between the top eigenvector and the update; it
-    keeps the update as a buffer of its own every step (measured: +5 % per step of
-    benchmarks/monitor.py's MLP on CPU), so it is off by default:
+    keeps the update as a buffer of its own every step (benchmarks/monitor.py's MLP on 2 CPU
+    cores: training time x 1.25 with it, x 1.11 without), so it is off by default:
 
         opt = optax.chain(optax.sgd(0.1), monitoring(monitor, probe))
         updates, opt_state = opt.update(grads, opt_state, params, loss=loss)
