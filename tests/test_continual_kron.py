@@ -316,3 +316,37 @@ def test_identity_state_then_a_new_memory_swapped_in(setup):
     for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(direct), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-12)
     assert step._cache_size() == 1  # the swapped-in memory did not recompile
+
+
+def test_plain_function_model_with_tagged_layers(setup):
+    """A model that is no Linen module: plain params {hidden, out: {kernel, bias}} and an apply
+    whose layers are `curvature.dense` tags named after those subtrees. Its factors and the
+    kron_project strategy's projected update equal the Linen MLP's with the same weights."""
+    from hessjax import continual as cl
+    from hessjax.curvature import dense
+
+    params, x, y, mem = setup
+    p = params["params"]
+    plain = {"hidden": p["Dense_0"], "out": p["Dense_1"]}
+
+    def apply(q, inputs):
+        h = jnp.tanh(dense(inputs, q["hidden"]["kernel"], q["hidden"]["bias"], name="hidden"))
+        return dense(h, q["out"]["kernel"], q["out"]["bias"], name="out")
+
+    got = kron.kron_remember(None, apply, plain, (x[:4], y[:4]), cross_entropy, chunk_size=None)
+    got = kron.kron_remember(got, apply, plain, (x[4:], y[4:]), cross_entropy, chunk_size=None)
+    for ours, theirs in (("hidden", "Dense_0"), ("out", "Dense_1")):
+        np.testing.assert_allclose(got[ours].a, mem[theirs].a, rtol=1e-12)
+        np.testing.assert_allclose(got[ours].g, mem[theirs].g, rtol=1e-12)
+
+    def projected(strategy, q):
+        data = (x.reshape(2, 4, D), y.reshape(2, 4))  # microbatches (m, b, ...)
+        memory = strategy.remember(strategy.init_memory(q), q, data, key=jax.random.key(0))
+        grads = jax.tree_util.tree_map(jnp.ones_like, q)
+        return strategy.transform(memory).update(grads, strategy.transform(memory).init(q), q)[0]
+
+    want = projected(cl.kron_project(MODEL, cross_entropy, share=0.9), params)["params"]
+    out = projected(cl.kron_project(apply, cross_entropy, share=0.9), plain)
+    for ours, theirs in (("hidden", "Dense_0"), ("out", "Dense_1")):
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_allclose(out[ours][leaf], want[theirs][leaf], rtol=1e-10, atol=1e-12)

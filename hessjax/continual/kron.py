@@ -47,7 +47,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +55,7 @@ import optax
 from hessjax.continual.sources import Directions, _energy_rank, dense_layers, hessian_directions
 from hessjax.continual.transforms import _layer_leaf, _memory_transform, check_positive
 from hessjax.curvature import hessian_operator, kronecker_factors, leaf_paths
+from hessjax.curvature.kronecker import Model
 
 Array = jax.Array
 PyTree = Any
@@ -111,7 +111,7 @@ def _set_layer_matrices(tree: PyTree, mats: Mapping[str, Array]) -> PyTree:
 
 def kron_remember(
     memory: KronMemory | None,
-    model: nn.Module,
+    model: Model,
     params: PyTree,
     batch: tuple[Array, Array],
     per_example_loss: Callable[[Array, Any], Array],
@@ -120,9 +120,13 @@ def kron_remember(
     chunk_size: int | None = 250,
 ) -> KronMemory:
     """`memory` with one finished task added: for each dense layer (default all,
-    `dense_layers`), A += E[x̃ x̃ᵀ] and G += E[M] of that task (`kronecker_factors` of the
-    Linen `model` at `params` over batch = (inputs (N, ...), targets (N,)); the bias row of A
-    from E[x] and E[1] = 1). memory None: the first task."""
+    `dense_layers`), A += E[x̃ x̃ᵀ] and G += E[M] of that task (`kronecker_factors` of
+    `model` at `params` over batch = (inputs (N, ...), targets (N,)); the bias row of A
+    from E[x] and E[1] = 1). memory None: the first task.
+
+    model: a Linen module (params = its variables), or any apply(params, inputs) whose dense
+    layers are `curvature.dense` tags named after the params subtree holding their `kernel`
+    (and `bias`) leaves, e.g. name="hidden" for params["hidden"]["kernel"]."""
     layers = dense_layers(params) if layers is None else list(layers)
     if memory is not None and set(memory) != set(layers):
         raise ValueError(f"memory has layers {sorted(memory)}, the params {sorted(layers)}")

@@ -65,6 +65,7 @@ from hessjax.continual.transforms import (
     project_out,
 )
 from hessjax.curvature import hessian_operator, make_layout
+from hessjax.curvature.kronecker import Model
 from hessjax.linalg.subspace import extend_basis, pad_columns, used_columns
 
 Array = jax.Array
@@ -353,7 +354,7 @@ def hessian_penalty(
 
 def _kron_strategy(
     name: str,
-    model: nn.Module,
+    model: Model,
     per_example_loss: Callable[[Array, Any], Array],
     num_samples: int | None,
     chunk_size: int | None,
@@ -384,7 +385,7 @@ def _kron_strategy(
 
 
 def kron_project(
-    model: nn.Module,
+    model: Model,
     per_example_loss: Callable[[Array, Any], Array],
     share: float | Mapping[str, float] = 0.95,
     mode: str = "input",
@@ -392,7 +393,8 @@ def kron_project(
     num_samples: int | None = None,
     chunk_size: int | None = 250,
 ) -> Strategy:
-    """Project each dense layer's update of a Linen `model` (params = its variables) out of
+    """Project each dense layer's update of `model` (a Linen module, or a tagged apply: see
+    `kron.kron_remember`) out of
     the high-curvature eigenpairs of kron(A, G), the per-layer Kronecker factors summed over
     the old tasks (`kron.kron_projection_state`: mode "input" protects the top eigenvectors of
     A = Σ_t E[x̃x̃ᵀ] holding `share` of tr(A), "product" the pairs of largest α_i γ_j,
@@ -412,7 +414,7 @@ def kron_project(
 
 
 def kron_prox(
-    model: nn.Module,
+    model: Model,
     per_example_loss: Callable[[Array, Any], Array],
     strength: float,
     learning_rate: float,
