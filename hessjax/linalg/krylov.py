@@ -118,19 +118,13 @@ def _unit(blocks: Blocks | None, w: Array) -> tuple[Array, Array]:
 
 def _over_rows(num_rows: Array, m: int, fn, acc):
     """acc = fn(start, size, acc) over chunks [start, start + size) covering rows
-    0..num_rows-1 (<= m) exactly: `_ORTHO_ROWS`-row chunks in a fori_loop, then the remainder
-    as one chunk per binary digit (4, 2, 1 rows, each under a lax.cond). No chunk reads a row
-    past num_rows, so the cost follows the rows in use, not m."""
+    0..num_rows-1 (<= m) exactly: `_ORTHO_ROWS`-row chunks, then the remaining rows one at a
+    time (two fori_loops). No chunk reads a row past num_rows, so the cost follows the rows
+    in use, not m."""
     size = min(_ORTHO_ROWS, m)
     full = num_rows // size
     acc = lax.fori_loop(0, full, lambda i, a: fn(i * size, size, a), acc)
-    done = full * size
-    for part in (4, 2, 1):  # static: at most three chunk sizes
-        if part < size:
-            take = num_rows - done >= part
-            acc = lax.cond(take, lambda a, s=done, p=part: fn(s, p, a), lambda a: a, acc)
-            done = done + jnp.where(take, part, 0)
-    return acc
+    return lax.fori_loop(full * size, num_rows, lambda r, a: fn(r, 1, a), acc)
 
 
 def orthogonalise(basis: Array, w: Array, num_rows: Array, blocks: Blocks | None) -> Array:
