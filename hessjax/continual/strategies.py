@@ -122,13 +122,15 @@ def finetune() -> Strategy:
 
 def _grow(memory: ProjectionState, vectors: Array, capacity: int | None) -> ProjectionState:
     """memory with span(vectors) (n, m) added to its basis, zero-padded to `capacity` rows."""
-    used = used_columns(memory.basis)
-    new = extend_basis(used if used.shape[1] else None, vectors.astype(memory.rows.dtype))
+    rows = np.asarray(memory.rows)
+    used = int(np.flatnonzero(np.any(rows != 0, axis=1)).max(initial=-1)) + 1
+    old = memory.rows[:used].T if used else None
+    new = extend_basis(old, vectors.astype(memory.rows.dtype)).T  # (k, n) rows
     if capacity is None:
-        return ProjectionState(new.T)
-    if new.shape[1] > capacity:
-        raise ValueError(f"the protected basis needs {new.shape[1]} columns > capacity {capacity}")
-    return ProjectionState(pad_columns(new, capacity).T)
+        return ProjectionState(new)
+    if new.shape[0] > capacity:
+        raise ValueError(f"the protected basis needs {new.shape[0]} columns > capacity {capacity}")
+    return ProjectionState(jnp.pad(new, ((0, capacity - new.shape[0]), (0, 0))))
 
 
 def projection(

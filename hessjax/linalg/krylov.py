@@ -350,7 +350,7 @@ def _combine_rows(basis: Array, coef: Array, num_rows: Array) -> Array:
         return acc + c.T @ lax.dynamic_slice_in_dim(basis, start, size, 0)
 
     acc = jnp.zeros((coef.shape[1], basis.shape[1]), basis.dtype)
-    return _over_rows(num_rows, basis.shape[0], chunk, acc)
+    return _over_rows(jnp.minimum(num_rows, basis.shape[0]), basis.shape[0], chunk, acc)
 
 
 def final_ritz(state: KrylovState, k: int, which: str) -> Ritz:
