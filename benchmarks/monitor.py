@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9; quick 2)")
     p.add_argument("--mlp-widths", default="256,128,10", help="MLP layer widths (input 784)")
     p.add_argument("--tol", type=float, default=None, help="Lanczos tolerance (monitor default)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="training optimizer")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (adam 1e-3, sgd 0.1)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.steps is None:
@@ -121,7 +123,8 @@ def main(argv=None) -> dict:
     key = jax.random.key(args.seed)
     params = model.init(key, x[:2])
     num_params = sum(v.size for v in jax.tree_util.tree_leaves(params))
-    opt = optax.adam(1e-3)
+    lr = args.lr or {"adam": 1e-3, "sgd": 0.1}[args.optimizer]
+    opt = {"adam": optax.adam, "sgd": optax.sgd}[args.optimizer](lr)
     capacity = args.steps // args.every + 1
     tol = {} if args.tol is None else {"tol": args.tol}
     print(

@@ -193,6 +193,14 @@ def step(state: KrylovState, w: Array) -> KrylovState:
     active = j < s.sizes
     w = jnp.where(finite, w, 0) * _spread(blocks, active.astype(w.dtype))
     a = _dots(blocks, s.q, w)
+    # The three-term recurrence first: the full Gram-Schmidt pass after it then only removes
+    # what the recurrence leaves (lost orthogonality), and its DGKS second pass rarely runs
+    # (0 of 60 steps on a float32 Hessian-like spectrum, against 57 without): half the basis
+    # reads. After a thick or breakdown restart beta[j - 1] is 0 and the full pass does the
+    # coupling to the kept rows.
+    prev = lax.dynamic_index_in_dim(s.basis, jnp.maximum(j - 1, 0), 0, keepdims=False)
+    b_prev = jnp.where((j > 0) & active, s.beta[:, jnp.maximum(j - 1, 0)], 0)
+    w = w - _spread(blocks, a) * s.q - _spread(blocks, b_prev) * prev
     w, nrm = _unit(blocks, orthogonalise(s.basis, w, j + 1, blocks))
     norm = jnp.maximum(s.norm, jnp.sqrt(a * a + nrm * nrm))
     breakdown = nrm <= 100 * eps * jnp.maximum(norm, tiny)
