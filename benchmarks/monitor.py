@@ -1,12 +1,13 @@
 """Cost of the curvature monitor inside training: time with / without, HVPs warm vs cold.
 
 Model and data as the other benchmarks: the tanh MLP 784-256-128-10 (235,146 params) on MNIST
-(random 28×28 images when ../shared/data/mnist is absent), Adam (lr 1e-3), minibatches of 128
-drawn on device, `--steps` steps per compiled `lax.scan` chunk. The monitor
-(`hessjax.monitor.curvature_monitor`, its default tol 1e-2 unless `--tol`) measures the top-k
-Hessian eigenvalues of the mean cross-entropy on a fixed probe batch every N steps (`lax.cond`
-inside the scanned step) at the params each step ends at (`update(..., applied=True)`, as the
-optax `monitoring` transform does), without the alignment unless named. In one process this
+(random 28×28 images when ../shared/data/mnist is absent), Adam (lr 1e-3; `--optimizer sgd`:
+plain SGD, lr 0.1), minibatches of 128 drawn on device, `--steps` steps per compiled `lax.scan`
+chunk. The monitor (`hessjax.monitor.curvature_monitor`, its default tol 1e-2 unless `--tol`)
+measures the top-k Hessian eigenvalues of the mean cross-entropy on a fixed probe batch every N
+steps (`lax.cond` inside the scanned step) at the params each step ends at
+(`update(..., applied=True)`, as the optax `monitoring` transform does), without the alignment
+unless named. In one process this
 times, from the same state:
 
   plain      the chunk without the monitor (the unit)
@@ -31,6 +32,7 @@ overlap |<v1(t), v1(t+N)>| of consecutive reference top eigenvectors (how much t
 moved between measurements, which bounds what a warm start can save).
 
     python benchmarks/monitor.py [--quick] [--out results.json] [--every N] [--repeats 0]
+                                 [--optimizer adam|sgd]
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9; quick 2)")
     p.add_argument("--mlp-widths", default="256,128,10", help="MLP layer widths (input 784)")
     p.add_argument("--tol", type=float, default=None, help="Lanczos tolerance (monitor default)")
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="training optimizer")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
     p.add_argument("--lr", type=float, default=None, help="learning rate (adam 1e-3, sgd 0.1)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -81,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @functools.partial(jax.jit, static_argnames=("loss_fn", "opt", "monitor", "batch_size", "align"))
 def train_chunk(params, opt_state, mstate, keys, x, y, probe, *, loss_fn, opt, monitor,
                 batch_size, align=False):  # fmt: skip
-    """len(keys) Adam steps on minibatches of (x, y); the monitor (unless None) on `probe` at
+    """len(keys) optimizer steps on minibatches of (x, y); the monitor (unless None) on `probe` at
     the params each step ends at (applied=True), with the alignment when `align`."""
 
     def step(carry, key):
@@ -132,7 +134,8 @@ def main(argv=None) -> dict:
         f"data: {source}"
     )
     print(
-        f"MLP 784-{'-'.join(map(str, widths))} tanh ({num_params} params), batch "
+        f"MLP 784-{'-'.join(map(str, widths))} tanh ({num_params} params), {args.optimizer} "
+        f"lr {lr}, batch "
         f"{args.batch_size}, probe {args.probe_size}, N = {args.every}, {args.steps} steps/chunk"
     )
 
