@@ -479,7 +479,7 @@ def monitoring(
     extra argument `batch=`; the extra argument `loss=` enables the divergence check every
     step. alignment=True also records |cos| between the top eigenvector and the update; it
     keeps the update as a buffer of its own every step (benchmarks/monitor.py's MLP on 2 CPU
-    cores: training time x 1.25 with it, x 1.11 without), so it is off by default:
+    cores under Adam: training time x 1.15 with it, x 1.01 without), so it is off by default:
 
         opt = optax.chain(optax.sgd(0.1), monitoring(monitor, probe))
         updates, opt_state = opt.update(grads, opt_state, params, loss=loss)

@@ -647,6 +647,13 @@ def test_eigsh_thick_restart_stops_in_its_first_cycle_when_converged(make):
     assert int(restarted.num_matvecs) == int(plain.num_matvecs) < 10
     np.testing.assert_allclose(restarted.eigenvalues, [5.0, 3.0], rtol=1e-10)
     np.testing.assert_allclose(restarted.eigenvalues, plain.eigenvalues, rtol=1e-12)
+    # the first cycle checks convergence every `check_every` products, as plain Lanczos does
+    every = [
+        eigsh(op, 2, key=jax.random.key(3), num_steps=20, tol=1e-8, check_every=4, **kw)
+        for kw in ({"max_restarts": 5}, {})
+    ]
+    assert int(every[0].num_matvecs) == int(every[1].num_matvecs)
+    assert int(every[0].num_matvecs) % 4 == 0 and int(every[0].num_matvecs) > int(plain.num_matvecs)
 
 
 def test_eigsh_thick_restart_errors(separated):

@@ -97,9 +97,10 @@ def _eigsh_host(op, v0, key, k, which, num_steps, tol, check_every):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("k", "which", "num_steps", "keep", "max_restarts", "tol")
+    jax.jit,
+    static_argnames=("k", "which", "num_steps", "keep", "max_restarts", "tol", "check_every"),
 )
-def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol):
+def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol, check_every):
     """A first cycle (it stops early when converged), then restart + extend until converged:
     no `lax.cond` around the restart (a cond on the state would hold a second (m, n) basis)."""
 
@@ -114,7 +115,6 @@ def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol):
         return state, restarts + 1
 
     state = krylov.init(constrain(op, v0), num_steps, key)
-    check_every = max(1, num_steps // 40)
     state = _run_until_converged(op, state, num_steps, k, which, tol, check_every)
     state, _ = lax.while_loop(more, cycle, (state, jnp.int32(0)))
     return _result(state, k, which, tol), state.bad
@@ -193,7 +193,7 @@ def eigsh(
         if keep >= num_steps:
             raise ValueError(f"num_steps ({num_steps}) must exceed k ({k}) for restarts")
         result, bad = _eigsh_restarted(
-            op, v0, key, k, which, int(num_steps), keep, int(max_restarts), tol
+            op, v0, key, k, which, int(num_steps), keep, int(max_restarts), tol, int(check_every)
         )
     else:
         solver = _eigsh_traced if is_traceable(op) else _eigsh_host
