@@ -68,7 +68,7 @@ def compiled_bytes(op: Operator, args) -> int:
     elif args.child == "restart":
         keep = args.k + (args.m - args.k) // 2
         lowered = lanczos_mod._eigsh_restarted.lower(
-            op, v0, key, args.k, "LA", args.m, keep, args.restarts, 1e-10
+            op, v0, key, args.k, "LA", args.m, keep, args.restarts, 1e-10, 1
         )
     else:
         lowered = lanczos_mod._eigsh_traced.lower(op, v0, key, args.k, "LA", args.m, None, 1)

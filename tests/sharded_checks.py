@@ -101,8 +101,9 @@ def check_mesh(spec, loss_fn, params, data, ref):
     assert bool(np.all(thick.converged)), thick.converged
     assert out["thick_rel"] < 1e-5, out
     v0e = lanczos_mod.place_vectors(op, jax.random.normal(jax.random.key(5), (n,)))
+    restarted = lanczos_mod._eigsh_restarted
     hlo = (
-        lanczos_mod._eigsh_restarted.lower(op, v0e, jax.random.key(6), 10, "LA", 24, 17, 30, 1e-4)
+        restarted.lower(op, v0e, jax.random.key(6), 10, "LA", 24, 17, 30, 1e-4, 1)
         .compile()
         .as_text()
     )
