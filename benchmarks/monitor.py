@@ -29,7 +29,9 @@ timed chunk is replayed without the monitor (same minibatch keys, so the same pa
 every measurement step, a tight reference (Lanczos to tol 1e-5, cold) gives the top-5
 eigenvalues; reported are the largest errors of warm and cold relative to the sharpness, and the
 overlap |<v1(t), v1(t+N)>| of consecutive reference top eigenvectors (how much the Hessian
-moved between measurements, which bounds what a warm start can save).
+moved between measurements, which bounds what a warm start can save), and the warm-start
+residual profile: the Ritz residual / λ1 after j = 1..4 Lanczos products from the previous
+point's reference top eigenvector (the monitor stops at the first j where it is <= tol).
 
     python benchmarks/monitor.py [--quick] [--out results.json] [--every N] [--repeats 0]
                                  [--optimizer adam|sgd]
@@ -50,11 +52,13 @@ from hvp import load_images
 
 from hessjax import monitor as hm
 from hessjax.curvature import MeanLoss, cross_entropy
+from hessjax.linalg import eigsh
 from hessjax.models import MLP
 
 TARGET_OVERHEAD = 1.10
 TARGET_HVP_RATIO = 2.0
 REF_TOL, REF_K, REF_STEPS = 1e-5, 5, 80
+PROFILE_STEPS = 4  # warm-start residual profile: Lanczos products 1..4
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,16 +106,24 @@ def train_chunk(params, opt_state, mstate, keys, x, y, probe, *, loss_fn, opt, m
 
 
 def references(start, keys, where, reference, **kw) -> list:
-    """Tight `reference(params, probe, key)` measurements at the params after `where` (sorted)
-    steps of plain training (`train_chunk(**kw)`) from start = (params, opt_state) on the
-    minibatch keys."""
+    """`reference(params, probe, key, previous)` at the params after `where` (sorted) steps of
+    plain training (`train_chunk(**kw)`) from start = (params, opt_state) on the minibatch keys;
+    `previous` is the result at the point before (None at the first)."""
     (params, opt_state), done, out = start, 0, []
     for i in where:
         if i > done:
             params, opt_state, _, _ = train_chunk(params, opt_state, None, keys[done:i], **kw)
             done = i
-        out.append(reference(params, kw["probe"], jax.random.key(i)))
+        out.append(reference(params, kw["probe"], jax.random.key(i), out[-1] if out else None))
     return out
+
+
+@functools.partial(jax.jit, static_argnames=("monitor", "steps"))
+def warm_residual(params, probe, v0, *, monitor, steps):
+    """Ritz residual / Ritz value of the top pair after `steps` Lanczos products from v0."""
+    top = eigsh(monitor.operator(params, probe), 1, key=jax.random.key(0), v0=v0, tol=None,
+                num_steps=steps)  # fmt: skip
+    return top.residuals[0] / top.eigenvalues[0]
 
 
 def main(argv=None) -> dict:
@@ -179,7 +191,23 @@ def main(argv=None) -> dict:
         logs[name] = hm.MonitorLog(*(f[timed_chunk] for f in log))
     where = (logs["k=1"].steps - args.steps).tolist()
     ref_monitor = hm.curvature_monitor(loss_fn, k=REF_K, tol=REF_TOL, num_steps=REF_STEPS)
-    refs = references(start, keys, where, jax.jit(ref_monitor.measure), monitor=None, **kw)
+    measure = jax.jit(ref_monitor.measure)
+
+    def reference(params, probe, key, previous):
+        """The tight measurement, and the relative residuals after 1..PROFILE_STEPS warm
+        products from the previous point's reference top eigenvector."""
+        ref = measure(params, probe, key)
+        if previous is None:
+            return ref, None
+        v0 = previous[0].eigenvectors[:, 0]
+        profile = [
+            float(warm_residual(params, probe, v0, monitor=configs["k=1"], steps=j))
+            for j in range(1, PROFILE_STEPS + 1)
+        ]
+        return ref, profile
+
+    pairs = references(start, keys, where, reference, monitor=None, **kw)
+    refs, profiles = [r for r, _ in pairs], [p for _, p in pairs[1:]]
     ref_values = np.stack([np.asarray(r.eigenvalues) for r in refs])  # (m, 5) descending
     top = [np.asarray(r.eigenvectors[:, 0]) for r in refs]
     overlaps = [float(abs(a @ b)) for a, b in zip(top[:-1], top[1:], strict=True)]
@@ -241,6 +269,12 @@ def main(argv=None) -> dict:
     sharpness = np.round(ref_values[:, 0].astype(float), 3).tolist()
     print(f"sharpness (reference) along the chunk: {sharpness}")
     print(f"overlap of consecutive top eigenvectors: {np.round(overlaps, 3).tolist()}")
+    profile = np.asarray(profiles)  # (m - 1, PROFILE_STEPS)
+    print(
+        "warm start from the previous reference top eigenvector: residual / λ1 after j = "
+        f"1..{PROFILE_STEPS} products, median (max) over the chunk: "
+        + ", ".join(f"{np.median(c):.3f} ({np.max(c):.3f})" for c in profile.T)
+    )
     ok_overhead = rows[1]["overhead"] is not None and rows[1]["overhead"] <= TARGET_OVERHEAD
     ok_hvps = rows[1]["hvp_ratio"] >= TARGET_HVP_RATIO
     print(
@@ -268,6 +302,7 @@ def main(argv=None) -> dict:
             "steps": where,
             "eigenvalues": ref_values.tolist(),
             "top_overlaps": overlaps,
+            "warm_residual_profile": profile.tolist(),
         },
         "targets": {"overhead": TARGET_OVERHEAD, "cold_over_warm_hvps": TARGET_HVP_RATIO},
         "meets_targets": {"overhead": ok_overhead, "hvps": ok_hvps},
