@@ -26,6 +26,7 @@ from hessjax.linalg import (
     eigsh,
     hutchinson,
     hutchpp,
+    krylov,
     lanczos_tridiag,
     power_iteration,
     probes,
@@ -654,6 +655,34 @@ def test_eigsh_thick_restart_stops_in_its_first_cycle_when_converged(make):
     ]
     assert int(every[0].num_matvecs) == int(every[1].num_matvecs)
     assert int(every[0].num_matvecs) % 4 == 0 and int(every[0].num_matvecs) > int(plain.num_matvecs)
+
+
+def test_eigsh_without_reorthogonalisation(separated):
+    """reorthogonalize=False: the plain three-term recurrence. At a loose tol with k = 1 it
+    gives full reorthogonalisation's answer with the same products; run on after convergence
+    its basis loses orthogonality (the ghosts that make full reorthogonalisation the
+    default)."""
+    a, op = separated
+    key = jax.random.key(0)
+    full = eigsh(op, 1, key=key, num_steps=STEPS, tol=1e-3)
+    plain = eigsh(op, 1, key=key, num_steps=STEPS, tol=1e-3, reorthogonalize=False)
+    assert int(plain.num_matvecs) == int(full.num_matvecs) < STEPS
+    np.testing.assert_allclose(plain.eigenvalues, full.eigenvalues, rtol=1e-10)
+    x, theta = np.asarray(plain.eigenvectors[:, 0]), float(plain.eigenvalues[0])
+    assert np.linalg.norm(a @ x - theta * x) <= 1e-3 * 10.0 * 1.01  # tol · λ_max, estimate
+    assert abs(theta - 10.0) <= 1e-3 * 10.0
+    v0 = jax.random.normal(jax.random.key(1), (N,), jnp.float64)
+    errors = []
+    for reorth in (True, False):
+        state = krylov.init(v0, STEPS, key)
+        state = jax.jit(lambda s, r=reorth: krylov.run(op, s, STEPS - 1, r))(state)
+        q = np.asarray(state.basis[:STEPS])
+        errors.append(np.abs(q @ q.T - np.eye(STEPS)).max())
+    assert errors[0] < 1e-12 and errors[1] > 1e-3, errors
+    with pytest.raises(ValueError, match="reorthogonalize must be True or False"):
+        eigsh(op, 1, key=key, reorthogonalize=None)
+    with pytest.raises(ValueError, match="needs reorthogonalize=True"):
+        eigsh(op, 1, key=key, num_steps=STEPS, max_restarts=2, reorthogonalize=False)
 
 
 def test_eigsh_thick_restart_errors(separated):

@@ -52,6 +52,25 @@ def test_quadratic_sharpness_is_top_eigenvalue():
     np.testing.assert_allclose(log.loss, 0.5 * np.ones(30) @ a @ np.ones(30), rtol=1e-5)
 
 
+def test_k1_skips_reorthogonalisation_at_the_same_sharpness():
+    """k = 1 at the default tol runs the plain three-term Lanczos: same products and sharpness
+    as with full reorthogonalisation, within the residual bound tol · λ of the dense top."""
+    a = _spd(30)
+    batch = (jnp.asarray(a, jnp.float32)[None],)
+    params = {"t": jnp.ones(30)}
+    fast = hm.curvature_monitor(quadratic, every=1, k=1, capacity=4)
+    full = hm.curvature_monitor(quadratic, every=1, k=1, capacity=4, reorthogonalize=True)
+    assert not fast.reorthogonalize and full.reorthogonalize
+    assert hm.curvature_monitor(quadratic, k=2).reorthogonalize
+    assert hm.curvature_monitor(quadratic, k=1, tol=1e-4).reorthogonalize
+    logs = [hm.read_log(_run(m, m.init(params, batch), params, batch, 3)) for m in (fast, full)]
+    np.testing.assert_array_equal(logs[0].hvps, logs[1].hvps)
+    np.testing.assert_allclose(logs[0].sharpness, logs[1].sharpness, rtol=1e-5)
+    top = np.linalg.eigvalsh(a)[-1]
+    np.testing.assert_allclose(logs[0].sharpness, top, rtol=1e-2)  # |λ - θ| <= r <= tol λ
+    assert logs[0].converged.all()
+
+
 @pytest.mark.x64
 def test_mlp_sharpness_matches_dense_hessian():
     model = MLP((5, 3), act="tanh")
@@ -198,6 +217,8 @@ def test_bad_inputs_name_the_value():
         jax.jit(lambda s, p: monitor.update(s, p, (batch[0],)))(monitor.init(params), params)
     with pytest.raises(ValueError, match="ggn"):
         hm.curvature_monitor(quadratic, curvature="ggn")
+    with pytest.raises(ValueError, match="reorthogonalize .* got 'no'"):
+        hm.curvature_monitor(quadratic, reorthogonalize="no")
 
     from experiments.edge_of_stability import check_step_sizes
 

@@ -178,8 +178,13 @@ def init(
     )
 
 
-def step(state: KrylovState, w: Array) -> KrylovState:
+def step(state: KrylovState, w: Array, reorthogonalize: bool = True) -> KrylovState:
     """One Lanczos step of every block given w = D q_j (n,).
+
+    reorthogonalize=False keeps only the three-term recurrence (no Gram-Schmidt against the
+    basis, whose rows are still stored for the Ritz vectors): no basis reads, but orthogonality
+    is lost as Ritz pairs converge (Paige: |q_{j+1}ᵀ y| ~ ε‖A‖ / the residual of the Ritz pair
+    y), so it suits few wanted pairs stopped at a loose tolerance.
 
     A block whose Krylov space became invariant restarts from a random vector orthogonal to
     its basis (beta = 0, so T splits into blocks whose eigenvalues are all eigenvalues of A);
@@ -201,7 +206,9 @@ def step(state: KrylovState, w: Array) -> KrylovState:
     prev = lax.dynamic_index_in_dim(s.basis, jnp.maximum(j - 1, 0), 0, keepdims=False)
     b_prev = jnp.where((j > 0) & active, s.beta[:, jnp.maximum(j - 1, 0)], 0)
     w = w - _spread(blocks, a) * s.q - _spread(blocks, b_prev) * prev
-    w, nrm = _unit(blocks, orthogonalise(s.basis, w, j + 1, blocks))
+    if reorthogonalize:
+        w = orthogonalise(s.basis, w, j + 1, blocks)
+    w, nrm = _unit(blocks, w)
     norm = jnp.maximum(s.norm, jnp.sqrt(a * a + nrm * nrm))
     breakdown = nrm <= 100 * eps * jnp.maximum(norm, tiny)
     restart = active & breakdown & (j + 1 < s.sizes)
@@ -226,19 +233,23 @@ def step(state: KrylovState, w: Array) -> KrylovState:
     )
 
 
-def run(op, state: KrylovState, num_steps) -> KrylovState:
+def run(op, state: KrylovState, num_steps, reorthogonalize: bool = True) -> KrylovState:
     """`num_steps` steps (may be traced) inside the caller's trace; op.matvec: (n,) -> (n,)."""
-    return lax.fori_loop(0, num_steps, lambda _, s: step(s, op.matvec(s.q)), state)
+
+    def body(_, s):
+        return step(s, op.matvec(s.q), reorthogonalize)
+
+    return lax.fori_loop(0, num_steps, body, state)
 
 
-_step_jit = jax.jit(step)
+_step_jit = jax.jit(step, static_argnums=2)
 
 
-def run_host(op, state: KrylovState, num_steps: int) -> KrylovState:
+def run_host(op, state: KrylovState, num_steps: int, reorthogonalize: bool = True) -> KrylovState:
     """`num_steps` steps from a host loop, for operators that cannot be traced (streamed
     data): one product and one jitted step each."""
     for _ in range(num_steps):
-        state = _step_jit(state, op.matvec(state.q))
+        state = _step_jit(state, op.matvec(state.q), reorthogonalize)
     return state
 
 

@@ -59,17 +59,20 @@ def _result(state: krylov.KrylovState, k: int, which: str, tol: float) -> EigshR
     )
 
 
-@functools.partial(jax.jit, static_argnames=("k", "which", "num_steps", "tol", "check_every"))
-def _eigsh_traced(op, v0, key, k, which, num_steps, tol, check_every):
+@functools.partial(
+    jax.jit,
+    static_argnames=("k", "which", "num_steps", "tol", "check_every", "reorthogonalize"),
+)
+def _eigsh_traced(op, v0, key, k, which, num_steps, tol, check_every, reorthogonalize=True):
     state = krylov.init(constrain(op, v0), num_steps, key)
     if tol is None:
-        state = krylov.run(op, state, num_steps)
+        state = krylov.run(op, state, num_steps, reorthogonalize)
         return _result(state, k, which, krylov.default_tol(v0.dtype)), state.bad
-    state = _run_until_converged(op, state, num_steps, k, which, tol, check_every)
+    state = _run_until_converged(op, state, num_steps, k, which, tol, check_every, reorthogonalize)
     return _result(state, k, which, tol), state.bad
 
 
-def _run_until_converged(op, state, num_steps, k, which, tol, check_every):
+def _run_until_converged(op, state, num_steps, k, which, tol, check_every, reorthogonalize=True):
     """Steps until row num_steps, a non-finite product, or convergence, tested every
     `check_every` steps."""
 
@@ -79,17 +82,19 @@ def _run_until_converged(op, state, num_steps, k, which, tol, check_every):
 
     def body(carry):
         state, _ = carry
-        state = krylov.run(op, state, jnp.minimum(check_every, num_steps - state.j))
+        steps = jnp.minimum(check_every, num_steps - state.j)
+        state = krylov.run(op, state, steps, reorthogonalize)
         return state, krylov.converged(state, k, which, tol) | (state.bad >= 0)
 
     return lax.while_loop(cond, body, (state, jnp.bool_(False)))[0]
 
 
-def _eigsh_host(op, v0, key, k, which, num_steps, tol, check_every):
+def _eigsh_host(op, v0, key, k, which, num_steps, tol, check_every, reorthogonalize=True):
     state = krylov.init(v0, num_steps, key)
     converged = jax.jit(krylov.converged, static_argnums=(1, 2, 3))
     while int(state.j) < num_steps and int(state.bad) < 0:
-        state = krylov.run_host(op, state, min(check_every, num_steps - int(state.j)))
+        steps = min(check_every, num_steps - int(state.j))
+        state = krylov.run_host(op, state, steps, reorthogonalize)
         if tol is not None and bool(converged(state, k, which, tol)):
             break
     final_tol = krylov.default_tol(v0.dtype) if tol is None else tol
@@ -136,6 +141,7 @@ def eigsh(
     check_every: int | None = None,
     v0: Array | None = None,
     max_restarts: int = 0,
+    reorthogonalize: bool = True,
 ) -> EigshResult:
     """k eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
@@ -163,6 +169,12 @@ def eigsh(
         max_restarts times, until the k wanted pairs meet `tol` (required). Use it for many
         eigenpairs (k in the hundreds) with bounded memory: num_steps ~ 1.5-2 k instead of the
         several k a single Krylov space needs. Not for "BE" or streaming ops.
+      reorthogonalize: True (default): full reorthogonalisation (Gram-Schmidt of every new
+        vector against the basis). False: the plain three-term recurrence, no basis reads, so
+        a step costs little more than its product; orthogonality is then lost as Ritz pairs
+        converge (|q_{j+1}ᵀ y| ~ ε‖A‖ / residual of y, Paige), which makes ghost copies of
+        converged eigenvalues. Only for one or a few wanted pairs at a loose tol (the curvature
+        monitor's k = 1, tol >= 1e-3 default); not with max_restarts.
 
     Raises FloatingPointError when a product returns NaN or inf (the solve stops there); under
     an outer `jit` it cannot raise and returns NaN eigenvalues with converged False instead.
@@ -183,8 +195,13 @@ def eigsh(
         v0 = jax.random.normal(start_key, (n,), op.dtype)
     _checks.check_vector(v0, n, op.dtype)
     v0 = place_vectors(op, v0)  # split along n when op declares a vector sharding
+    if not isinstance(reorthogonalize, bool):
+        raise ValueError(f"reorthogonalize must be True or False, got {reorthogonalize!r}")
     if max_restarts:
         _checks.check_positive(max_restarts, "max_restarts")
+        if not reorthogonalize:
+            raise ValueError("max_restarts needs reorthogonalize=True (a restart needs an "
+                             "orthonormal basis)")  # fmt: skip
         if which == "BE" or tol is None or not is_traceable(op):
             raise ValueError(
                 "max_restarts needs which in LA/SA/LM, a tol and an in-memory Operator"
@@ -197,7 +214,9 @@ def eigsh(
         )
     else:
         solver = _eigsh_traced if is_traceable(op) else _eigsh_host
-        result, bad = solver(op, v0, key, k, which, int(num_steps), tol, int(check_every))
+        result, bad = solver(
+            op, v0, key, k, which, int(num_steps), tol, int(check_every), reorthogonalize
+        )
     _checks.raise_if_nonfinite(bad, "eigsh")
     return _checks.concrete_matvecs(result)
 
