@@ -668,6 +668,9 @@ def test_eigsh_without_reorthogonalisation(separated):
     plain = eigsh(op, 1, key=key, num_steps=STEPS, tol=1e-3, reorthogonalize=False)
     assert int(plain.num_matvecs) == int(full.num_matvecs) < STEPS
     np.testing.assert_allclose(plain.eigenvalues, full.eigenvalues, rtol=1e-10)
+    host = eigsh(HostOperator(a), 1, key=key, num_steps=STEPS, tol=1e-3, reorthogonalize=False)
+    assert int(host.num_matvecs) == int(plain.num_matvecs)
+    np.testing.assert_allclose(host.eigenvalues, plain.eigenvalues, rtol=1e-10)
     x, theta = np.asarray(plain.eigenvectors[:, 0]), float(plain.eigenvalues[0])
     assert np.linalg.norm(a @ x - theta * x) <= 1e-3 * 10.0 * 1.01  # tol · λ_max, estimate
     assert abs(theta - 10.0) <= 1e-3 * 10.0
