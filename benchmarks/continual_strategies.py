@@ -182,8 +182,8 @@ class Runner:
             self.loss_fn, params, data, self.opts["share"], self.opts["max_k"], key=key,
             num_steps=min(2 * self.opts["max_k"] + 20, 600),
         )  # fmt: skip
-        used = cl.used_columns(optax.tree_utils.tree_get(opt_state, "rows").T)
-        new = cl.extend_basis(used if used.shape[1] else None, d.vectors)
+        used = cl.used_rows(optax.tree_utils.tree_get(opt_state, "rows"))
+        new = cl.extend_basis(used.T if used.shape[0] else None, d.vectors)
         self.log.append({"task": t, "k": int(d.vectors.shape[1]), "basis": int(new.shape[1])})
         return optax.tree_utils.tree_set(opt_state, rows=cl.pad_columns(new, self.capacity).T)
 

@@ -146,6 +146,8 @@ def test_extend_basis_orthonormal_and_drops_dependent_vectors():
         cl.extend_basis(2 * basis, fresh)
     # padding round trip
     np.testing.assert_array_equal(cl.used_columns(cl.pad_columns(out, 9)), out)
+    np.testing.assert_array_equal(cl.used_rows(cl.pad_columns(out, 9).T), out.T)
+    assert cl.used_rows(jnp.zeros((3, out.shape[0]))).shape == (0, out.shape[0])
 
 
 @pytest.mark.x64

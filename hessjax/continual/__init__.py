@@ -104,6 +104,7 @@ from hessjax.linalg.subspace import (
     pad_columns,
     project_vector,
     used_columns,
+    used_rows,
 )
 
 __all__ = [
@@ -174,6 +175,7 @@ __all__ = [
     "update_pca_directions",
     "update_pca_project",
     "used_columns",
+    "used_rows",
     "weight_svd_directions",
     "weight_svd_project",
 ]

@@ -66,7 +66,7 @@ from hessjax.continual.transforms import (
 )
 from hessjax.curvature import hessian_operator, make_layout
 from hessjax.curvature.kronecker import Model
-from hessjax.linalg.subspace import extend_basis, pad_columns, used_columns
+from hessjax.linalg.subspace import extend_basis, pad_columns, used_columns, used_rows
 
 Array = jax.Array
 PyTree = Any
@@ -122,9 +122,8 @@ def finetune() -> Strategy:
 
 def _grow(memory: ProjectionState, vectors: Array, capacity: int | None) -> ProjectionState:
     """memory with span(vectors) (n, m) added to its basis, zero-padded to `capacity` rows."""
-    rows = np.asarray(memory.rows)
-    used = int(np.flatnonzero(np.any(rows != 0, axis=1)).max(initial=-1)) + 1
-    old = memory.rows[:used].T if used else None
+    used = used_rows(memory.rows)
+    old = used.T if used.shape[0] else None
     new = extend_basis(old, vectors.astype(memory.rows.dtype)).T  # (k, n) rows
     if capacity is None:
         return ProjectionState(new)

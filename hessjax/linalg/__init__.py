@@ -73,6 +73,7 @@ from hessjax.linalg.subspace import (
     subspace_overlap,
     top_magnitude_mask,
     used_columns,
+    used_rows,
 )
 from hessjax.linalg.trace import TraceEstimate, hutchinson, hutchpp, probes
 
@@ -106,6 +107,7 @@ __all__ = [
     "random_mask",
     "top_magnitude_mask",
     "used_columns",
+    "used_rows",
     "Block",
     "BlockEigshResult",
     "BlockNorms",

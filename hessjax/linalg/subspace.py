@@ -8,7 +8,8 @@ flat vector and is never expanded to a dense (n, k) basis.
 
 * basis algebra: `check_orthonormal`, `extend_basis` (grow a basis by Gram-Schmidt, dropping
   dependent vectors), `pad_columns` / `used_columns` (a fixed-capacity copy padded with zero
-  columns keeps array shapes, and so compilations, fixed while the basis grows),
+  columns keeps array shapes, and so compilations, fixed while the basis grows; `used_rows`
+  for a basis stored as rows),
   `project_vector` ((I − BBᵀ) v);
 * metrics: `subspace_overlap`, `overlap_curve` (overlap of the top-k prefixes of two ranked
   bases for every k), `principal_angles`, `grassmann_distances`, and their chance levels
@@ -226,12 +227,23 @@ def pad_columns(basis: Array, capacity: int) -> Array:
     return jnp.pad(basis, ((0, 0), (0, capacity - basis.shape[1])))
 
 
+def _leading(nonzero: np.ndarray) -> int:
+    """1 + the index of the last True of a (k,) mask, 0 for none: the used prefix."""
+    where = np.flatnonzero(nonzero)
+    return 0 if where.size == 0 else int(where[-1]) + 1
+
+
 def used_columns(padded: Array) -> Array:
     """The leading non-zero columns of a zero-padded basis (inverse of `pad_columns`)."""
-    norms = np.linalg.norm(np.asarray(padded), axis=0)
-    nonzero = np.flatnonzero(norms > 0)
-    count = 0 if nonzero.size == 0 else int(nonzero[-1]) + 1
+    count = _leading(np.linalg.norm(np.asarray(padded), axis=0) > 0)
     return jnp.asarray(padded)[:, :count]
+
+
+def used_rows(padded: Array) -> Array:
+    """The leading non-zero rows of a basis stored as zero-padded rows (k, n), e.g.
+    `ProjectionState.rows`: `used_columns` of its transpose, without transposing it."""
+    count = _leading(np.any(np.asarray(padded) != 0, axis=1))
+    return jnp.asarray(padded)[:count]
 
 
 @jax.jit
