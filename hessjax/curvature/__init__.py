@@ -27,7 +27,7 @@ from hessjax.curvature.kronecker import (
     output_hessians,
 )
 from hessjax.curvature.layout import ParamLayout, group_by_prefix, leaf_paths, make_layout
-from hessjax.curvature.losses import MeanLoss, cross_entropy, mse
+from hessjax.curvature.losses import MeanLoss, cross_entropy, mse, token_cross_entropy
 from hessjax.curvature.operators import (
     CurvatureOperator,
     StreamingOperator,
@@ -69,4 +69,5 @@ __all__ = [
     "leaf_paths",
     "make_layout",
     "mse",
+    "token_cross_entropy",
 ]

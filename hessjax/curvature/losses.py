@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hessjax.linalg import _checks
+
 Array = jax.Array
 
 
@@ -24,6 +26,38 @@ def mse(outputs: Array, targets: Array) -> Array:
     if targets.ndim == outputs.ndim - 1 and jnp.issubdtype(targets.dtype, jnp.integer):
         targets = jax.nn.one_hot(targets, outputs.shape[-1], dtype=outputs.dtype)
     return 0.5 * jnp.sum((outputs - targets) ** 2, axis=-1)
+
+
+def token_cross_entropy(logits: Array, targets: Array | tuple[Array, Array]) -> Array:
+    """Next-token cross-entropy of a language model, per sequence: logits (b, T, V), targets
+    (b, T) integer ids or a pair (ids (b, T), mask (b, T)) whose 0 entries (padding) do not
+    count -> (b,) in nats per token.
+
+    Sequence n gets Σ_t mask_nt ce_nt / (Σ mask / b), so the mean over the batch is the mean
+    over its counted tokens (the LM loss) and the per-sequence terms are what
+    `empirical_fisher_operator` takes as examples. Called on concrete arrays it raises a
+    ValueError for ids outside [0, V) and for a mask with no tokens; under a trace (inside an
+    operator) check the data first (`hessjax.data.check_token_batch`)."""
+    ids, mask = targets if isinstance(targets, tuple | list) else (targets, None)
+    if logits.ndim != 3 or ids.shape != logits.shape[:2]:
+        raise ValueError(
+            f"need logits (b, T, V) and targets (b, T), got {logits.shape} and {ids.shape}"
+        )
+    vocab = logits.shape[-1]
+    if _checks.is_concrete(ids) and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(
+            f"target ids must lie in [0, {vocab}), got [{int(ids.min())}, {int(ids.max())}]"
+        )
+    ce = cross_entropy(logits, ids)
+    if mask is None:
+        return jnp.mean(ce, axis=1)
+    if mask.shape != ids.shape:
+        raise ValueError(f"mask must have the targets' shape {ids.shape}, got {mask.shape}")
+    mask = mask.astype(ce.dtype)
+    count = jnp.sum(mask)
+    if _checks.is_concrete(count) and not float(count) > 0:
+        raise ValueError("the mask selects no token: every target is padding")
+    return jnp.sum(mask * ce, axis=1) * (ids.shape[0] / count)
 
 
 @dataclasses.dataclass(frozen=True)

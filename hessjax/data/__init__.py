@@ -2,7 +2,8 @@
 
 MNIST-1D and Gaussian mixtures are generated procedurally; MNIST and Fashion-MNIST are read
 from idx files or from prepared TFDS ArrayRecord data. ``load_dataset`` dispatches on a config;
-``microbatches`` and ``class_balanced_subset`` prepare data for Hessian computations.
+``microbatches`` and ``class_balanced_subset`` prepare data for Hessian computations;
+``load_text`` and ``windows`` give byte-level language-model data (``text``).
 """
 
 from hessjax.data.batching import class_balanced_subset, microbatches
@@ -11,9 +12,25 @@ from hessjax.data.idx import load_idx_dir, read_idx
 from hessjax.data.loader import DATASET_NAMES, SOURCES, default_data_dir, load_dataset
 from hessjax.data.mnist1d import load_mnist1d
 from hessjax.data.synthetic import gaussian_mixture
+from hessjax.data.text import (
+    BYTE_VOCAB,
+    TextData,
+    check_token_batch,
+    load_text,
+    read_text,
+    stdlib_text,
+    windows,
+)
 from hessjax.data.tfds_source import load_tfds
 
 __all__ = [
+    "BYTE_VOCAB",
+    "TextData",
+    "check_token_batch",
+    "load_text",
+    "read_text",
+    "stdlib_text",
+    "windows",
     "DATASET_NAMES",
     "SCALINGS",
     "SOURCES",

@@ -8,6 +8,7 @@ columns in block j.
   `dense_block` materialises either (small models).
 * `block_eigsh`: eigenpairs of every diagonal block A_ii in one compiled Lanczos (the kernel
   of `krylov.py` with b lockstep recurrences on the packed, ragged layout).
+* `block_slq`: SLQ spectral densities of every diagonal block in one compiled loop.
 * `block_frobenius_sq`: ‖A_ij‖²_F, exact (unit probes of block j) or estimated without bias
   from Gaussian probes, ‖A_ij‖²_F = E‖A_ij v‖², with standard errors.
 * `block_spectra`: eigenvalues of chosen diagonal blocks A_jj and singular values of chosen
@@ -25,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessjax.linalg import _checks, krylov
-from hessjax.linalg.lanczos import Which, default_num_steps
+from hessjax.linalg.lanczos import Which, default_num_steps, tridiag_eigh
 from hessjax.linalg.operator import Operator, apply_block, is_traceable
 from hessjax.linalg.partition import Partition, as_partition
+from hessjax.linalg.slq import SpectralQuadrature
+from hessjax.linalg.trace import probes
 
 Array = jax.Array
 
@@ -274,6 +277,80 @@ def check_block_diagonal(block_diagonal: Operator, partition: Partition, key: Ar
             " pass the block-diagonal part (curvature.layer_block_diagonal or "
             "linalg.block_diagonal_operator), not the full operator"
         )
+
+
+# ----------------------------------------------------------------------------- densities
+
+
+class BlockQuadrature(NamedTuple):
+    """Stochastic Lanczos quadrature of every diagonal block A_ii: nodes, weights
+    (num_probes, b, m), each (probe, block) row of weights summing to 1 (fewer than m nodes
+    carry weight in a block with n_i < m). `block(i)` is block i's `SpectralQuadrature`, for
+    `spectral_density` / `density_on_grid`; num_matvecs: products with the block-diagonal
+    operator (one per lockstep step and probe)."""
+
+    nodes: Array
+    weights: Array
+    num_matvecs: int
+
+    def block(self, i: int) -> SpectralQuadrature:
+        return SpectralQuadrature(self.nodes[:, i], self.weights[:, i])
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps",))
+def _block_slq(diag_op, blocks, sizes, vs, key, num_steps):
+    def one(args):
+        v, key = args
+        state = krylov.run(diag_op, krylov.init(v, num_steps, key, blocks, sizes), num_steps)
+        theta, s = jax.vmap(tridiag_eigh)(state.alpha, state.beta)  # (b, m), (b, m, m)
+        with jax.enable_x64(True):
+            return theta.astype(vs.dtype), (s[:, 0] ** 2).astype(vs.dtype), state.bad
+
+    keys = jax.random.split(key, vs.shape[0])
+    nodes, weights, bad = jax.lax.map(one, (vs, keys))
+    return nodes, weights, jnp.max(bad)
+
+
+def block_slq(
+    op: Operator,
+    partition: Partition,
+    *,
+    num_probes: int,
+    num_steps: int,
+    key: Array,
+    block_diagonal: Operator | None = None,
+) -> BlockQuadrature:
+    """SLQ spectral densities of every diagonal block A_ii in one compiled loop: for each of
+    `num_probes` Rademacher probes, b Lanczos recurrences of `num_steps` steps run in
+    lockstep on the packed vector (as in `block_eigsh`: products with the block-diagonal
+    operator, from `op` by masked products or passed as `block_diagonal`, e.g.
+    `curvature.layer_block_diagonal`, checked for coupling), probes one after another
+    (memory: one (m, n) basis). A block with n_i < num_steps stops at n_i steps (exact
+    spectrum). Raises FloatingPointError when a product is not finite."""
+    partition = _in_memory(op, "block_slq", partition)
+    _checks.check_dtype(op.dtype)
+    _checks.check_positive(num_probes, "num_probes")
+    _checks.check_positive(num_steps, "num_steps")
+    _checks.check_key(key)
+    if block_diagonal is None:
+        block_diagonal = block_diagonal_operator(op, partition)
+    else:
+        if block_diagonal.size != op.size:
+            raise ValueError(f"block_diagonal has size {block_diagonal.size}, op has {op.size}")
+        check_block_diagonal(block_diagonal, partition, key)
+    probe_key, run_key = jax.random.split(key)
+    vs = probes(probe_key, op.size, num_probes, op.dtype).T  # (p, n)
+    blocks, order = _packed_blocks(partition)
+    if order is not None:
+        inverse = jnp.asarray(np.argsort(order), jnp.int32)
+        order = jnp.asarray(order, jnp.int32)
+        block_diagonal = Operator(_permuted_product, (block_diagonal, order, inverse),
+                                  op.size, op.dtype)  # fmt: skip
+        vs = vs[:, order]  # the same probes, in the block-sorted coordinates
+    sizes = jnp.asarray(partition.sizes, jnp.int32)
+    nodes, weights, bad = _block_slq(block_diagonal, blocks, sizes, vs, run_key, int(num_steps))
+    _checks.raise_if_nonfinite(bad, "block_slq")
+    return BlockQuadrature(nodes, weights, int(num_probes) * int(num_steps))
 
 
 # ----------------------------------------------------------------------------- norms

@@ -1,4 +1,5 @@
-"""Small flax (Linen) models used by the experiments, benchmarks and tests.
+"""Small flax (Linen) models used by the experiments, benchmarks and tests: MLP, ConvNet, and
+the transformers GPT and ViT (`hessjax.models.transformer`).
 
 Any model works with the curvature operators once reduced to loss_fn(params, batch); these are
 the defaults. `params` below is the Linen variable dict {'params': ...}.
@@ -11,6 +12,9 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from hessjax.models.transformer import GPT as GPT
+from hessjax.models.transformer import ViT as ViT
 
 Array = jax.Array
 

@@ -1,0 +1,329 @@
+"""The Hessian of a transformer by role: partitions of its parameters into token embedding,
+positions, per-layer query/key/value/output projections (optionally per head), MLP in/out,
+LayerNorm scales and biases and unembedding; block-wise spectral densities and their
+heterogeneity (Zhang et al., NeurIPS 2024, "Why Transformers Need Adam: A Hessian
+Perspective"); Frobenius norms of the Q, K, V, O diagonal blocks (Ormaniec, Dangel, Singh,
+ICLR 2025); exact-vs-Kronecker overlaps of the projections with tokens as samples (Wu et al.).
+
+Roles follow the parameter names of `hessjax.models.GPT` / `ViT` ('params/block_0/attn/query/
+kernel' -> 'block_0/Q'); any Linen transformer with the same names (or relabelled with
+`partition_from_labels`) works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from hessjax.curvature.blocks import layer_block_diagonal
+from hessjax.curvature.kronecker import kron_eigh, kronecker_factors
+from hessjax.curvature.layout import ParamLayout
+from hessjax.curvature.losses import MeanLoss
+from hessjax.curvature.operators import CurvatureOperator, hessian_operator
+from hessjax.linalg.blocks import BlockQuadrature, block_frobenius_sq, block_slq
+from hessjax.linalg.lanczos import eigsh
+from hessjax.linalg.partition import Partition
+from hessjax.linalg.slq import spectral_density
+from hessjax.linalg.subspace import OverlapCurve, overlap_curve
+
+Array = jax.Array
+# Module path (after 'params') -> role of a GPT / ViT leaf; blocks add 'block_<i>/'.
+_BLOCK_ROLES = {
+    ("attn", "query"): "Q",
+    ("attn", "key"): "K",
+    ("attn", "value"): "V",
+    ("attn", "out"): "O",
+    ("mlp", "fc_in"): "mlp_in",
+    ("mlp", "fc_out"): "mlp_out",
+}
+_TOP_ROLES = {
+    "token_embed": "embed",
+    "position_embed": "pos",
+    "patch_embed": "patch_embed",
+    "cls_token": "cls_token",
+    "unembed": "unembed",
+    "head": "head",
+}
+ATTENTION_ROLES = ("Q", "K", "V", "O")
+
+
+def _parts(path: str) -> list[str]:
+    parts = path.split("/")
+    return parts[1:] if parts and parts[0] == "params" else parts
+
+
+def leaf_role(path: str) -> str:
+    """Role of one parameter leaf: 'embed', 'pos', 'patch_embed', 'cls_token', 'unembed',
+    'head', 'block_<i>/{Q,K,V,O,mlp_in,mlp_out}', 'block_<i>/ln_attn/scale', ...,
+    'ln_final/bias'. Raises ValueError for a leaf no role covers."""
+    parts = _parts(path)
+    if parts and parts[0] in _TOP_ROLES:
+        return _TOP_ROLES[parts[0]]
+    if parts and parts[0].startswith("block_") and len(parts) >= 3:
+        if tuple(parts[1:3]) in _BLOCK_ROLES:
+            return f"{parts[0]}/{_BLOCK_ROLES[tuple(parts[1:3])]}"
+        if parts[1] in ("ln_attn", "ln_mlp") and len(parts) == 3:
+            return "/".join(parts)
+    if len(parts) == 2 and parts[0] == "ln_final":
+        return "/".join(parts)
+    raise ValueError(
+        f"parameter {path!r} has no transformer role (expected the names of "
+        "hessjax.models.GPT / ViT); label it with curvature.partition_from_labels instead"
+    )
+
+
+def _head_labels(role: str, path: str, shape: tuple[int, ...], num_heads: int) -> np.ndarray:
+    """Per-entry labels of an attention leaf split by head: Q/K/V kernel columns and biases,
+    O kernel rows; the O bias (shared by all heads) stays 'block_i/O/bias'."""
+    kind = role.rsplit("/", 1)[1]
+    last = _parts(path)[-1]
+    if kind == "O" and last == "bias":
+        return np.full(shape, f"{role}/bias", dtype=object)
+    axis = 0 if kind == "O" else len(shape) - 1
+    width = shape[axis]
+    if width % num_heads:
+        raise ValueError(f"{path!r}: {width} features do not split into {num_heads} heads")
+    heads = np.arange(width) // (width // num_heads)
+    heads = heads.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+    return np.vectorize(lambda h: f"{role}/head_{h}", otypes=[object])(
+        np.broadcast_to(heads, shape)
+    )
+
+
+def role_partition(
+    layout: ParamLayout,
+    *,
+    num_heads: int | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> Partition:
+    """Partition of a transformer's (selected) parameters by role (`leaf_role`), in flat order.
+
+    num_heads: split every Q, K, V and O block into heads ('block_0/Q/head_1'; the O bias is
+    its own block). groups: merge roles into named blocks, {'attention': ['block_0/Q', ...],
+    ...}; every role of the model must be in exactly one group and every named role must
+    exist (ValueError naming them otherwise). Raises ValueError for a leaf with no role."""
+    labels, roles = [], []
+    for path, shape, on in zip(layout.paths, layout.shapes, layout.selected, strict=True):
+        if not on:
+            continue
+        role = leaf_role(path)
+        roles.append(role)
+        if num_heads is not None and role.rsplit("/", 1)[-1] in ATTENTION_ROLES:
+            labels.append(_head_labels(role, path, shape, num_heads))
+        else:
+            labels.append(np.full(shape, role, dtype=object))
+    if groups is not None:
+        if num_heads is not None:
+            raise ValueError("pass either num_heads or groups, not both")
+        labels = _grouped(labels, roles, groups)
+    flat = np.concatenate([x.ravel() for x in labels])
+    names, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return Partition(tuple(str(names[i]) for i in order), rank[inverse].astype(np.int32))
+
+
+def _grouped(labels: list[np.ndarray], roles: list[str], groups) -> list[np.ndarray]:
+    owner: dict[str, str] = {}
+    for name, members in groups.items():
+        for role in members:
+            if role not in roles:
+                raise ValueError(f"group {name!r} names role {role!r}, which the model lacks; "
+                                 f"its roles are {sorted(set(roles))}")  # fmt: skip
+            if role in owner:
+                raise ValueError(f"role {role!r} is in groups {owner[role]!r} and {name!r}")
+            owner[role] = name
+    left = sorted(set(roles) - set(owner))
+    if left:
+        raise ValueError(f"the groups leave parameters out: roles {left} are in no group")
+    return [np.full(x.shape, owner[r], dtype=object) for x, r in zip(labels, roles, strict=True)]
+
+
+def role_block_diagonal(op: CurvatureOperator, partition: Partition) -> CurvatureOperator | None:
+    """`curvature.layer_block_diagonal` when every block is a union of whole leaves (restricted
+    products), None when blocks split leaves (heads): solvers then use masked products."""
+    try:
+        return layer_block_diagonal(op, partition)
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- heterogeneity
+
+
+class BlockHeterogeneity(NamedTuple):
+    """Block-wise spectral densities and their pairwise Jensen-Shannon distances.
+
+    names (b,); grid (G,) shared eigenvalue grid; densities (b, G), each a probability vector
+    on the grid (Gaussian-smoothed SLQ measure, renormalised); distances (b, b) JS distance
+    sqrt(JSD) with base-2 logarithms, in [0, 1]; mean: the mean over pairs i < j (Zhang et
+    al.'s heterogeneity, "JS0" at initialisation)."""
+
+    names: tuple[str, ...]
+    grid: np.ndarray
+    densities: np.ndarray
+    distances: np.ndarray
+    mean: float
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance sqrt(½ KL(p‖m) + ½ KL(q‖m)), m = ½(p + q), log base 2, of two
+    probability vectors (normalised here): 0 for equal, 1 for disjoint supports."""
+    p = np.asarray(p, np.float64)
+    q = np.asarray(q, np.float64)
+    if p.shape != q.shape or p.ndim != 1 or np.any(p < 0) or np.any(q < 0):
+        raise ValueError(f"need two non-negative vectors of one shape, got {p.shape}, {q.shape}")
+    if not (p.sum() > 0 and q.sum() > 0):
+        raise ValueError("a density with no mass has no Jensen-Shannon distance")
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a):
+        on = a > 0
+        return float(np.sum(a[on] * np.log2(a[on] / m[on])))
+
+    return float(np.sqrt(max(0.5 * kl(p) + 0.5 * kl(q), 0.0)))
+
+
+def block_heterogeneity(
+    quad: BlockQuadrature,
+    names: Sequence[str],
+    *,
+    num_points: int = 1000,
+    sigma_ratio: float = 0.01,
+) -> BlockHeterogeneity:
+    """Densities of every block on one grid spanning all blocks' Ritz values (5σ margins,
+    σ = sigma_ratio × the span) and their pairwise JS distances (`js_distance`)."""
+    nodes = np.asarray(quad.nodes, np.float64)
+    b = nodes.shape[1]
+    if len(names) != b:
+        raise ValueError(f"{len(names)} names for {b} blocks")
+    lo, hi = float(nodes.min()), float(nodes.max())
+    sigma = sigma_ratio * max(hi - lo, np.finfo(np.float32).eps * max(abs(hi), 1.0))
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points)
+    dens = np.stack(
+        [np.asarray(spectral_density(quad.block(i), grid, sigma), np.float64) for i in range(b)]
+    )
+    dens = dens / dens.sum(axis=1, keepdims=True)
+    dist = np.zeros((b, b))
+    for i in range(b):
+        for j in range(i + 1, b):
+            dist[i, j] = dist[j, i] = js_distance(dens[i], dens[j])
+    mean = float(dist[np.triu_indices(b, 1)].mean()) if b > 1 else 0.0
+    return BlockHeterogeneity(tuple(names), grid, dens, dist, mean)
+
+
+def block_spectra_heterogeneity(
+    op: CurvatureOperator,
+    partition: Partition,
+    *,
+    num_probes: int,
+    num_steps: int,
+    key: Array,
+    sigma_ratio: float = 0.01,
+) -> tuple[BlockQuadrature, BlockHeterogeneity]:
+    """`linalg.block_slq` of every block of `partition` (restricted products when blocks are
+    whole leaves) and `block_heterogeneity` of the result."""
+    quad = block_slq(
+        op, partition, num_probes=num_probes, num_steps=num_steps, key=key,
+        block_diagonal=role_block_diagonal(op, partition),
+    )  # fmt: skip
+    return quad, block_heterogeneity(quad, partition.names, sigma_ratio=sigma_ratio)
+
+
+# ----------------------------------------------------------------------------- Q/K/V/O norms
+
+
+class BlockNormEstimate(NamedTuple):
+    """‖H_jj‖_F of chosen diagonal blocks: names (c,), norms (c,), stderr (c,) (delta
+    method from the squared-norm estimate; 0 when exact), num_matvecs."""
+
+    names: tuple[str, ...]
+    norms: np.ndarray
+    stderr: np.ndarray
+    num_matvecs: int
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {n: {"norm": float(v), "stderr": float(e)}
+                for n, v, e in zip(self.names, self.norms, self.stderr, strict=True)}  # fmt: skip
+
+
+def diagonal_block_norms(
+    op: CurvatureOperator,
+    partition: Partition,
+    names: Sequence[str],
+    *,
+    num_probes: int | None = None,
+    key: Array | None = None,
+) -> BlockNormEstimate:
+    """Frobenius norms ‖H_jj‖_F of the diagonal blocks `names` (e.g. every 'block_i/Q', 'K',
+    'V', 'O'): exact from unit probes (num_probes None: n_j products each) or an unbiased
+    Gaussian-probe estimate of ‖H_jj‖²_F (num_probes products each; `linalg.block_frobenius_sq`
+    with the block's own rows)."""
+    cols = np.asarray([partition.index(n) for n in names])
+    est = block_frobenius_sq(op, partition, columns=cols, num_probes=num_probes, key=key)
+    sq = np.asarray(est.sq, np.float64)[cols, np.arange(cols.size)]
+    se = np.asarray(est.stderr, np.float64)[cols, np.arange(cols.size)]
+    norms = np.sqrt(np.maximum(sq, 0.0))
+    stderr = np.where(norms > 0, se / (2 * np.maximum(norms, 1e-300)), 0.0)
+    return BlockNormEstimate(tuple(names), norms, stderr, est.num_matvecs)
+
+
+# ----------------------------------------------------------------------------- Kronecker
+
+
+class KroneckerOverlap(NamedTuple):
+    """Exact-vs-Kronecker comparison of one dense layer's kernel block.
+
+    layer: module path; size: in·out; exact_top, kron_top: (k,) top eigenvalues of the exact
+    block (Lanczos on the restricted Hessian) and of kron(A, G); curve: top-k overlap vs k
+    (with chance k/size); num_matvecs: Hessian products spent on the exact block."""
+
+    layer: str
+    size: int
+    exact_top: np.ndarray
+    kron_top: np.ndarray
+    curve: OverlapCurve
+    num_matvecs: int
+
+
+def kronecker_overlaps(
+    model: Any,
+    variables: Any,
+    batch: tuple[Any, Any],
+    per_example_loss,
+    layers: Sequence[str],
+    *,
+    k: int,
+    key: Array,
+    chunk_size: int | None = None,
+    tol: float = 1e-4,
+) -> list[KroneckerOverlap]:
+    """For each Dense layer (Linen module path, e.g. 'block_0/attn/query'): the top-k
+    eigenspace of its exact kernel block H_K (`eigsh` of `hessian_operator(select=kernel)` on
+    `batch`) against that of its Kronecker factors kron(A, G) with tokens as samples
+    (`curvature.kronecker_factors`: A = E_n Σ_t x_nt x_ntᵀ over the T positions, G the mean
+    over positions of the exact output Hessians' diagonal blocks, cross-token terms dropped),
+    and their overlap curve. batch = (inputs (N, T), targets (N, T)); the exact per-sample
+    output Hessians cost (T·out)² memory per sample in chunks of `chunk_size`, so keep T·out
+    to a few thousand."""
+    loss_fn = MeanLoss(model.apply, per_example_loss)
+    data = jax.tree_util.tree_map(lambda x: x[None], tuple(batch))
+    out = []
+    for i, layer in enumerate(layers):
+        factors = kronecker_factors(
+            model, variables, batch, per_example_loss, layer, chunk_size=chunk_size
+        )
+        kron = kron_eigh(factors, k)
+        op = hessian_operator(loss_fn, variables, data, select=f"{layer}/kernel")
+        exact = eigsh(op, k, key=jax.random.fold_in(key, i), tol=tol)
+        curve = overlap_curve(np.asarray(exact.eigenvectors), np.asarray(kron.eigenvectors))
+        out.append(KroneckerOverlap(
+            layer, op.size, np.asarray(exact.eigenvalues), np.asarray(kron.eigenvalues), curve,
+            int(exact.num_matvecs),
+        ))  # fmt: skip
+    return out
