@@ -932,3 +932,70 @@ def plot_size_sweep(entries: Sequence[Mapping], path: str, title: str = "") -> N
         ax.legend(loc="best", fontsize=7)
         ax.grid(alpha=0.3)
     _save(fig, path, title)
+
+
+def plot_role_block_spectra(
+    grid: Sequence[float], densities: Mapping[str, Sequence[float]], scale: str, path: str,
+    title: str = "",
+) -> None:  # fmt: skip
+    """Block-wise spectral densities (SLQ, on one shared grid, in eigenvalues or their symlog:
+    `scale`) of a transformer's role blocks, one panel per role kind (attention Q/K/V/O, MLP,
+    embeddings and output, LayerNorm), log-scaled density. Saved to `path` (PNG)."""
+    grid = np.asarray(grid)
+    kinds = {"attention": ("/Q", "/K", "/V", "/O"), "mlp": ("mlp_in", "mlp_out"),
+             "layernorm": ("/scale", "/bias")}  # fmt: skip
+
+    def kind(name):
+        return next((k for k, tags in kinds.items() if any(t in name for t in tags)), "embed/out")
+
+    panels = ["attention", "mlp", "embed/out", "layernorm"]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), sharex=True)
+    for ax, panel in zip(axes, panels, strict=True):
+        for i, (name, dens) in enumerate(x for x in densities.items() if kind(x[0]) == panel):
+            ax.semilogy(grid, np.maximum(np.asarray(dens), 1e-12), color=f"C{i % 10}", lw=1,
+                        label=name)  # fmt: skip
+        ax.set_ylim(bottom=1e-8)
+        xlabel = "sign(λ) log10(1 + |λ|/τ)" if scale == "symlog" else "eigenvalue λ"
+        ax.set(xlabel=xlabel, ylabel="density (grid mass)", title=panel)
+        ax.legend(fontsize=6, ncol=2)
+    _save(fig, path, title)
+
+
+def plot_heterogeneity(
+    by_model: Mapping[str, float], last: Mapping, path: str, title: str = ""
+) -> None:
+    """Left: mean pairwise JS distance between block spectra by model and step (Zhang et
+    al.'s heterogeneity); right: the JS distance matrix of `last` ({'names', 'distances'})."""
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    names = list(by_model)
+    axes[0].bar(range(len(names)), [by_model[n] for n in names], color="C0")
+    axes[0].set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    axes[0].set(ylabel="mean JS distance between blocks", title="block heterogeneity", ylim=(0, 1))
+    dist = np.asarray(last["distances"])
+    im = axes[1].imshow(dist, vmin=0, vmax=1, cmap="viridis")
+    axes[1].set_xticks(range(len(dist)), last["names"], rotation=90, fontsize=6)
+    axes[1].set_yticks(range(len(dist)), last["names"], fontsize=6)
+    axes[1].set_title("JS distance between role blocks (last checkpoint)")
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    _save(fig, path, title)
+
+
+def plot_qkvo_norms(
+    steps: Sequence[int], norms: Sequence[Mapping[str, Mapping[str, float]]], path: str,
+    title: str = "",
+) -> None:  # fmt: skip
+    """‖H_jj‖_F of every Q, K, V and O diagonal block over training (log scale, error bars:
+    the Gaussian-probe standard errors), one line per block."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    names = list(norms[0])
+    styles = {"Q": ("C0", "o"), "K": ("C1", "s"), "V": ("C2", "^"), "O": ("C3", "d")}
+    for name in names:
+        color, marker = styles.get(name.rsplit("/", 1)[-1], ("C7", "."))
+        ls = "-" if name.startswith("block_0/") else "--"
+        ax.errorbar(steps, [n[name]["norm"] for n in norms], [n[name]["stderr"] for n in norms],
+                    color=color, marker=marker, ls=ls, label=name, capsize=2)  # fmt: skip
+    ax.set_yscale("log")
+    _symlog_steps(ax, steps)
+    ax.set(xlabel="training step", ylabel="‖H_jj‖_F", title="Q/K/V/O diagonal blocks")
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path, title)

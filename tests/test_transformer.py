@@ -209,6 +209,10 @@ def test_js_distance_and_heterogeneity():
     assert het.distances[0, 2] > 0.95 and het.distances[1, 2] > 0.95
     assert het.mean == pytest.approx(het.distances[np.triu_indices(3, 1)].mean())
     np.testing.assert_allclose(het.densities.sum(1), 1.0)
+    linear = tr.block_heterogeneity(quad, part.names, sigma_ratio=0.002, scale="linear")
+    assert linear.distances[0, 2] > 0.95 and linear.scale == "linear"
+    with pytest.raises(ValueError, match="scale must be one of"):
+        tr.block_heterogeneity(quad, part.names, scale="log")
 
 
 def test_qkvo_norms_against_dense(problem):

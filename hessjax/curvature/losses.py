@@ -30,7 +30,7 @@ def mse(outputs: Array, targets: Array) -> Array:
 
 def token_cross_entropy(logits: Array, targets: Array | tuple[Array, Array]) -> Array:
     """Next-token cross-entropy of a language model, per sequence: logits (b, T, V), targets
-    (b, T) integer ids or a pair (ids (b, T), mask (b, T)) whose 0 entries (padding) do not
+    (b, T) integer ids or a tuple (ids (b, T), mask (b, T)) whose 0 entries (padding) do not
     count -> (b,) in nats per token.
 
     Sequence n gets Σ_t mask_nt ce_nt / (Σ mask / b), so the mean over the batch is the mean
@@ -38,7 +38,7 @@ def token_cross_entropy(logits: Array, targets: Array | tuple[Array, Array]) -> 
     `empirical_fisher_operator` takes as examples. Called on concrete arrays it raises a
     ValueError for ids outside [0, V) and for a mask with no tokens; under a trace (inside an
     operator) check the data first (`hessjax.data.check_token_batch`)."""
-    ids, mask = targets if isinstance(targets, tuple | list) else (targets, None)
+    ids, mask = targets if isinstance(targets, tuple) else (targets, None)
     if logits.ndim != 3 or ids.shape != logits.shape[:2]:
         raise ValueError(
             f"need logits (b, T, V) and targets (b, T), got {logits.shape} and {ids.shape}"

@@ -55,8 +55,9 @@ def read_text(path: str | Path) -> str:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
     else:
         raise ValueError(f"text corpus {str(path)!r} does not exist")
-    text = "\n".join(_read_file(p) for p in files)
-    if not text:
+    parts = [_read_file(p) for p in files]
+    text = "\n".join(parts)
+    if not any(parts):
         raise ValueError(f"text corpus {str(path)!r} is empty (no text in {len(files)} files)")
     return text
 
@@ -153,11 +154,11 @@ def windows(tokens: np.ndarray, num: int, context: int, seed: int) -> tuple[np.n
 
 
 def check_token_batch(batch: Sequence, vocab_size: int, context: int | None = None) -> None:
-    """Raise ValueError unless batch = (inputs, targets) or (inputs, (targets, mask)) holds
-    integer ids in [0, vocab_size) with windows of at most `context` tokens and, with a mask,
-    at least one counted token: the checks to run before building an operator."""
+    """Raise ValueError unless batch = (inputs, targets) or (inputs, (targets, mask)) (a tuple)
+    holds integer ids in [0, vocab_size) with windows of at most `context` tokens and, with a
+    mask, at least one counted token: the checks to run before building an operator."""
     inputs, targets = batch
-    ids, mask = targets if isinstance(targets, tuple | list) else (targets, None)
+    ids, mask = targets if isinstance(targets, tuple) else (targets, None)
     for name, x in (("inputs", inputs), ("targets", ids)):
         x = np.asarray(x)
         if not np.issubdtype(x.dtype, np.integer):
