@@ -15,8 +15,8 @@ method the time (including compilation), HVPs, peak memory (bytes and per parame
 pairs; the error of the restart run's top k against the reference; and the largest Lanczos
 basis (rows) that 20 GB holds for this n.
 
-    python benchmarks/scale_gpt.py --quick                            # width 64, k 5: ~1 min
-    nice -n 5 python benchmarks/scale_gpt.py --out results/scale_gpt_cpu.json   # the full size
+    python benchmarks/scale_gpt.py --quick     # width 64, k 5: ~1 min, no JSON unless --out
+    nice -n 5 python benchmarks/scale_gpt.py   # full size -> benchmarks/results/scale_gpt_cpu.json
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from hessjax.models import GPT
 
 METHODS = ("restart", "reference")
 MEMORY_BUDGET = 20e9  # bytes for a float32 Lanczos basis
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                           "scale_gpt_cpu.json")  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,12 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hvp-repeats", type=int, default=3)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/scale_gpt_cpu.json", help="JSON results file")
+    p.add_argument("--out", default=None, help=f"JSON results (default {DEFAULT_OUT}; quick: none)")
     p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--params-file", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.width, args.heads, args.layers, args.context, args.k = 64, 4, 2, 64, 5
+    elif args.out is None:
+        args.out = DEFAULT_OUT
     args.basis = args.basis or 2 * args.k
     args.ref_basis = args.ref_basis or 3 * args.k
     return args
@@ -214,8 +218,9 @@ def main(argv=None) -> dict:
               f"{rec['converged']:>2}/{args.k:<2}  {ev[0]:10.4g} {ev[-1]:10.4g}")  # fmt: skip
     if "vs_reference" in runs.get("restart", {}):
         cmp = runs["restart"]["vs_reference"]
-        print(f"restart vs reference, |λ - λ_ref| / |λ_ref_1|: max {cmp['max_err_over_lambda1']:.2e}, "
-              f"median {cmp['median_err_over_lambda1']:.2e}; per eigenvalue |λ - λ_ref| / |λ_ref|: "
+        print(f"restart vs reference, |λ - λ_ref| / |λ_ref_1|: max "
+              f"{cmp['max_err_over_lambda1']:.2e}, median {cmp['median_err_over_lambda1']:.2e}; "
+              "per eigenvalue |λ - λ_ref| / |λ_ref|: "
               + " ".join(f"{e:.1e}" for e in cmp["per_eigenvalue_rel_error"]))  # fmt: skip
     for method, rec in runs.items():
         if "eigenvalues" in rec:

@@ -101,7 +101,8 @@ def test_spectrum_on_real_mnist_idx_files(tmp_path):
 
 @pytest.mark.parametrize(
     "binary",
-    ["spectrum", "block_structure", "kronecker", "kronecker_sweep", "weights", "mask_overlap"],
+    ["spectrum", "block_structure", "kronecker", "kronecker_sweep", "weights", "mask_overlap",
+     "transformer"],  # fmt: skip
 )
 def test_binaries_parse_their_flags(binary):
     """Each binary defines --config/--workdir only when run as the program (so all three import
@@ -136,3 +137,15 @@ def test_string_tuple_overrides_are_split():
     out = common.split_string_tuples(c)
     assert out.static.losses == ("ce", "mse") and out.model.widths == widths
     assert common.as_tuple("0, 2", int) == (0, 2)
+
+
+def test_readme_transformer_example_runs():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    block = next(b for b in blocks if "role_partition" in b)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    part, tops, het = namespace["part"], namespace["tops"], namespace["het"]
+    assert {"embed", "pos", "block_0/Q", "block_0/V", "unembed"} <= set(part.names)
+    assert np.all(np.isfinite(np.asarray(tops.eigenvalues)))
+    assert 0 <= het.mean <= 1

@@ -4,7 +4,7 @@ Kronecker factors with tokens as samples; Haink layer-wise tops; Fernandez et al
 
 Presets (the config string after the file name):
 
-* gpt (default) — GPT, V = 256 bytes, context 32, width 64, 4 heads, 2 layers (109k
+* gpt (default) — GPT, V = 256 bytes, context 32, width 64, 4 heads, 2 layers (134,912
   parameters), Adam 3e-3, batch 32, measured at steps 0, 150 and 600. Data: the running
   interpreter's standard library (`data.source = 'stdlib'`: no files needed, but its bytes
   depend on the Python version); the README's numbers use the fixed corpus,
@@ -55,11 +55,11 @@ def get_config(preset: str = "gpt") -> ml_collections.ConfigDict:
     c.hessian.top_k = 10  # whole-network top eigenpairs
     c.hessian.block_k = 2  # top eigenvalues of every role block
     c.hessian.tol = 1e-4
-    c.hessian.slq_probes = 4
-    c.hessian.slq_steps = 30
+    c.hessian.slq_probes = 2  # each step is one full product per role block (25 here)
+    c.hessian.slq_steps = 20
     c.hessian.sigma_ratio = 0.01  # density smoothing / spectrum span (heterogeneity grid)
     c.hessian.norm_probes = 16  # Gaussian probes per Q/K/V/O block norm (0 = exact)
-    c.hessian.kron_samples = 4  # sequences / images for the Kronecker comparison
+    c.hessian.kron_samples = 2  # sequences / images for the Kronecker comparison
     c.hessian.kron_k = 10
     c.hessian.kron_layers = "first"  # first (block_0 projections + output) | all | none
 

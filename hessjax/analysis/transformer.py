@@ -250,12 +250,15 @@ def block_spectra_heterogeneity(
     num_steps: int,
     key: Array,
     sigma_ratio: float = 0.01,
+    block_diagonal: CurvatureOperator | None = None,
 ) -> tuple[BlockQuadrature, BlockHeterogeneity]:
-    """`linalg.block_slq` of every block of `partition` (restricted products when blocks are
-    whole leaves) and `block_heterogeneity` of the result."""
+    """`linalg.block_slq` of every block of `partition` and `block_heterogeneity` of the
+    result. block_diagonal: None (masked products: one compilation, b full products a step)
+    or `role_block_diagonal(op, partition)` (restricted products: cheaper steps on large
+    models, one compilation per block)."""
     quad = block_slq(
         op, partition, num_probes=num_probes, num_steps=num_steps, key=key,
-        block_diagonal=role_block_diagonal(op, partition),
+        block_diagonal=block_diagonal,
     )  # fmt: skip
     return quad, block_heterogeneity(quad, partition.names, sigma_ratio=sigma_ratio)
 

@@ -1,0 +1,76 @@
+"""experiments/transformer.py end to end on a tiny GPT with no data files (the running
+interpreter's standard library): outputs, the interlacing of block and whole tops, resuming,
+and config errors before any work."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import common, transformer
+from experiments.configs.transformer import get_config
+
+
+def _tiny_config():
+    c = get_config()
+    c.data.max_bytes = 200_000
+    c.data.context = 6
+    c.data.train_windows = 400
+    c.model.width, c.model.num_heads, c.model.num_layers = 8, 2, 1
+    c.train.log_every = 5
+    c.checkpoints = (0, 5)
+    h = c.hessian
+    h.num_samples, h.microbatch_size, h.top_k, h.block_k = 8, 8, 3, 1
+    h.slq_probes, h.slq_steps, h.norm_probes, h.kron_samples, h.kron_k = 2, 8, 4, 2, 3
+    h.kron_layers = "none"  # kronecker_overlaps is tested in test_transformer.py
+    c.compare = ()
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("transformer"))
+    return workdir, transformer.run(_tiny_config(), workdir)
+
+
+def test_outputs_and_interlacing(tiny_run):
+    workdir, results = tiny_run
+    for name in transformer.OUTPUTS:
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f)["num_params"] == results["num_params"]
+    blocks = results["blocks"]
+    assert sum(b["size"] for b in blocks.values()) == results["num_params"]
+    assert {"block_0/Q", "block_0/K", "block_0/V", "block_0/O", "unembed", "pos"} <= set(blocks)
+    assert [r["step"] for r in results["checkpoints"]] == [0, 5]
+    for row in results["checkpoints"]:
+        whole = row["top_eigenvalues"][0]
+        # Cauchy interlacing: no principal block's top eigenvalue exceeds the whole one.
+        assert max(b["top_eigenvalues"][0] for b in row["blocks"].values()) <= whole * (1 + 1e-3)
+        assert 0 <= row["heterogeneity"]["mean_js_distance"] <= 1
+        assert set(row["qkvo_norms"]) == {f"block_0/{r}" for r in "QKVO"}
+        assert "kronecker" not in row  # kron_layers = "none"
+        assert row["layerwise"]["rows"][-1]["top_eigenvalue"] == pytest.approx(whole, rel=1e-3)
+    assert results["heterogeneity"] == results["checkpoints"][-1]["heterogeneity"]
+    train = results["checkpoints"]
+    assert train[1]["valid_loss"] < train[0]["valid_loss"]  # Adam learns something in 5 steps
+
+
+def test_rerun_resumes(tiny_run):
+    workdir, results = tiny_run
+    again = transformer.run(_tiny_config(), workdir)
+    assert again["checkpoints"] == results["checkpoints"]  # reused, not recomputed
+    assert again["seconds_total"] < results["seconds_total"] / 2
+
+
+def test_bad_config_fails_before_work(tmp_path):
+    c = _tiny_config()
+    c.hessian.microbatch_size = 3
+    with pytest.raises(common.ConfigError, match="microbatch_size"):
+        transformer.run(c, str(tmp_path))
+    c = _tiny_config()
+    c.data.source = str(tmp_path / "missing")
+    with pytest.raises(ValueError, match="does not exist"):
+        transformer.run(c, str(tmp_path))
+    assert not os.path.exists(tmp_path / "results.json")
