@@ -5,7 +5,6 @@ and config errors before any work."""
 import json
 import os
 
-import numpy as np
 import pytest
 
 from experiments import common, transformer

@@ -101,8 +101,15 @@ def test_spectrum_on_real_mnist_idx_files(tmp_path):
 
 @pytest.mark.parametrize(
     "binary",
-    ["spectrum", "block_structure", "kronecker", "kronecker_sweep", "weights", "mask_overlap",
-     "transformer"],  # fmt: skip
+    [
+        "spectrum",
+        "block_structure",
+        "kronecker",
+        "kronecker_sweep",
+        "weights",
+        "mask_overlap",
+        "transformer",
+    ],  # fmt: skip
 )
 def test_binaries_parse_their_flags(binary):
     """Each binary defines --config/--workdir only when run as the program (so all three import
