@@ -15,7 +15,7 @@ from experiments import common
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARIES = (
     "spectrum", "block_structure", "kronecker", "kronecker_sweep", "weights", "mask_overlap",
-    "continual",
+    "continual", "transformer",
 )  # fmt: skip
 
 # (binary, field, bad value, what the message must say)
@@ -38,6 +38,9 @@ BAD = [
     ("mask_overlap", "sketch.outer", 100, "at least sketch.k"),
     ("continual", "strategies", ("finetune", "nope"), "distinct names"),
     ("continual", "train.learning_rate", 0.0, "(0.0, inf)"),
+    ("transformer", "model.pool", "max", "'mean', 'cls'"),
+    ("transformer", "hessian.microbatch_size", 5, "a divisor of hessian.num_samples"),
+    ("transformer", "compare", ("mlp", "rnn"), "distinct names from mlp, conv, vit"),
     ("spectrum", "mesh", "data:5", "mesh 'data:5' needs 5 devices, 4 available"),
     ("spectrum", "mesh", "data:2", "using all 4 devices"),
     ("spectrum", "mesh", "model:4", "axis 'model' is not one of fsdp, data"),
@@ -62,10 +65,9 @@ def test_default_configs_are_valid_and_fully_covered(binary):
     default config (and of mask_overlap's large preset) is checked."""
     module = importlib.import_module(f"experiments.{binary}")
     configs = [_config(binary)]
-    if binary == "mask_overlap":
-        configs.append(
-            importlib.import_module("experiments.configs.mask_overlap").get_config("large")
-        )
+    if binary in ("mask_overlap", "transformer"):
+        preset = {"mask_overlap": "large", "transformer": "vit"}[binary]
+        configs.append(importlib.import_module(f"experiments.configs.{binary}").get_config(preset))
     for config in configs:
         if binary == "continual":
             config = module.resolve_config(config)
