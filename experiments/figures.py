@@ -962,13 +962,21 @@ def plot_role_block_spectra(
 
 
 def plot_heterogeneity(
-    by_model: Mapping[str, float], last: Mapping, path: str, title: str = ""
+    by_model: Mapping[str, Mapping], last: Mapping, path: str, title: str = ""
 ) -> None:
     """Left: mean pairwise JS distance between block spectra by model and step (Zhang et
-    al.'s heterogeneity); right: the JS distance matrix of `last` ({'names', 'distances'})."""
+    al.'s heterogeneity; by_model[name] = {'mean_js_distance', 'noise_floor'}), the split-half
+    noise floor of each as a black tick; right: the JS distance matrix of `last` ({'names',
+    'distances'})."""
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
     names = list(by_model)
-    axes[0].bar(range(len(names)), [by_model[n] for n in names], color="C0")
+    axes[0].bar(range(len(names)), [by_model[n]["mean_js_distance"] for n in names], color="C0",
+                label="between blocks")  # fmt: skip
+    floors = [by_model[n].get("noise_floor") for n in names]
+    xs = [i for i, f in enumerate(floors) if f is not None]
+    axes[0].scatter(xs, [floors[i] for i in xs], marker="_", s=400, color="k",
+                    label="noise floor (same block, split probes)")  # fmt: skip
+    axes[0].legend(fontsize=8, loc="upper right")
     axes[0].set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     axes[0].set(ylabel="mean JS distance between blocks", title="block heterogeneity", ylim=(0, 1))
     dist = np.asarray(last["distances"])

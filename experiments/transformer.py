@@ -92,7 +92,7 @@ RELATIONS = (
     ),  # fmt: skip
 )
 ATTENTION = ("Q", "K", "V", "O")
-MEASURE_VERSION = 1  # bump when a measurement's meaning changes: stored ones are recomputed
+MEASURE_VERSION = 2  # bump when a measurement's meaning changes: stored ones are recomputed
 
 
 # ----------------------------------------------------------------------------- problem
@@ -233,7 +233,8 @@ def measure(config, model, loss_fn, params, batch, key) -> dict:
 
 
 def _heterogeneity_json(het: tr.BlockHeterogeneity) -> dict:
-    return {"mean_js_distance": het.mean, "scale": het.scale, "names": list(het.names),
+    return {"mean_js_distance": het.mean, "noise_floor": het.noise_floor,
+            "between_halves": het.between_halves, "scale": het.scale, "names": list(het.names),
             "distances": np.round(het.distances, 6).tolist()}  # fmt: skip
 
 
@@ -333,9 +334,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     figures.plot_role_block_spectra(last["density_grid"], last["density"], last["density_scale"],
                                     os.path.join(workdir, "block_spectra.png"),
                                     title=f"{title}, step {last['step']}")  # fmt: skip
-    by_model = {f"{config.model.kind} (step {r['step']})": r["heterogeneity"]["mean_js_distance"]
-                for r in rows}  # fmt: skip
-    by_model |= {f"{k} (init)": v["mean_js_distance"] for k, v in compare.items() if k != "skipped"}
+    by_model = {f"{config.model.kind} (step {r['step']})": r["heterogeneity"] for r in rows}
+    by_model |= {f"{k} (init)": v for k, v in compare.items() if k != "skipped"}
     figures.plot_heterogeneity(by_model, last["heterogeneity"],
                                os.path.join(workdir, "heterogeneity.png"), title=title)  # fmt: skip
     if "qkvo_norms" in last:

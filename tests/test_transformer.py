@@ -208,6 +208,8 @@ def test_js_distance_and_heterogeneity():
     assert het.distances[0, 1] < 0.1
     assert het.distances[0, 2] > 0.95 and het.distances[1, 2] > 0.95
     assert het.mean == pytest.approx(het.distances[np.triu_indices(3, 1)].mean())
+    # split-half null: the same block from independent probes is closer than different blocks
+    assert 0 <= het.noise_floor < het.between_halves <= 1
     np.testing.assert_allclose(het.densities.sum(1), 1.0)
     linear = tr.block_heterogeneity(quad, part.names, sigma_ratio=0.002, scale="linear")
     assert linear.distances[0, 2] > 0.95 and linear.scale == "linear"

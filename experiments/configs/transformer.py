@@ -55,7 +55,7 @@ def get_config(preset: str = "gpt") -> ml_collections.ConfigDict:
     c.hessian.top_k = 10  # whole-network top eigenpairs
     c.hessian.block_k = 2  # top eigenvalues of every role block
     c.hessian.tol = 1e-4
-    c.hessian.slq_probes = 2  # each step is one full product per role block (25 here)
+    c.hessian.slq_probes = 4  # >= 2: halves give the noise floor; a step = 25 full products
     c.hessian.slq_steps = 20
     c.hessian.sigma_ratio = 0.01  # density smoothing / spectrum span (heterogeneity grid)
     c.hessian.norm_probes = 16  # Gaussian probes per Q/K/V/O block norm (0 = exact)

@@ -162,7 +162,12 @@ class BlockHeterogeneity(NamedTuple):
     densities (b, G), each a probability vector
     on the grid (Gaussian-smoothed SLQ measure, renormalised); distances (b, b) JS distance
     sqrt(JSD) with base-2 logarithms, in [0, 1]; mean: the mean over pairs i < j (Zhang et
-    al.'s heterogeneity, "JS0" at initialisation)."""
+    al.'s heterogeneity, "JS0" at initialisation).
+
+    The estimator's own noise, from the two halves A, B of the probes (None for one probe):
+    noise_floor, the mean over blocks of JS(A_i, B_i) (the same block, independent probes);
+    between_halves, the mean over pairs i ≠ j of JS(A_i, B_j) (different blocks, equally
+    noisy). Blocks differ beyond the noise only where between_halves exceeds noise_floor."""
 
     names: tuple[str, ...]
     grid: np.ndarray
@@ -170,6 +175,8 @@ class BlockHeterogeneity(NamedTuple):
     densities: np.ndarray
     distances: np.ndarray
     mean: float
+    noise_floor: float | None
+    between_halves: float | None
 
 
 def js_distance(p: np.ndarray, q: np.ndarray) -> float:
@@ -230,16 +237,29 @@ def block_heterogeneity(
     lo, hi = float(nodes.min()), float(nodes.max())
     sigma = sigma_ratio * max(hi - lo, np.finfo(np.float32).eps * max(abs(hi), 1.0))
     grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points)
-    dens = np.stack(
-        [np.asarray(spectral_density(quad.block(i), grid, sigma), np.float64) for i in range(b)]
-    )
-    dens = dens / dens.sum(axis=1, keepdims=True)
+
+    def densities(q):
+        d = np.stack(
+            [np.asarray(spectral_density(q.block(i), grid, sigma), np.float64) for i in range(b)]
+        )
+        return d / d.sum(axis=1, keepdims=True)
+
+    dens = densities(quad)
     dist = np.zeros((b, b))
     for i in range(b):
         for j in range(i + 1, b):
             dist[i, j] = dist[j, i] = js_distance(dens[i], dens[j])
     mean = float(dist[np.triu_indices(b, 1)].mean()) if b > 1 else 0.0
-    return BlockHeterogeneity(tuple(names), grid, scale, dens, dist, mean)
+    noise = between = None
+    half = nodes.shape[0] // 2
+    if half:
+        a = densities(quad._replace(nodes=quad.nodes[:half], weights=quad.weights[:half]))
+        c = densities(quad._replace(nodes=quad.nodes[half : 2 * half],
+                                    weights=quad.weights[half : 2 * half]))  # fmt: skip
+        cross = np.array([[js_distance(a[i], c[j]) for j in range(b)] for i in range(b)])
+        noise = float(np.mean(np.diag(cross)))
+        between = float(cross[~np.eye(b, dtype=bool)].mean()) if b > 1 else None
+    return BlockHeterogeneity(tuple(names), grid, scale, dens, dist, mean, noise, between)
 
 
 def block_spectra_heterogeneity(
