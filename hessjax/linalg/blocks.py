@@ -189,27 +189,15 @@ def block_eigsh(
     _checks.check_steps(num_steps, k, int(sizes.max()))
     _checks.check_tol(tol, allow_none=True)
     _checks.check_key(key)
-    if block_diagonal is None:
-        block_diagonal = block_diagonal_operator(op, partition)
-    else:
-        if block_diagonal.size != op.size:
-            raise ValueError(f"block_diagonal has size {block_diagonal.size}, op has {op.size}")
-        check_block_diagonal(block_diagonal, partition, key)
+    packed, blocks, order = _packed_operator(op, partition, block_diagonal, key)
     key, start_key = jax.random.split(key)
     v0 = jax.random.normal(start_key, (op.size,), op.dtype)
-    blocks, order = _packed_blocks(partition)
-    if order is not None:  # sort the indices by block: the blocks become contiguous ranges
-        inverse = jnp.asarray(np.argsort(order), jnp.int32)
-        order = jnp.asarray(order, jnp.int32)
-        block_diagonal = Operator(_permuted_product, (block_diagonal, order, inverse),
-                                  op.size, op.dtype)  # fmt: skip
     result, bad = _block_eigsh(
-        block_diagonal, blocks, jnp.asarray(sizes, jnp.int32), v0, key, k, which,
-        int(num_steps), tol,
-    )  # fmt: skip
+        packed, blocks, jnp.asarray(sizes, jnp.int32), v0, key, k, which, int(num_steps), tol
+    )
     _checks.raise_if_nonfinite(bad, "block_eigsh")
     if order is not None:
-        result = result._replace(eigenvectors=result.eigenvectors[inverse])
+        result = result._replace(eigenvectors=result.eigenvectors[jnp.argsort(order)])
     return _checks.concrete_matvecs(result)
 
 
@@ -228,6 +216,26 @@ def _packed_blocks(partition: Partition) -> tuple[krylov.Blocks | None, np.ndarr
     bounds = tuple(int(x) for x in np.concatenate([[0], np.cumsum(partition.sizes)]))
     order = None if np.all(np.diff(ids) >= 0) else np.argsort(ids, kind="stable")
     return krylov.Blocks(b, bounds=bounds), order
+
+
+def _packed_operator(op: Operator, partition: Partition, block_diagonal: Operator | None, key):
+    """(D, blocks, order): the block-diagonal operator the lockstep kernel runs on (masked
+    products of `op`, or the given `block_diagonal`, checked for coupling), with its indices
+    sorted by block when the blocks are not contiguous ranges (order (n,) int32 that
+    permutation, x_sorted = x[order]; None when not needed), and the kernel's `Blocks`."""
+    if block_diagonal is None:
+        block_diagonal = block_diagonal_operator(op, partition)
+    else:
+        if block_diagonal.size != op.size:
+            raise ValueError(f"block_diagonal has size {block_diagonal.size}, op has {op.size}")
+        check_block_diagonal(block_diagonal, partition, key)
+    blocks, order = _packed_blocks(partition)
+    if order is None:
+        return block_diagonal, blocks, None
+    inverse = jnp.asarray(np.argsort(order), jnp.int32)
+    order = jnp.asarray(order, jnp.int32)
+    permuted = Operator(_permuted_product, (block_diagonal, order, inverse), op.size, op.dtype)
+    return permuted, blocks, order
 
 
 def _permuted_product(v: Array, op: Operator, order: Array, inverse: Array) -> Array:
@@ -332,23 +340,13 @@ def block_slq(
     _checks.check_positive(num_probes, "num_probes")
     _checks.check_positive(num_steps, "num_steps")
     _checks.check_key(key)
-    if block_diagonal is None:
-        block_diagonal = block_diagonal_operator(op, partition)
-    else:
-        if block_diagonal.size != op.size:
-            raise ValueError(f"block_diagonal has size {block_diagonal.size}, op has {op.size}")
-        check_block_diagonal(block_diagonal, partition, key)
+    packed, blocks, order = _packed_operator(op, partition, block_diagonal, key)
     probe_key, run_key = jax.random.split(key)
     vs = probes(probe_key, op.size, num_probes, op.dtype).T  # (p, n)
-    blocks, order = _packed_blocks(partition)
     if order is not None:
-        inverse = jnp.asarray(np.argsort(order), jnp.int32)
-        order = jnp.asarray(order, jnp.int32)
-        block_diagonal = Operator(_permuted_product, (block_diagonal, order, inverse),
-                                  op.size, op.dtype)  # fmt: skip
         vs = vs[:, order]  # the same probes, in the block-sorted coordinates
     sizes = jnp.asarray(partition.sizes, jnp.int32)
-    nodes, weights, bad = _block_slq(block_diagonal, blocks, sizes, vs, run_key, int(num_steps))
+    nodes, weights, bad = _block_slq(packed, blocks, sizes, vs, run_key, int(num_steps))
     _checks.raise_if_nonfinite(bad, "block_slq")
     return BlockQuadrature(nodes, weights, int(num_probes) * int(num_steps))
 
