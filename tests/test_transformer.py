@@ -258,3 +258,121 @@ def _kernel_indices(layout, sub):
     starts = np.cumsum([0] + sizes[:-1])
     return np.concatenate([np.arange(a, a + n) for a, n, on in
                            zip(starts, sizes, sub.selected, strict=True) if on])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- input scale
+
+GROWTH_BLOCKS = {"Q": "block_0/attn/query/kernel", "V": "block_0/attn/value/kernel"}
+EMBEDDINGS = ("token_embed", "position_embed")
+
+
+def _dense_parts(model, params, x, y, path):
+    """Dense float64 H, GGN and H − GGN of the mean token loss w.r.t. one kernel leaf."""
+    keys = path.split("/")
+
+    def with_kernel(w):
+        inner = jax.tree_util.tree_map(lambda a: a, params)
+        node = inner["params"]
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = w
+        return inner
+
+    w0 = params["params"]
+    for k in keys:
+        w0 = w0[k]
+    shape = w0.shape
+
+    def loss_of(f):
+        return jnp.mean(token_cross_entropy(model.apply(with_kernel(f.reshape(shape)), x), y))
+
+    flat = w0.ravel()
+    hess = np.asarray(jax.jit(jax.hessian(loss_of))(flat))
+    logits = model.apply(with_kernel(w0), x)
+    jac = jax.jit(jax.jacobian(lambda f: model.apply(with_kernel(f.reshape(shape)), x)))(flat)
+    jac = np.asarray(jac).reshape(logits.size, flat.size)
+    h_out = jax.jit(
+        jax.hessian(lambda z: jnp.mean(token_cross_entropy(z.reshape(logits.shape), y)))
+    )(logits.ravel())
+    ggn = jac.T @ np.asarray(h_out) @ jac
+    return {"hessian": hess, "outer": ggn, "functional": hess - ggn}
+
+
+def test_input_scale_growth_against_dense_and_ormaniec_powers(problem):
+    x, y = problem["x"], problem["y"]
+    plain = GPT(V, T, 8, 1, 1, layer_norm=False)
+    with jax.enable_x64(True):
+        params = plain.init(jax.random.key(2), x)
+        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+        assert not any("ln_" in p for p in curvature.leaf_paths(params))
+        data = (x[None], y[None])
+        got = tr.input_scale_growth(plain.apply, token_cross_entropy, params, data,
+                                    blocks=GROWTH_BLOCKS, scaled=EMBEDDINGS,
+                                    scales=[0.5, 1.0])  # fmt: skip
+        scaled = tr.rescaled(params, EMBEDDINGS, 0.5)
+        emb = scaled["params"]["token_embed"]["embedding"]
+        np.testing.assert_allclose(np.sqrt(np.mean(np.square(emb))), 0.5, rtol=1e-12)
+        for j, name in enumerate(("Q", "V")):
+            dense = _dense_parts(plain, scaled, x, y, GROWTH_BLOCKS[name])
+            for part in tr.GROWTH_PARTS:
+                want = np.linalg.norm(dense[part])
+                np.testing.assert_allclose(got.norms[part][0, j], want, rtol=1e-8)
+        # the leading powers of σ (Ormaniec et al.): at small σ the slopes are exact
+        small = tr.input_scale_growth(plain.apply, token_cross_entropy, params, data,
+                                      blocks=GROWTH_BLOCKS, scaled=EMBEDDINGS,
+                                      scales=[1e-3, 2e-3])  # fmt: skip
+        for name, powers in tr.ORMANIEC_EXPONENTS.items():
+            j = small.names.index(name)
+            for part, power in powers.items():
+                assert abs(small.slopes[part][j] - power) < 0.05, (name, part, small.slopes)
+        # Gaussian probes: the same probes at every σ, estimates within their errors
+        probed = tr.input_scale_growth(plain.apply, token_cross_entropy, params, data,
+                                       blocks=GROWTH_BLOCKS, scaled=EMBEDDINGS,
+                                       scales=[0.5, 1.0], num_probes=8,
+                                       key=jax.random.key(4))  # fmt: skip
+        for part in tr.GROWTH_PARTS:
+            err = np.abs(probed.norms[part] - got.norms[part])
+            assert np.all(probed.stderr[part] > 0)
+            assert np.all(err < 5 * probed.stderr[part]), part
+        # LayerNorm removes the steep powers
+        normed = MODEL.init(jax.random.key(2), x)
+        normed = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), normed)
+        ln = tr.input_scale_growth(MODEL.apply, token_cross_entropy, normed, data,
+                                   blocks=GROWTH_BLOCKS, scaled=EMBEDDINGS,
+                                   scales=[1e-3, 2e-3])  # fmt: skip
+        assert np.all(np.abs(ln.slopes["hessian"]) < 1.5), ln.slopes
+
+
+def test_input_scale_growth_errors(problem):
+    x, y = problem["x"], problem["y"]
+    params, data = problem["params"], (x[None], y[None])
+
+    def call(**kw):
+        args = dict(blocks=GROWTH_BLOCKS, scaled=EMBEDDINGS, scales=[0.5, 1.0]) | kw
+        return tr.input_scale_growth(MODEL.apply, token_cross_entropy, params, data, **args)
+
+    with pytest.raises(ValueError, match="positive finite"):
+        call(scales=[0.0, 1.0])
+    with pytest.raises(ValueError, match="positive finite"):
+        call(scales=[1.0])
+    with pytest.raises(ValueError, match="distinct"):
+        call(scales=[1.0, 1.0])
+    with pytest.raises(ValueError, match="blocks is empty"):
+        call(blocks={})
+    with pytest.raises(ValueError, match="'nowhere' matches no parameter"):
+        call(blocks={"Q": "nowhere"})
+    with pytest.raises(ValueError, match="is in blocks 'A' and 'B'"):
+        call(blocks={"A": "query/kernel", "B": "attn/query"})
+    with pytest.raises(ValueError, match="scaled leaf 'embeds' matches no parameter"):
+        call(scaled=("embeds",))
+
+
+def test_difference_operator():
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((5, 5)) for _ in range(2))
+    a, b = a + a.T, b + b.T
+    op = linalg.difference(linalg.dense_operator(a), linalg.dense_operator(b))
+    v = rng.standard_normal(5)
+    np.testing.assert_allclose(np.asarray(op @ jnp.asarray(v)), (a - b) @ v, rtol=1e-5)
+    with pytest.raises(ValueError, match="size 5 vs 4"):
+        linalg.difference(linalg.dense_operator(a), linalg.dense_operator(b[:4, :4]))

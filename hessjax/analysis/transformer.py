@@ -3,7 +3,8 @@ positions, per-layer query/key/value/output projections (optionally per head), M
 LayerNorm scales and biases and unembedding; block-wise spectral densities and their
 heterogeneity (Zhang et al., NeurIPS 2024, "Why Transformers Need Adam: A Hessian
 Perspective"); Frobenius norms of the Q, K, V, O diagonal blocks (Ormaniec, Dangel, Singh,
-ICLR 2025); exact-vs-Kronecker overlaps of the projections with tokens as samples (Wu et al.).
+ICLR 2025) and their growth with the input scale; exact-vs-Kronecker overlaps of the
+projections with tokens as samples (Wu et al.).
 
 Roles follow the parameter names of `hessjax.models.GPT` / `ViT` ('params/block_0/attn/query/
 kernel' -> 'block_0/Q'); any Linen transformer with the same names (or relabelled with
@@ -16,20 +17,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hessjax.curvature.blocks import layer_block_diagonal, partition_from_labels
 from hessjax.curvature.kronecker import kron_eigh, kronecker_factors
-from hessjax.curvature.layout import ParamLayout
+from hessjax.curvature.layout import ParamLayout, leaf_paths, select_mask
 from hessjax.curvature.losses import MeanLoss
-from hessjax.curvature.operators import CurvatureOperator, hessian_operator
+from hessjax.curvature.operators import CurvatureOperator, ggn_operator, hessian_operator
 from hessjax.linalg.blocks import BlockQuadrature, block_frobenius_sq, block_slq
 from hessjax.linalg.lanczos import eigsh
+from hessjax.linalg.operator import difference
 from hessjax.linalg.partition import Partition
 from hessjax.linalg.slq import spectral_density
 from hessjax.linalg.subspace import OverlapCurve, overlap_curve
 
 Array = jax.Array
+PyTree = Any
 # Module path (after 'params') -> role of a GPT / ViT leaf; blocks add 'block_<i>/'.
 _BLOCK_ROLES = {
     ("attn", "query"): "Q",
@@ -373,3 +377,128 @@ def kronecker_overlaps(
             int(exact.num_matvecs),
         ))  # fmt: skip
     return out
+
+
+# ----------------------------------------------------------------------------- input scale
+
+# Leading-order powers of σ (the input scale) in ‖H_jj‖_F of the query and value kernels of a
+# softmax self-attention layer without LayerNorm (Ormaniec et al. 2025, "growth rates"): the
+# outer-product part (GGN) grows as σ⁶ for W_Q and σ² for W_V, the functional part (H − GGN) of
+# W_Q as σ⁵, so H_QQ follows σ⁵ at small σ. LayerNorm removes the dependence.
+ORMANIEC_EXPONENTS = {"Q": {"hessian": 5, "outer": 6, "functional": 5}, "V": {"outer": 2}}
+GROWTH_PARTS = ("hessian", "outer", "functional")
+
+
+class ScaleGrowth(NamedTuple):
+    """Diagonal-block Frobenius norms against the input scale σ.
+
+    scales (s,); names (b,); norms, stderr: {part: (s, b)} for part 'hessian' (H), 'outer'
+    (the GGN Jᵀ H_out J) and 'functional' (H − GGN), stderr 0 when exact; slopes: {part: (b,)}
+    least-squares slope of log ‖·‖_F on log σ (NaN where a norm is 0); num_matvecs: products
+    of all parts (one product of H − GGN counts two)."""
+
+    scales: np.ndarray
+    names: tuple[str, ...]
+    norms: dict[str, np.ndarray]
+    stderr: dict[str, np.ndarray]
+    slopes: dict[str, np.ndarray]
+    num_matvecs: int
+
+
+def _matching(paths: list[str], pattern: str, what: str) -> list[str]:
+    hits = [p for p, on in zip(paths, select_mask(paths, pattern), strict=True) if on]
+    if not hits:
+        raise ValueError(f"{what} {pattern!r} matches no parameter; leaves are {paths}")
+    return hits
+
+
+def rescaled(params: PyTree, patterns: Sequence[str], scale: float) -> PyTree:
+    """`params` with every leaf matching a path pattern in `patterns` replaced by
+    scale · leaf / rms(leaf): an input layer (embeddings) initialised at standard deviation
+    `scale` with the same draw."""
+    paths = leaf_paths(params)
+    chosen = {p for pattern in patterns for p in _matching(paths, pattern, "scaled leaf")}
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    out = []
+    for path, leaf in zip(paths, leaves, strict=True):
+        if path in chosen:
+            rms = jnp.sqrt(jnp.mean(jnp.square(leaf)))
+            if not float(rms) > 0:
+                raise ValueError(f"leaf {path!r} is zero and cannot be rescaled")
+            leaf = leaf * (scale / rms)
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _log_slopes(scales: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    logs = np.log(scales)
+    slopes = np.full(norms.shape[1], np.nan)
+    for j in range(norms.shape[1]):
+        if np.all(norms[:, j] > 0):
+            slopes[j] = np.polyfit(logs, np.log(norms[:, j]), 1)[0]
+    return slopes
+
+
+def input_scale_growth(
+    model_fn: Any,
+    per_example_loss: Any,
+    params: PyTree,
+    data: tuple[Any, Any],
+    *,
+    blocks: Mapping[str, str],
+    scaled: Sequence[str],
+    scales: Sequence[float],
+    num_probes: int | None = None,
+    key: Array | None = None,
+) -> ScaleGrowth:
+    """‖H_jj‖_F, ‖GGN_jj‖_F and ‖(H − GGN)_jj‖_F of chosen parameter blocks as the input scale σ
+    varies (Ormaniec et al. 2025): for each σ in `scales` the leaves matching `scaled` (e.g.
+    ('token_embed', 'position_embed')) are set to σ · leaf / rms(leaf) (`rescaled`), and each
+    block (name -> path pattern, e.g. {'Q': 'block_0/attn/query/kernel'}) is measured on the
+    curvature restricted to the blocks' leaves. data: (inputs, targets) with a leading
+    microbatch axis, as for `ggn_operator`. num_probes None: exact (n_j products per block and
+    part); else Gaussian probes with standard errors, the same probes at every σ (needs key).
+    Compare `slopes` with `ORMANIEC_EXPONENTS`."""
+    scales = np.asarray(scales, np.float64)
+    if scales.ndim != 1 or scales.size < 2 or not np.all(np.isfinite(scales) & (scales > 0)):
+        raise ValueError(f"scales must be >= 2 positive finite numbers, got {scales.tolist()}")
+    if np.unique(scales).size != scales.size:
+        raise ValueError(f"scales must be distinct, got {scales.tolist()}")
+    if not blocks:
+        raise ValueError("blocks is empty: name at least one block, e.g. {'Q': 'query/kernel'}")
+    paths = leaf_paths(params)
+    owner: dict[str, str] = {}
+    for name, pattern in blocks.items():
+        for path in _matching(paths, pattern, f"block {name!r}:"):
+            if path in owner:
+                raise ValueError(f"leaf {path!r} is in blocks {owner[path]!r} and {name!r}")
+            owner[path] = name
+    rescaled(params, scaled, 1.0)  # checks the patterns before any product
+    select = sorted(owner)
+    labels = jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(params), [owner.get(p, 0) for p in paths]
+    )
+    names = tuple(blocks)
+    loss = MeanLoss(model_fn, per_example_loss)
+    norms = {part: [] for part in GROWTH_PARTS}
+    stderr = {part: [] for part in GROWTH_PARTS}
+    spent = 0
+    for scale in scales:
+        p = rescaled(params, scaled, float(scale))
+        hess = hessian_operator(loss, p, data, select=select)
+        ggn = ggn_operator(model_fn, per_example_loss, p, data, select=select)
+        partition = partition_from_labels(hess.layout, labels)
+        ops = {"hessian": hess, "outer": ggn, "functional": difference(hess, ggn)}
+        for i, part in enumerate(GROWTH_PARTS):
+            probe_key = None if key is None else jax.random.fold_in(key, i)
+            est = diagonal_block_norms(
+                ops[part], partition, names, num_probes=num_probes, key=probe_key
+            )
+            norms[part].append(est.norms)
+            stderr[part].append(est.stderr)
+            spent += est.num_matvecs * (2 if part == "functional" else 1)
+    norms_arr = {part: np.asarray(v) for part, v in norms.items()}
+    return ScaleGrowth(
+        scales, names, norms_arr, {part: np.asarray(v) for part, v in stderr.items()},
+        {part: _log_slopes(scales, v) for part, v in norms_arr.items()}, spent,
+    )  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hessjax.linalg import _checks
 
@@ -44,10 +45,12 @@ def token_cross_entropy(logits: Array, targets: Array | tuple[Array, Array]) -> 
             f"need logits (b, T, V) and targets (b, T), got {logits.shape} and {ids.shape}"
         )
     vocab = logits.shape[-1]
-    if _checks.is_concrete(ids) and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-        raise ValueError(
-            f"target ids must lie in [0, {vocab}), got [{int(ids.min())}, {int(ids.max())}]"
-        )
+    if _checks.is_concrete(ids) and ids.size:  # on the host: also when closed over in a jit
+        host = np.asarray(ids)
+        if int(host.min()) < 0 or int(host.max()) >= vocab:
+            raise ValueError(
+                f"target ids must lie in [0, {vocab}), got [{int(host.min())}, {int(host.max())}]"
+            )
     ce = cross_entropy(logits, ids)
     if mask is None:
         return jnp.mean(ce, axis=1)

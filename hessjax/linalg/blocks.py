@@ -355,19 +355,21 @@ def block_slq(
 
 
 class BlockNorms(NamedTuple):
-    """Squared Frobenius norms of blocks: sq (b, c) with sq[i, a] = ‖A_{i, columns[a]}‖²_F,
-    their standard errors stderr (b, c) (0 when exact), the probed column blocks (c,) and
-    the number of products spent."""
+    """Squared Frobenius norms of blocks: sq (b, c) float64 with sq[i, a] =
+    ‖A_{i, columns[a]}‖²_F, their standard errors stderr (b, c) (0 when exact), the probed
+    column blocks (c,) and the number of products spent."""
 
-    sq: Array
-    stderr: Array
+    sq: np.ndarray
+    stderr: np.ndarray
     columns: np.ndarray
     num_matvecs: int
 
 
 @functools.partial(jax.jit, static_argnames=("num_blocks", "block_size"))
+@functools.partial(jax.jit, static_argnames=("num_blocks", "block_size"))
 def _column_sq(op, probes, ids, num_blocks, block_size):
-    """Per-probe squared norms of each row block of A @ probes: (p, n) probes -> (p, b)."""
+    """Per-probe squared norms of each row block of A @ probes: (p, n) probes -> (p, b); one
+    compilation per operator kind and probe shape."""
 
     def one(v):
         w = op.matvec(v)
@@ -416,15 +418,17 @@ def block_frobenius_sq(
             probes = jnp.zeros((num_probes, op.size), op.dtype).at[:, idx].set(g.astype(op.dtype))
         per_probe = _column_sq(op, probes, ids_dev, num_blocks, block_size)
         spent += probes.shape[0]
+        # statistics in float64 on the host: squared deviations of tiny norms underflow float32
+        per_probe = np.asarray(per_probe, np.float64)
         if num_probes is None:
             sq.append(per_probe.sum(0))
-            se.append(jnp.zeros((num_blocks,), op.dtype))
+            se.append(np.zeros((num_blocks,)))
         else:
             sq.append(per_probe.mean(0))
             se.append(per_probe.std(0, ddof=1) / np.sqrt(num_probes))
-    sq, se = jnp.stack(sq, axis=1), jnp.stack(se, axis=1)
+    sq, se = np.stack(sq, axis=1), np.stack(se, axis=1)
     if num_probes is not None and columns is None:
-        sq, se = (sq + sq.T) / 2, jnp.sqrt(se**2 + se.T**2) / 2
+        sq, se = (sq + sq.T) / 2, np.sqrt(se**2 + se.T**2) / 2
     return BlockNorms(sq, se, cols, spent)
 
 

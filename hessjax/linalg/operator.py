@@ -91,6 +91,22 @@ def dense_operator(matrix: Array) -> Operator:
     return Operator(_dense_product, (matrix,), int(matrix.shape[0]), np.dtype(matrix.dtype))
 
 
+def _difference_product(v: Array, a: Operator, b: Operator) -> Array:
+    return a.matvec(v) - b.matvec(v)
+
+
+def difference(a: Operator, b: Operator) -> Operator:
+    """A − B for two in-memory operators on the same space (e.g. Hessian − GGN: the functional
+    part of the curvature); one product costs one product of each."""
+    for op, name in ((a, "a"), (b, "b")):
+        if not isinstance(op, Operator):
+            raise ValueError(f"difference needs in-memory Operators, {name} is {type(op).__name__}")
+    if a.size != b.size or a.dtype != b.dtype:
+        raise ValueError(f"operators differ: size {a.size} vs {b.size}, dtype {a.dtype} vs "
+                         f"{b.dtype}")  # fmt: skip
+    return Operator(_difference_product, (a, b), a.size, a.dtype)
+
+
 def to_dense(op: LinearOperatorLike, block_size: int | None = None) -> Array:
     """Materialise the (size, size) matrix of `op` column by column (small operators only),
     `block_size` products at a time (see `apply_block`)."""

@@ -1,10 +1,11 @@
 """A decoder-only GPT and a ViT (Flax Linen) whose every projection is its own parameter leaf.
 
 Both are pre-LayerNorm transformers built from the same `Block` (causal or full multi-head
-self-attention, then a GELU MLP, each in a residual branch). Names under 'params' are fixed,
-so role partitions (`hessjax.analysis.transformer.role_partition`) and the Kronecker tags
-(every projection is an `nn.Dense`, found by `hessjax.curvature.kronecker_factors`) can name
-them:
+self-attention, then a GELU MLP, each in a residual branch); `layer_norm=False` drops every
+LayerNorm (no 'ln_*' leaves), the setting of Ormaniec et al.'s scaling laws. Names under
+'params' are fixed, so role partitions (`hessjax.analysis.transformer.role_partition`) and
+the Kronecker tags (every projection is an `nn.Dense`, found by
+`hessjax.curvature.kronecker_factors`) can name them:
 
     token_embed/embedding (V, d)         GPT token embedding
     position_embed (T, d)                learned positions (GPT: T = context; ViT: patches (+1))
@@ -83,33 +84,41 @@ class MLPBlock(nn.Module):
         return nn.Dense(x.shape[-1], name="fc_out")(y)
 
 
+def _norm(x: Array, layer_norm: bool, name: str) -> Array:
+    return nn.LayerNorm(name=name)(x) if layer_norm else x
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)) (ln = identity
+    when not layer_norm)."""
 
     num_heads: int
     mlp_ratio: int
     causal: bool
+    layer_norm: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = x + SelfAttention(self.num_heads, self.causal, name="attn")(
-            nn.LayerNorm(name="ln_attn")(x)
-        )
+        attn = SelfAttention(self.num_heads, self.causal, name="attn")
+        x = x + attn(_norm(x, self.layer_norm, "ln_attn"))
         hidden = self.mlp_ratio * x.shape[-1]
-        return x + MLPBlock(hidden, name="mlp")(nn.LayerNorm(name="ln_mlp")(x))
+        return x + MLPBlock(hidden, name="mlp")(_norm(x, self.layer_norm, "ln_mlp"))
 
 
-def _blocks(x: Array, num_layers: int, num_heads: int, mlp_ratio: int, causal: bool) -> Array:
+def _blocks(
+    x: Array, num_layers: int, num_heads: int, mlp_ratio: int, causal: bool, layer_norm: bool
+) -> Array:
     for i in range(num_layers):
-        x = Block(num_heads, mlp_ratio, causal, name=f"block_{i}")(x)
-    return nn.LayerNorm(name="ln_final")(x)
+        x = Block(num_heads, mlp_ratio, causal, layer_norm, name=f"block_{i}")(x)
+    return _norm(x, layer_norm, "ln_final")
 
 
 class GPT(nn.Module):
     """Decoder-only transformer: tokens (b, T) int32 in [0, vocab_size), T <= context ->
     next-token logits (b, T, vocab_size). tie_embeddings: logits = x @ token_embedᵀ (no
-    'unembed' leaf). Initialisation: N(0, 0.02²) embeddings and positions, Flax defaults
-    (LeCun normal kernels, zero biases, unit LayerNorm scales) elsewhere."""
+    'unembed' leaf). layer_norm False: no LayerNorms. Initialisation: N(0, 0.02²) embeddings
+    and positions, Flax defaults (LeCun normal kernels, zero biases, unit LayerNorm scales)
+    elsewhere."""
 
     vocab_size: int
     context: int
@@ -118,6 +127,7 @@ class GPT(nn.Module):
     num_layers: int
     mlp_ratio: int = 4
     tie_embeddings: bool = False
+    layer_norm: bool = True
 
     @nn.compact
     def __call__(self, tokens: Array) -> Array:
@@ -133,7 +143,7 @@ class GPT(nn.Module):
         embed = nn.Embed(self.vocab_size, self.width, embedding_init=init, name="token_embed")
         pos = self.param("position_embed", init, (self.context, self.width))
         x = embed(tokens) + pos[:t]
-        x = _blocks(x, self.num_layers, self.num_heads, self.mlp_ratio, causal=True)
+        x = _blocks(x, self.num_layers, self.num_heads, self.mlp_ratio, True, self.layer_norm)
         if self.tie_embeddings:
             return embed.attend(x)
         return nn.Dense(self.vocab_size, use_bias=False, name="unembed")(x)
@@ -142,7 +152,8 @@ class GPT(nn.Module):
 class ViT(nn.Module):
     """Vision transformer: images (b, H, W, c), (b, H, W) or flat square (b, H·W) -> logits
     (b, num_classes). Non-overlapping patch_size × patch_size patches (H, W divisible by it)
-    embedded by one Dense; pool 'mean' (mean over patch tokens) or 'cls' (a class token)."""
+    embedded by one Dense; pool 'mean' (mean over patch tokens) or 'cls' (a class token);
+    layer_norm False: no LayerNorms."""
 
     num_classes: int
     patch_size: int
@@ -151,6 +162,7 @@ class ViT(nn.Module):
     num_layers: int
     mlp_ratio: int = 4
     pool: str = "mean"
+    layer_norm: bool = True
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
@@ -168,7 +180,8 @@ class ViT(nn.Module):
             cls = self.param("cls_token", nn.initializers.normal(0.02), (1, self.width))
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)
         pos = self.param("position_embed", nn.initializers.normal(0.02), x.shape[1:])
-        x = _blocks(x + pos, self.num_layers, self.num_heads, self.mlp_ratio, causal=False)
+        x = _blocks(x + pos, self.num_layers, self.num_heads, self.mlp_ratio, False,
+                    self.layer_norm)  # fmt: skip
         x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
         return nn.Dense(self.num_classes, name="head")(x)
 
