@@ -1007,3 +1007,35 @@ def plot_qkvo_norms(
     ax.set(xlabel="training step", ylabel="‖H_jj‖_F", title="Q/K/V/O diagonal blocks")
     ax.legend(fontsize=7, ncol=2)
     _save(fig, path, title)
+
+
+def plot_scale_growth(
+    scales: Sequence[float],
+    norms: Mapping[str, Mapping[str, np.ndarray]],
+    blocks: Sequence[str],
+    powers: Mapping[str, Mapping[str, float]],
+    path: str,
+    title: str = "",
+) -> None:
+    """‖·‖_F of diagonal blocks against the input scale σ, log-log: rows are blocks (Q, V),
+    columns the parts (H, GGN, H − GGN); one line per LayerNorm variant (norms[variant][part]
+    (s, b)); dashed: the theory's power σ^p where `powers[block][part]` gives one, anchored at
+    the no-LayerNorm curve's smallest σ."""
+    parts = ("hessian", "outer", "functional")
+    labels = {"hessian": "H", "outer": "GGN (outer product)", "functional": "H − GGN (functional)"}
+    fig, axes = plt.subplots(len(blocks), 3, figsize=(11, 3.2 * len(blocks)), squeeze=False)
+    s = np.asarray(scales)
+    for i, block in enumerate(blocks):
+        for j, part in enumerate(parts):
+            ax = axes[i, j]
+            for k, (variant, by_part) in enumerate(norms.items()):
+                ax.loglog(s, np.asarray(by_part[part])[:, i], marker=".", color=f"C{k}",
+                          label=f"LayerNorm {variant}")  # fmt: skip
+            power = powers.get(block, {}).get(part)
+            if power is not None and "none" in norms:
+                y0 = np.asarray(norms["none"][part])[0, i]
+                ax.loglog(s, y0 * (s / s[0]) ** power, "k--", lw=0.8, label=f"σ^{power:g}")
+            ax.set(title=f"W_{block}: {labels[part]}", xlabel="input scale σ",
+                   ylabel="‖·‖_F")  # fmt: skip
+            ax.legend(fontsize=7)
+    _save(fig, path, title)

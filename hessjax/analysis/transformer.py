@@ -430,7 +430,9 @@ def rescaled(params: PyTree, patterns: Sequence[str], scale: float) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _log_slopes(scales: np.ndarray, norms: np.ndarray) -> np.ndarray:
+def log_slopes(scales: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """Least-squares slope of log norms (s, b) on log scales (s,) per column: (b,), NaN for a
+    column with a zero norm."""
     logs = np.log(scales)
     slopes = np.full(norms.shape[1], np.nan)
     for j in range(norms.shape[1]):
@@ -500,5 +502,5 @@ def input_scale_growth(
     norms_arr = {part: np.asarray(v) for part, v in norms.items()}
     return ScaleGrowth(
         scales, names, norms_arr, {part: np.asarray(v) for part, v in stderr.items()},
-        {part: _log_slopes(scales, v) for part, v in norms_arr.items()}, spent,
+        {part: log_slopes(scales, v) for part, v in norms_arr.items()}, spent,
     )  # fmt: skip
