@@ -2,7 +2,7 @@ r"""Config of experiments/attention_growth.py: how the query and value blocks of
 Hessian grow with the scale σ of its input embeddings (Ormaniec, Dangel, Singh, ICLR 2025),
 without LayerNorm and with pre-LayerNorm.
 
-Default: a one-layer, one-head GPT (V = 256 bytes, context 32, width 64: 49,984 parameters
+Default: a one-layer, one-head GPT (V = 256 bytes, context 32, width 64: 84,544 parameters
 without LayerNorm), 16 windows of bytes, σ = 10^-2 .. 10^1 in 13 log steps, 16 Gaussian probes
 per block norm (the same probes at every σ), 3 seeds (init and data). Data: the running
 interpreter's standard library (no files); the README's numbers use the fixed corpus,
