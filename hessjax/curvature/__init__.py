@@ -27,10 +27,23 @@ from hessjax.curvature.kronecker import (
     output_hessians,
 )
 from hessjax.curvature.layout import ParamLayout, group_by_prefix, leaf_paths, make_layout
-from hessjax.curvature.losses import MeanLoss, cross_entropy, mse, token_cross_entropy
+from hessjax.curvature.lm_head import (
+    LMHeadLoss,
+    chunked_token_cross_entropy,
+    lm_head_ggn_operator,
+)
+from hessjax.curvature.losses import (
+    MeanLoss,
+    check_token_ids,
+    cross_entropy,
+    mse,
+    token_cross_entropy,
+)
 from hessjax.curvature.operators import (
     CurvatureOperator,
+    CurvatureProduct,
     StreamingOperator,
+    build_operator,
     empirical_fisher_operator,
     ggn_operator,
     hessian_operator,
@@ -38,6 +51,12 @@ from hessjax.curvature.operators import (
 
 __all__ = [
     "CurvatureOperator",
+    "CurvatureProduct",
+    "LMHeadLoss",
+    "build_operator",
+    "check_token_ids",
+    "chunked_token_cross_entropy",
+    "lm_head_ggn_operator",
     "DenseIO",
     "KroneckerEigenpairs",
     "KroneckerFactors",

@@ -29,6 +29,17 @@ def mse(outputs: Array, targets: Array) -> Array:
     return 0.5 * jnp.sum((outputs - targets) ** 2, axis=-1)
 
 
+def check_token_ids(ids: Array, vocab: int) -> None:
+    """ValueError when concrete ids (any shape) leave [0, vocab); checked on the host, so also
+    for ids closed over inside a `jit`; traced ids are not checked."""
+    if _checks.is_concrete(ids) and ids.size:
+        host = np.asarray(ids)
+        if int(host.min()) < 0 or int(host.max()) >= vocab:
+            raise ValueError(
+                f"target ids must lie in [0, {vocab}), got [{int(host.min())}, {int(host.max())}]"
+            )
+
+
 def token_cross_entropy(logits: Array, targets: Array | tuple[Array, Array]) -> Array:
     """Next-token cross-entropy of a language model, per sequence: logits (b, T, V), targets
     (b, T) integer ids or a tuple (ids (b, T), mask (b, T)) whose 0 entries (padding) do not
@@ -44,13 +55,7 @@ def token_cross_entropy(logits: Array, targets: Array | tuple[Array, Array]) -> 
         raise ValueError(
             f"need logits (b, T, V) and targets (b, T), got {logits.shape} and {ids.shape}"
         )
-    vocab = logits.shape[-1]
-    if _checks.is_concrete(ids) and ids.size:  # on the host: also when closed over in a jit
-        host = np.asarray(ids)
-        if int(host.min()) < 0 or int(host.max()) >= vocab:
-            raise ValueError(
-                f"target ids must lie in [0, {vocab}), got [{int(host.min())}, {int(host.max())}]"
-            )
+    check_token_ids(ids, logits.shape[-1])
     ce = cross_entropy(logits, ids)
     if mask is None:
         return jnp.mean(ce, axis=1)

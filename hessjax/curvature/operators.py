@@ -35,7 +35,7 @@ from hessjax.linalg.operator import Operator
 Array = jax.Array
 
 
-class _Product:
+class CurvatureProduct:
     """Shared skeleton of a curvature product: split params into the selected leaves and the
     rest, and average `per_batch` over the microbatch axis of data with one `lax.scan`.
 
@@ -67,7 +67,7 @@ class _Product:
 
 
 @dataclasses.dataclass(frozen=True)
-class HessianProduct(_Product):
+class HessianProduct(CurvatureProduct):
     """v -> H v, H the Hessian of loss_fn(params, batch) averaged over microbatches;
     forward-over-reverse (jvp of grad)."""
 
@@ -80,7 +80,7 @@ class HessianProduct(_Product):
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussNewtonProduct(_Product):
+class GaussNewtonProduct(CurvatureProduct):
     """v -> G v = Jᵀ H_out J v for the mean of per_example_loss(model_fn(params, x), y)."""
 
     model_fn: Callable[[PyTree, Any], Array]
@@ -96,7 +96,7 @@ class GaussNewtonProduct(_Product):
 
 
 @dataclasses.dataclass(frozen=True)
-class FisherProduct(_Product):
+class FisherProduct(CurvatureProduct):
     """v -> F v, F = (1/b) Σ_i g_i g_iᵀ with g_i the gradient of example i's loss (empirical
     Fisher), without materialising per-example gradients (one jvp and one transpose)."""
 
@@ -210,7 +210,7 @@ def _is_tracer(tree: PyTree) -> bool:
 @functools.partial(jax.jit, static_argnums=0)
 def _loss_values(value_fn: Callable[[PyTree, Any], Array], params: PyTree, data: PyTree):
     """value_fn(params, batch) on every microbatch of data (m, b, ...), stacked: (m, ...)."""
-    if jax.tree_util.tree_leaves(data)[0].shape[0] == 1:  # no loop (see _Product)
+    if jax.tree_util.tree_leaves(data)[0].shape[0] == 1:  # no loop (see CurvatureProduct)
         value = value_fn(params, jax.tree_util.tree_map(lambda x: x[0], data))
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], value)
     return lax.map(functools.partial(value_fn, params), data)
@@ -249,9 +249,19 @@ def _raise_non_finite(finite: Array, where: str) -> None:
         )
 
 
-def _build(product, value_fn, params, data, batches, layout: ParamLayout, per_example=False):
-    """The in-memory or streaming operator of `product`, after checking the inputs and that
-    value_fn (the loss, or per-example losses) is finite on every (micro)batch."""
+def build_operator(
+    product: CurvatureProduct,
+    value_fn: Callable[[PyTree, Any], Array],
+    params: PyTree,
+    data: PyTree | None,
+    batches: Iterable[PyTree] | Callable[[], Iterable[PyTree]] | None,
+    layout: ParamLayout,
+    per_example: bool = False,
+) -> CurvatureOperator | StreamingOperator:
+    """The in-memory (`data`) or streaming (`batches`) operator of a product (a hashable
+    `CurvatureProduct` subclass), after checking the inputs and that value_fn (the loss, or the
+    per-example losses) is finite on every (micro)batch. For new operator kinds (e.g.
+    `lm_head_ggn_operator`)."""
     if (data is None) == (batches is None):
         raise ValueError("pass exactly one of data= (microbatched pytree) or batches= (iterable)")
     if data is not None:
@@ -299,7 +309,7 @@ def hessian_operator(
         or a predicate on '/'-joined leaf paths. The result is the diagonal block H_ii.
     """
     layout = make_layout(params, select)
-    return _build(HessianProduct(loss_fn, layout), loss_fn, params, data, batches, layout)
+    return build_operator(HessianProduct(loss_fn, layout), loss_fn, params, data, batches, layout)
 
 
 def ggn_operator(
@@ -319,7 +329,7 @@ def ggn_operator(
     layout = make_layout(params, select)
     product = GaussNewtonProduct(model_fn, per_example_loss, layout)
     loss = MeanLoss(model_fn, per_example_loss)
-    return _build(product, loss, params, data, batches, layout)
+    return build_operator(product, loss, params, data, batches, layout)
 
 
 def empirical_fisher_operator(
@@ -335,4 +345,4 @@ def empirical_fisher_operator(
     layout = make_layout(params, select)
     product = FisherProduct(model_fn, per_example_loss, layout)
     losses = MeanLoss(model_fn, per_example_loss).per_example
-    return _build(product, losses, params, data, batches, layout, per_example=True)
+    return build_operator(product, losses, params, data, batches, layout, per_example=True)

@@ -116,9 +116,11 @@ def _blocks(
 class GPT(nn.Module):
     """Decoder-only transformer: tokens (b, T) int32 in [0, vocab_size), T <= context ->
     next-token logits (b, T, vocab_size). tie_embeddings: logits = x @ token_embedᵀ (no
-    'unembed' leaf). layer_norm False: no LayerNorms. Initialisation: N(0, 0.02²) embeddings
-    and positions, Flax defaults (LeCun normal kernels, zero biases, unit LayerNorm scales)
-    elsewhere."""
+    'unembed' leaf). layer_norm False: no LayerNorms. logits False: the final hidden states
+    (b, T, width) instead, for `curvature.LMHeadLoss` (which applies the unembedding itself,
+    in chunks; params from the default model, 'unembed' included, work). Initialisation:
+    N(0, 0.02²) embeddings and positions, Flax defaults (LeCun normal kernels, zero biases,
+    unit LayerNorm scales) elsewhere."""
 
     vocab_size: int
     context: int
@@ -128,6 +130,7 @@ class GPT(nn.Module):
     mlp_ratio: int = 4
     tie_embeddings: bool = False
     layer_norm: bool = True
+    logits: bool = True
 
     @nn.compact
     def __call__(self, tokens: Array) -> Array:
@@ -144,6 +147,8 @@ class GPT(nn.Module):
         pos = self.param("position_embed", init, (self.context, self.width))
         x = embed(tokens) + pos[:t]
         x = _blocks(x, self.num_layers, self.num_heads, self.mlp_ratio, True, self.layer_norm)
+        if not self.logits:
+            return x
         if self.tie_embeddings:
             return embed.attend(x)
         return nn.Dense(self.vocab_size, use_bias=False, name="unembed")(x)

@@ -1,0 +1,112 @@
+"""The chunked language-model head (`curvature.LMHeadLoss`, `lm_head_ggn_operator`) against the
+plain loss on whole logits: loss values, Hessian products equal to `jax.jvp(jax.grad(...))`
+(1e-10 relative in float64, 1e-5 in float32), Gauss-Newton products equal to the dense
+Jᵀ H_out J, padding masks, tied embeddings, and bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from hessjax import curvature as cv
+from hessjax.models import GPT
+
+V, T, B = 13, 4, 6  # vocabulary, context, sequences: 24 tokens
+MODEL, TRUNK = GPT(V, T, 8, 2, 1), GPT(V, T, 8, 2, 1, logits=False)
+KERNEL = "params/unembed/kernel"
+
+
+def _problem(dtype):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
+    y = jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
+    mask = jnp.asarray(np.maximum(rng.integers(0, 2, (B, T)), np.eye(B, T, dtype=int)))
+    params = MODEL.init(jax.random.key(0), x)
+    flat, unravel = ravel_pytree(jax.tree_util.tree_map(lambda p: p.astype(dtype), params))
+    params = unravel(flat + 0.1 * jax.random.normal(jax.random.key(1), flat.shape, dtype))
+    return x, y, mask, params
+
+
+@jax.jit
+def _plain_hvp(params, batch, v_tree):
+    """The plain forward-over-reverse product on whole logits (the oracle)."""
+    loss = cv.MeanLoss(MODEL.apply, cv.token_cross_entropy)
+    return jax.jvp(lambda p: jax.grad(loss)(p, batch), (params,), (v_tree,))[1]
+
+
+@pytest.mark.parametrize(
+    "dtype, rtol, masked, chunk", [(jnp.float64, 1e-10, True, 4), (jnp.float32, 1e-5, False, 24)]
+)
+def test_hessian_products_equal_the_plain_product(dtype, rtol, masked, chunk):
+    with jax.enable_x64(dtype == jnp.float64):
+        x, y, mask, params = _problem(dtype)
+        plain = cv.MeanLoss(MODEL.apply, cv.token_cross_entropy)
+        targets = (y, mask) if masked else y
+        loss = cv.LMHeadLoss(TRUNK.apply, KERNEL, chunk)
+        np.testing.assert_allclose(loss(params, (x, targets)), plain(params, (x, targets)),
+                                   rtol=rtol)  # fmt: skip
+        batch = (x[None], jax.tree_util.tree_map(lambda a: a[None], targets))
+        op = cv.hessian_operator(loss, params, batch)
+        v = jax.random.normal(jax.random.key(2), (op.size,), dtype)
+        want = op.ravel(_plain_hvp(params, (x, targets), op.unravel(v)))
+        got = op @ v
+        assert float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want)) < rtol
+
+
+@pytest.mark.x64
+def test_gauss_newton_equals_dense_oracle():
+    x, y, mask, params = _problem(jnp.float64)
+    flat, unravel = ravel_pytree(params)
+    logits = MODEL.apply(params, x)
+    jac = jax.jit(jax.jacobian(lambda f, x: MODEL.apply(unravel(f), x)))(flat, x)
+    jac = jac.reshape(logits.size, -1)
+    for targets in (y, (y, mask)):
+        h_out = jax.jit(jax.hessian(
+            lambda z, t: jnp.mean(cv.token_cross_entropy(z.reshape(logits.shape), t))
+        ))(logits.ravel(), targets)  # fmt: skip
+        dense = np.asarray(jac.T @ h_out @ jac)
+        loss = cv.LMHeadLoss(TRUNK.apply, KERNEL, 8)
+        batch = (x[None], jax.tree_util.tree_map(lambda a: a[None], targets))
+        op = cv.lm_head_ggn_operator(loss, params, batch)
+        np.testing.assert_allclose(np.asarray(op @ jnp.eye(op.size)), dense, atol=1e-12)
+    # one block only (select): the diagonal block of the same matrix
+    sub = cv.lm_head_ggn_operator(cv.LMHeadLoss(TRUNK.apply, KERNEL, 8), params,
+                                  (x[None], y[None]), select="unembed")  # fmt: skip
+    assert sub.size == 8 * V
+
+
+@pytest.mark.x64
+def test_tied_embeddings():
+    x, y, _, _ = _problem(jnp.float64)
+    tied, trunk = GPT(V, T, 8, 2, 1, tie_embeddings=True), GPT(V, T, 8, 2, 1, logits=False)
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64),
+                                    tied.init(jax.random.key(0), x))  # fmt: skip
+    plain = cv.MeanLoss(tied.apply, cv.token_cross_entropy)
+    loss = cv.LMHeadLoss(trunk.apply, "params/token_embed/embedding", 12, transposed=True)
+    np.testing.assert_allclose(loss(params, (x, y)), plain(params, (x, y)), rtol=1e-12)
+    a = cv.ggn_operator(tied.apply, cv.token_cross_entropy, params, (x[None], y[None]))
+    b = cv.lm_head_ggn_operator(loss, params, (x[None], y[None]))
+    v = jax.random.normal(jax.random.key(3), (a.size,))
+    np.testing.assert_allclose(b @ v, a @ v, rtol=1e-10, atol=1e-14)
+
+
+def test_bad_input():
+    x, y, _, params = _problem(jnp.float32)
+    data = (x[None], y[None])
+    with pytest.raises(ValueError, match="chunk_size 5 must divide the 24 tokens"):
+        cv.hessian_operator(cv.LMHeadLoss(TRUNK.apply, KERNEL, 5), params, data)
+    with pytest.raises(ValueError, match="chunk_size 48 must divide the 24 tokens"):
+        cv.LMHeadLoss(TRUNK.apply, KERNEL, 48)(params, (x, y))
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        cv.LMHeadLoss(TRUNK.apply, KERNEL, 0)(params, (x, y))
+    with pytest.raises(ValueError, match="'params/head/kernel' is not a leaf"):
+        cv.LMHeadLoss(TRUNK.apply, "params/head/kernel", 8)(params, (x, y))
+    with pytest.raises(ValueError, match=r"target ids must lie in \[0, 13\), got \[0, 13\]"):
+        cv.LMHeadLoss(TRUNK.apply, KERNEL, 8)(params, (x, y.at[0, 0].set(V)))
+    with pytest.raises(ValueError, match="kernel must be \\(d, V\\) with d = 8"):
+        cv.chunked_token_cross_entropy(jnp.ones((B, T, 8)), jnp.ones((7, V)), y, 8)
+    with pytest.raises(ValueError, match="needs an LMHeadLoss"):
+        cv.lm_head_ggn_operator(cv.MeanLoss(MODEL.apply, cv.token_cross_entropy), params, data)
