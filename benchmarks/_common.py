@@ -19,6 +19,13 @@ def compile_timed(fn, *args):
     return exe, time.perf_counter() - start
 
 
+def compiled_bytes(exe) -> int:
+    """Arguments + outputs + temporaries of a compiled executable (XLA's memory analysis): the
+    peak a device allocator needs for one call, deterministic, on any backend."""
+    mem = exe.memory_analysis()
+    return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
+
+
 def timed_interleaved(
     calls: dict, repeats: int, warmup: int, cpu_times: dict | None = None
 ) -> dict[str, list[float]]:
