@@ -26,6 +26,13 @@ or as the last transformation of an optax chain (`monitoring`):
     opt = optax.chain(optax.sgd(0.1), monitoring(monitor))
     updates, opt_state = opt.update(grads, opt_state, params, batch=batch, loss=loss)
 
+Adaptive optimisers (Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of Stability"):
+`curvature_monitor(..., preconditioned=True)` measures the top eigenvalues of
+P^{-1/2} H P^{-1/2} (those of P⁻¹ H) for a diagonal preconditioner P passed to every `update`
+as `preconditioner=` (a params-shaped tree), e.g. `adam_preconditioner(opt_state)`:
+P = √v̂ + ε from Adam's bias-corrected second moments. Under full-batch Adam it rises to
+(2 + 2β₁) / ((1 − β₁) η) (38/η for β₁ = 0.9) and hovers there.
+
 Divergence: inside `jit` nothing can raise. When the training loss (passed as `loss=`) or a
 measurement becomes non-finite the state records the first such step and stops measuring, so
 the buffer keeps what was measured before; `check_finite(state)` raises `MonitorDivergence`
@@ -48,7 +55,7 @@ import optax
 from jax import lax
 
 from hessjax.curvature import MeanLoss, ggn_operator, hessian_operator
-from hessjax.linalg import eigsh, hutchinson
+from hessjax.linalg import diagonal_congruence, eigsh, hutchinson
 from hessjax.training import find_state
 
 Array = jax.Array
@@ -184,6 +191,7 @@ class Monitor:
     callback: Callable[[dict], None] | None
     seed: int
     reorthogonalize: bool = True
+    preconditioned: bool = False
 
     # ------------------------------------------------------------------ state
 
@@ -260,12 +268,41 @@ class Monitor:
             return ggn_operator(self.loss_fn.model_fn, self.loss_fn.per_example_loss, params, data)
         return hessian_operator(self.loss_fn, params, data)
 
+    def check_preconditioner(self, params: PyTree, preconditioner: PyTree | None) -> None:
+        """ValueError unless a preconditioned monitor gets a params-shaped preconditioner (and
+        a plain one none)."""
+        if not self.preconditioned:
+            if preconditioner is not None:
+                raise ValueError("preconditioner= given to a monitor built without "
+                                 "preconditioned=True")  # fmt: skip
+            return
+        if preconditioner is None:
+            raise ValueError(
+                "this monitor is preconditioned: pass preconditioner= (a params-shaped "
+                "diagonal P, e.g. adam_preconditioner(opt_state))"
+            )
+        want = jax.tree_util.tree_map(jnp.shape, params)
+        got = jax.tree_util.tree_map(jnp.shape, preconditioner)
+        if want != got:
+            raise ValueError(f"preconditioner must have the params' structure and shapes:\n"
+                             f"{got}\nvs params\n{want}")  # fmt: skip
+
     def measure(
-        self, params: PyTree, batch: PyTree, key: Array, v0: Array | None = None
+        self,
+        params: PyTree,
+        batch: PyTree,
+        key: Array,
+        v0: Array | None = None,
+        preconditioner: PyTree | None = None,
     ) -> Measurement:
         """One measurement (no condition): top-k eigenpairs from v0 (random when None), the
-        trace estimate (when trace_probes > 0) and the probe loss. Traceable."""
+        trace estimate (when trace_probes > 0) and the probe loss. Preconditioned monitors
+        measure P^{-1/2} H P^{-1/2} with P = `preconditioner` (params-shaped, > 0); their
+        eigenvectors are those of that matrix. Traceable."""
+        self.check_preconditioner(params, preconditioner)
         op = self.operator(params, batch)
+        if self.preconditioned:
+            op = diagonal_congruence(op, jax.lax.rsqrt(op.ravel(preconditioner)))
         k_eig, k_trace = jax.random.split(key)
         num_steps = self.num_steps or min(op.size, self.k + 20)
         top = eigsh(
@@ -296,6 +333,7 @@ class Monitor:
         updates: PyTree | None = None,
         loss: Array | None = None,
         applied: bool = False,
+        preconditioner: PyTree | None = None,
     ) -> MonitorState:
         """Advance the monitor by one training step (call number s = state.step).
 
@@ -309,10 +347,12 @@ class Monitor:
         +14 % per step on CPU that way; with applied=True and no alignment, nothing measurable).
         batch: the probe batch (b, ...), a fixed one or the step's minibatch; updates: the
         update of this step (for the alignment), optional; loss: the step's training loss,
-        optional (checked for divergence every step, recorded at step s). Pure and traceable;
-        call it inside the jitted step.
+        optional (checked for divergence every step, recorded at step s); preconditioner: the
+        diagonal P of a preconditioned monitor (required then), params-shaped. Pure and
+        traceable; call it inside the jitted step.
         """
         self.check_batch(params, batch)
+        self.check_preconditioner(params, preconditioner)
         step = state.step
         healthy = state.diverged_at < 0
         loss_bad = jnp.asarray(False) if loss is None else ~jnp.isfinite(loss)
@@ -325,8 +365,9 @@ class Monitor:
                     f"updates have {num} entries, the monitor's params {state.vectors.shape[0]}"
                 )
         state = lax.cond(
-            take, self._measure_into, lambda s, *_: s, state, params, batch, updates, at
-        )
+            take, self._measure_into, lambda s, *_: s, state, params, batch, updates, at,
+            preconditioner,
+        )  # fmt: skip
         if loss is not None:
             first, dtype = healthy & loss_bad, state.diverged_value.dtype
             state = state._replace(
@@ -336,7 +377,7 @@ class Monitor:
             )
         return state._replace(step=step + 1)
 
-    def _measure_into(self, state, params, batch, updates, at):
+    def _measure_into(self, state, params, batch, updates, at, preconditioner):
         key, sub, start = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         n, dtype = state.vectors.shape[0], state.vectors.dtype
         if self.warm_start:  # n normals drawn only when there is nothing to start from
@@ -348,7 +389,7 @@ class Monitor:
             )
         else:
             v0 = jax.random.normal(start, (n,), dtype)
-        m = self.measure(params, batch, sub, v0)
+        m = self.measure(params, batch, sub, v0, preconditioner)
         fdt = state.eigenvalues.dtype
         m = m._replace(
             eigenvalues=m.eigenvalues.astype(fdt),
@@ -412,6 +453,7 @@ def curvature_monitor(
     callback: Callable[[dict], None] | None = None,
     seed: int = 0,
     reorthogonalize: bool | None = None,
+    preconditioned: bool = False,
 ) -> Monitor:
     """A curvature monitor of loss_fn(params, batch) -> scalar.
 
@@ -442,6 +484,9 @@ def curvature_monitor(
         quarter of a warm measurement's time on benchmarks/monitor.py's MLP); orthogonality
         is only lost as a Ritz pair converges far below the tolerance (|q_{j+1}ᵀ y| ~
         ε‖A‖ / its residual, Paige), which a k = 1 run stopped at tol >= 1e-3 never reaches.
+      preconditioned: measure P^{-1/2} H P^{-1/2} (the eigenvalues of P⁻¹ H) for the diagonal
+        P passed to every `update` as preconditioner= (e.g. `adam_preconditioner`): Cohen et
+        al. (2022)'s preconditioned sharpness of adaptive optimisers.
     """
     _check_int(every, "every (the measurement period N)", 1)
     _check_int(k, "k", 1)
@@ -459,6 +504,8 @@ def curvature_monitor(
         )
     if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+    if not isinstance(preconditioned, bool):
+        raise ValueError(f"preconditioned must be True or False, got {preconditioned!r}")
     if reorthogonalize is None:
         reorthogonalize = not (k == 1 and tol >= 1e-3)
     elif not isinstance(reorthogonalize, bool):
@@ -471,7 +518,7 @@ def curvature_monitor(
         loss_fn, int(every), int(k), int(capacity), curvature, float(tol),
         None if num_steps is None else int(num_steps), int(trace_probes), bool(warm_start),
         None if microbatch_size is None else int(microbatch_size), callback, int(seed),
-        reorthogonalize,
+        reorthogonalize, preconditioned,
     )  # fmt: skip
 
 
@@ -493,9 +540,10 @@ def monitoring(
     after updates N, 2N, ...). Chain it last (it then sees the updates actually applied). The
     probe batch is `probe` (kept in the state, so it is a jit argument) or, per call, the
     extra argument `batch=`; the extra argument `loss=` enables the divergence check every
-    step. alignment=True also records |cos| between the top eigenvector and the update; it
-    keeps the update as a buffer of its own every step (benchmarks/monitor.py's MLP on 2 CPU
-    cores under Adam: training time x 1.21 with it, x 1.05 without), so it is off by default:
+    step; `preconditioner=` feeds a preconditioned monitor. alignment=True also records |cos|
+    between the top eigenvector and the update; it keeps the update as a buffer of its own
+    every step (benchmarks/monitor.py's MLP on 2 CPU cores under Adam: training time x 1.21
+    with it, x 1.05 without), so it is off by default:
 
         opt = optax.chain(optax.sgd(0.1), monitoring(monitor, probe))
         updates, opt_state = opt.update(grads, opt_state, params, loss=loss)
@@ -506,7 +554,8 @@ def monitoring(
     def init_fn(params):
         return MonitoringState(monitor.init(params, probe), probe)
 
-    def update_fn(updates, state, params=None, *, batch=None, loss=None, **extra_args):
+    def update_fn(updates, state, params=None, *, batch=None, loss=None, preconditioner=None,
+                  **extra_args):  # fmt: skip
         del extra_args
         if params is None:
             raise ValueError("monitoring needs params: call update(updates, state, params)")
@@ -516,11 +565,33 @@ def monitoring(
         after = optax.apply_updates(params, updates)  # XLA shares it with the caller's
         new = monitor.update(
             state.monitor, after, batch, updates=updates if alignment else None, loss=loss,
-            applied=True,
+            applied=True, preconditioner=preconditioner,
         )  # fmt: skip
         return updates, MonitoringState(new, state.probe)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def adam_preconditioner(opt_state: PyTree, *, b2: float = 0.999, eps: float = 1e-8) -> PyTree:
+    """Adam's diagonal preconditioner P = √v̂ + ε (params-shaped), v̂ = ν / (1 − β₂^t) the
+    bias-corrected second moments of the one `optax.ScaleByAdamState` in opt_state (an
+    `optax.adam` / `adamw` state or a chain holding one); b2 and eps must be the optimiser's.
+    The update is −η m̂ / P, so λ_max(P⁻¹ H) is the preconditioned sharpness (Cohen et al.
+    2022). ValueError when opt_state has no Adam second moments. Traceable."""
+    try:
+        adam = find_state(opt_state, optax.ScaleByAdamState)
+    except ValueError as err:
+        raise ValueError("the optimiser state has no Adam second moments (optax "
+                         f"ScaleByAdamState): {err}") from err  # fmt: skip
+    if not 0 <= b2 < 1 or not eps >= 0:
+        raise ValueError(f"need 0 <= b2 < 1 and eps >= 0, got b2 = {b2}, eps = {eps}")
+    t = jnp.maximum(adam.count, 1)
+
+    def diagonal(nu):
+        correction = 1 - jnp.asarray(b2, nu.dtype) ** t.astype(nu.dtype)
+        return jnp.sqrt(nu / correction) + jnp.asarray(eps, nu.dtype)
+
+    return jax.tree_util.tree_map(diagonal, adam.nu)
 
 
 # ----------------------------------------------------------------------------- host side

@@ -107,6 +107,22 @@ def difference(a: Operator, b: Operator) -> Operator:
     return Operator(_difference_product, (a, b), a.size, a.dtype)
 
 
+def _congruence_product(v: Array, op: Operator, d: Array) -> Array:
+    return d * op.matvec(d * v)
+
+
+def diagonal_congruence(op: Operator, d: Array) -> Operator:
+    """D A D for an in-memory operator A and D = diag(d), d (n,): e.g. P^{-1/2} H P^{-1/2} with
+    d = P^{-1/2}, whose eigenvalues are those of the preconditioned P⁻¹ H."""
+    if not isinstance(op, Operator):
+        raise ValueError(f"diagonal_congruence needs an in-memory Operator, got "
+                         f"{type(op).__name__}")  # fmt: skip
+    d = jnp.asarray(d)
+    if d.shape != (op.size,):
+        raise ValueError(f"d must have shape ({op.size},), got {d.shape}")
+    return Operator(_congruence_product, (op, d.astype(op.dtype)), op.size, op.dtype)
+
+
 def to_dense(op: LinearOperatorLike, block_size: int | None = None) -> Array:
     """Materialise the (size, size) matrix of `op` column by column (small operators only),
     `block_size` products at a time (see `apply_block`)."""
