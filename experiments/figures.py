@@ -680,18 +680,33 @@ def plot_sketch_accuracy(
 
 
 def plot_edge_of_stability(runs: Sequence[Mapping], path: str, title: str = "") -> None:
-    """Two panels saved to `path` (PNG): the sharpness against the step for each step size η,
-    with its 2/η line dashed in the same colour, and the full-batch training loss (log scale)
-    against the step."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    """Panels saved to `path` (PNG): the sharpness against the step for each step size η, with
+    its threshold (2/η) dashed in the same colour, and the full-batch training loss (log
+    scale) against the step. Adam runs (a non-empty "preconditioned_sharpness") get a first
+    panel of λ_max(P⁻¹H) against its threshold 38/η (log scale) and the raw sharpness after."""
+    adam = any(r.get("preconditioned_sharpness") for r in runs)
+    fig, axes = plt.subplots(1, 3 if adam else 2, figsize=(17 if adam else 12, 4.2))
+    raw_ax, loss_ax = axes[-2], axes[-1]
     for i, r in enumerate(runs):
         color, eta = f"C{i}", r["learning_rate"]
-        axes[0].plot(r["steps"], r["sharpness"], color=color, label=f"η = {eta:g}")
-        axes[0].axhline(2 / eta, color=color, ls="--", lw=0.9, alpha=0.8)
-        axes[1].semilogy(r["loss_steps"], r["loss_curve"], color=color, lw=0.8)
-    axes[0].set(xlabel="step", ylabel="sharpness λ_max", title="sharpness (dashed: 2/η)")
-    axes[0].legend(loc="lower right")
-    axes[1].set(xlabel="step", ylabel="training loss", title="full-batch training loss")
+        if adam:
+            axes[0].semilogy(r["steps"], r["preconditioned_sharpness"], color=color,
+                             label=f"η = {eta:g}")  # fmt: skip
+            axes[0].axhline(r["threshold"], color=color, ls="--", lw=0.9, alpha=0.8)
+            raw_ax.plot(r["steps"], r["sharpness"], color=color, label=f"η = {eta:g}")
+        else:
+            raw_ax.plot(r["steps"], r["sharpness"], color=color, label=f"η = {eta:g}")
+            raw_ax.axhline(2 / eta, color=color, ls="--", lw=0.9, alpha=0.8)
+        loss_ax.semilogy(r["loss_steps"], r["loss_curve"], color=color, lw=0.8)
+    if adam:
+        axes[0].set(xlabel="step", ylabel="λ_max(P⁻¹H)",
+                    title="preconditioned sharpness (dashed: (2 + 2β₁)/((1 − β₁)η))")  # fmt: skip
+        axes[0].legend(loc="lower right")
+        raw_ax.set(xlabel="step", ylabel="sharpness λ_max(H)", title="raw sharpness")
+    else:
+        raw_ax.set(xlabel="step", ylabel="sharpness λ_max", title="sharpness (dashed: 2/η)")
+    raw_ax.legend(loc="lower right")
+    loss_ax.set(xlabel="step", ylabel="training loss", title="full-batch training loss")
     _save(fig, path, title)
 
 

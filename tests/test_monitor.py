@@ -340,6 +340,27 @@ def test_binary_resumes(small_run):
         assert a["sharpness"] == b["sharpness"] and a["loss_curve"] == b["loss_curve"]
 
 
+def test_binary_adam_records_both_sharpnesses_and_resumes(tmp_path):
+    from experiments import edge_of_stability
+
+    c = _small_config()
+    c.eos.optimizer = "adam"
+    c.eos.adam.learning_rates = (1e-3,)
+    results = edge_of_stability.run(c, str(tmp_path))
+    (run,) = results["runs"]
+    assert run["optimizer"] == "adam" and results["optimizer"] == "adam"
+    assert run["threshold"] == pytest.approx(38 / 1e-3)
+    assert len(run["preconditioned_sharpness"]) == len(run["sharpness"]) == len(run["steps"])
+    # P⁻¹ scales the curvature up by orders of magnitude (√v̂ ≪ 1 on this problem)
+    assert min(run["preconditioned_sharpness"]) > 10 * max(run["sharpness"])
+    assert run["final_median_sharpness"] == pytest.approx(
+        np.median(np.asarray(run["preconditioned_sharpness"])[np.asarray(run["steps"]) >= 48])
+    )
+    assert os.path.getsize(tmp_path / "edge_of_stability.png") > 0
+    again = edge_of_stability.run(c, str(tmp_path))  # from the checkpoint: the same numbers
+    assert again["runs"][0]["preconditioned_sharpness"] == run["preconditioned_sharpness"]
+
+
 def test_binary_rejects_bad_step_size(tmp_path):
     from experiments import common, edge_of_stability
 

@@ -1,5 +1,6 @@
 """Default config of experiments/edge_of_stability.py: full-batch GD on 1,000 MNIST-1D
-samples (generated offline), a tanh MLP, MSE, three step sizes. Real MNIST:
+samples (generated offline), a tanh MLP, MSE, three step sizes; --config.eos.optimizer=adam
+for full-batch Adam at its own three step sizes (`eos.adam`). Real MNIST:
 --config.data.name=mnist --config.data.dir=PATH (inputs flattened to 784)."""
 
 import ml_collections
@@ -32,4 +33,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.eos.tol = 1e-4  # Lanczos tolerance
     c.eos.low = 0.9  # the edge criterion: median of the last 20 % of sharpness in
     c.eos.high = 1.2  # [low, high] · 2/η
+    c.eos.optimizer = "gd"  # gd | adam (Cohen et al. 2022: the preconditioned sharpness)
+
+    c.eos.adam = ml_collections.ConfigDict()  # used when eos.optimizer = "adam"
+    c.eos.adam.learning_rates = (5e-4, 1e-3, 2e-3)  # threshold 38/η = 76,000, 38,000, 19,000
+    c.eos.adam.b1 = 0.9
+    c.eos.adam.b2 = 0.999
+    c.eos.adam.eps = 1e-8
+    c.eos.adam.low = 0.85  # median of the last 20 % of λ_max(P⁻¹H) in [low, high] · threshold
+    c.eos.adam.high = 1.2
     return c
