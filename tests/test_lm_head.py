@@ -110,3 +110,29 @@ def test_bad_input():
         cv.chunked_token_cross_entropy(jnp.ones((B, T, 8)), jnp.ones((7, V)), y, 8)
     with pytest.raises(ValueError, match="needs an LMHeadLoss"):
         cv.lm_head_ggn_operator(cv.MeanLoss(MODEL.apply, cv.token_cross_entropy), params, data)
+
+
+def test_chunked_product_holds_one_logit_block():
+    """Compiled memory (XLA's analysis, deterministic; nothing runs) of the Hessian product over
+    2,048 tokens as V grows from 2,048 to 8,192: the naive product's temporaries grow by
+    several (tokens, ΔV) float32 arrays, the chunked head's by a few (chunk, ΔV) blocks only
+    (the trunk's activations do not depend on V)."""
+    context, seqs, chunk = 256, 8, 256
+
+    def temp_bytes(vocab):
+        model = GPT(vocab, context, 16, 2, 1)
+        trunk = GPT(vocab, context, 16, 2, 1, logits=False)
+        x = jnp.zeros((1, seqs, context), jnp.int32)
+        params = model.init(jax.random.key(0), x[0, :1])
+        plain = cv.MeanLoss(model.apply, cv.token_cross_entropy)
+        out = []
+        for loss in (plain, cv.LMHeadLoss(trunk.apply, KERNEL, chunk)):
+            op = cv.hessian_operator(loss, params, (x, x))
+            exe = jax.jit(lambda o, u: o.matvec(u)).lower(op, jnp.zeros(op.size)).compile()
+            out.append(exe.memory_analysis().temp_size_in_bytes)
+        return np.asarray(out)
+
+    naive, chunked = temp_bytes(8192) - temp_bytes(2048)
+    delta_v = (8192 - 2048) * 4  # bytes per row of ΔV float32 logits
+    assert naive >= 2 * seqs * context * delta_v
+    assert chunked <= 4 * chunk * delta_v
