@@ -18,7 +18,8 @@ reference.
 
     python benchmarks/scale.py --quick            # W = 256, k = 100: minutes on 2 CPU cores
     python benchmarks/scale.py --out results.json  # the full size (an accelerator)
-    # 1,000 eigenpairs of a 1.05M-parameter MLP on 2 CPU cores, all 1,000 checked:
+    # 1,000 eigenpairs of a 1.05M-parameter MLP on 2 CPU cores, all 1,000 checked (the
+    # reference may run later: --methods reference --ref-orderings LA --runs-from FIRST.json):
     python benchmarks/scale.py --width 700 --methods restart-LA reference --ref-k 1000 \
         --ref-basis 2000 --ref-tol 1e-5 --ref-restarts 15 \
         --out benchmarks/results/scale_cpu_1m.json
@@ -61,6 +62,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ref-basis", type=int, default=None, help="its basis (3 ref-k)")
     p.add_argument("--ref-tol", type=float, default=1e-6, help="its tolerance")
     p.add_argument("--ref-restarts", type=int, default=50, help="its thick restarts at most")
+    p.add_argument(
+        "--ref-orderings",
+        nargs="+",
+        choices=("LA", "LM"),
+        default=None,
+        help="orderings of the reference (default: those of --methods)",
+    )
+    p.add_argument("--runs-from", default=None, help="a previous results JSON: its runs of "
+                   "methods not in --methods are reported and compared too")  # fmt: skip
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--microbatch", type=int, default=512)
     p.add_argument("--train-steps", type=int, default=100)
@@ -108,7 +118,7 @@ def child(args) -> None:
     start = time.perf_counter()
     record: dict = {}
     if args.child == "reference":
-        for which in reference_orderings(args.methods):
+        for which in args.ref_orderings or reference_orderings(args.methods):
             res = eigsh(op, args.ref_k, key=key, which=which, num_steps=args.ref_basis,
                         max_restarts=args.ref_restarts, tol=args.ref_tol)  # fmt: skip
             record[which] = np.asarray(res.eigenvalues, np.float64).tolist()
@@ -150,6 +160,11 @@ def main(argv=None) -> dict:
     print(f"jax {jax.__version__} on {jax.devices()}; data: {source}; MLP 784-{args.width}-"
           f"{args.width}-10, k = {args.k}, basis {args.basis}", flush=True)  # fmt: skip
     runs = {}
+    if args.runs_from:
+        with open(args.runs_from) as f:
+            prior = json.load(f)["runs"]
+        runs = {m: r for m, r in prior.items() if m not in args.methods and "failed" not in r}
+        print(f"reusing {sorted(runs)} from {args.runs_from}", flush=True)
     for method in args.methods:
         runs[method] = run_child(method, argv)
         rec = runs[method]
