@@ -3,10 +3,12 @@
 MNIST-1D and Gaussian mixtures are generated procedurally; MNIST and Fashion-MNIST are read
 from idx files or from prepared TFDS ArrayRecord data. ``load_dataset`` dispatches on a config;
 ``microbatches`` and ``class_balanced_subset`` prepare data for Hessian computations;
-``load_text`` and ``windows`` give byte-level language-model data (``text``).
+``load_text`` and ``windows`` give byte-level language-model data (``text``), ``bpe_tokens``
+the same corpus under a byte-pair tokenizer trained on its training split (``bpe``).
 """
 
 from hessjax.data.batching import class_balanced_subset, microbatches
+from hessjax.data.bpe import BPETokenizer, bpe_tokens, train_bpe
 from hessjax.data.dataset import SCALINGS, Dataset, rescale_inputs
 from hessjax.data.idx import load_idx_dir, read_idx
 from hessjax.data.loader import DATASET_NAMES, SOURCES, default_data_dir, load_dataset
@@ -24,6 +26,9 @@ from hessjax.data.text import (
 from hessjax.data.tfds_source import load_tfds
 
 __all__ = [
+    "BPETokenizer",
+    "bpe_tokens",
+    "train_bpe",
     "BYTE_VOCAB",
     "TextData",
     "check_token_batch",

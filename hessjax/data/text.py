@@ -26,7 +26,8 @@ TEXT_SUFFIXES = (".txt", ".gz", ".py", ".md", ".rst")
 
 
 class TextData(NamedTuple):
-    """train, valid: (N,) uint8 byte tokens; vocab_size: 256; name: where they came from."""
+    """train, valid: (N,) tokens, uint8 bytes (vocab_size 256, `load_text`) or int32 ids
+    (`bpe_tokens`); vocab_size; name: where they came from."""
 
     train: np.ndarray
     valid: np.ndarray
