@@ -71,15 +71,20 @@ def test_k1_skips_reorthogonalisation_at_the_same_sharpness():
     assert logs[0].converged.all()
 
 
-@pytest.mark.x64
-def test_mlp_sharpness_matches_dense_hessian():
+def _mlp_problem():
+    """A tiny float64 tanh MLP with MSE: (model, x, y, params, loss)."""
     model = MLP((5, 3), act="tanh")
     x = jax.random.normal(jax.random.key(0), (16, 4))
     y = jax.random.randint(jax.random.key(1), (16,), 0, 3)
     params = jax.tree_util.tree_map(
         lambda v: v.astype(jnp.float64), model.init(jax.random.key(2), x)
     )
-    loss = MeanLoss(model.apply, mse)
+    return model, x, y, params, MeanLoss(model.apply, mse)
+
+
+@pytest.mark.x64
+def test_mlp_sharpness_matches_dense_hessian():
+    model, x, y, params, loss = _mlp_problem()
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     dense = np.asarray(jax.hessian(lambda f: loss(unravel(f), (x, y)))(flat))
     want = np.linalg.eigh(dense)[0][::-1][:2]
@@ -182,13 +187,7 @@ def test_applied_measures_the_params_after_the_update():
 def test_preconditioned_sharpness_matches_dense_adam_oracle():
     """λ(P^{-1/2} H P^{-1/2}) with P = √v̂ + ε from a real optax.adam state after 5 steps, against
     a dense float64 `jax.hessian` and numpy's eigh; the same through the optax transform."""
-    model = MLP((5, 3), act="tanh")
-    x = jax.random.normal(jax.random.key(0), (16, 4))
-    y = jax.random.randint(jax.random.key(1), (16,), 0, 3)
-    params = jax.tree_util.tree_map(
-        lambda v: v.astype(jnp.float64), model.init(jax.random.key(2), x)
-    )
-    loss = MeanLoss(model.apply, mse)
+    _, x, y, params, loss = _mlp_problem()
     adam = optax.adam(1e-2, eps=1e-6)
     opt_state = adam.init(params)
     for _ in range(5):
