@@ -12,9 +12,10 @@ SLQ densities and their heterogeneity (mean pairwise JS distance, Zhang et al. 2
 Frobenius norms of the Q/K/V/O diagonal blocks (Ormaniec et al. 2025), exact-vs-Kronecker
 top-k overlaps of the projections with tokens as samples (Wu et al.), the layer-wise vs
 whole-network top eigenvalue (Haink) and the overlap of the top-|θ| mask with the top-k
-eigenspace (Fernandez et al.). At initialisation it also measures the heterogeneity of the
-models in `config.compare` (MLP, ConvNet, ViT on MNIST) for the comparison across
-architectures.
+eigenspace (Fernandez et al.); after training also the preconditioned sharpness λ_max(P⁻¹H)
+of the checkpoint's Adam state beside 38/η (Cohen et al. 2022). At initialisation it also
+measures the heterogeneity of the models in `config.compare` (MLP, ConvNet, ViT on MNIST) for
+the comparison across architectures.
 
 Writes into the workdir: results.json (keys `blocks` and `heterogeneity` of the last
 checkpoint, `checkpoints` with every measurement, `compare`), block_spectra.png,
@@ -34,10 +35,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from experiments import common, figures
 from hessjax import curvature, data, linalg, models, training
+from hessjax import monitor as hm
 from hessjax.analysis import blocks as analysis_blocks
 from hessjax.analysis import transformer as tr
 
@@ -92,7 +95,7 @@ RELATIONS = (
     ),  # fmt: skip
 )
 ATTENTION = ("Q", "K", "V", "O")
-MEASURE_VERSION = 2  # bump when a measurement's meaning changes: stored ones are recomputed
+MEASURE_VERSION = 3  # bump when a measurement's meaning changes: stored ones are recomputed
 
 
 # ----------------------------------------------------------------------------- problem
@@ -157,27 +160,37 @@ def _kron_layers(model, params, x, which: str) -> list[str]:
     return keep + [n for n in names if n in ("unembed", "head")]
 
 
-def measure(config, model, loss_fn, params, batch, key) -> dict:
-    """Every quantity of one checkpoint (JSON-ready), from library functions."""
+def measure(config, model, loss_fn, params, batch, key, opt_state=None) -> dict:
+    """Every quantity of one checkpoint (JSON-ready), from library functions; with the Adam
+    state of a trained checkpoint also the preconditioned sharpness λ_max(P⁻¹H) (Cohen et al.
+    2022) beside its full-batch threshold 38/η (stochastic training: reported, not asserted)."""
     h = config.hessian
     k_top, k_blocks, k_slq, k_norm, k_kron = jax.random.split(key, 5)
     op = curvature.hessian_operator(loss_fn, params, _microbatched(batch, h.microbatch_size))
     part = tr.role_partition(op.layout)
-    # Masked block products (one vmapped full product per block) rather than restricted ones
-    # (tr.role_block_diagonal): one small compilation instead of one per block, which
-    # dominates at these sizes (e.g. 180 s against ~15 s for the 25 blocks of the default).
-    diag = None
     out: dict = {"num_params": int(op.size)}
 
     top, out["seconds_top"] = common.timed("whole-network top-k", linalg.eigsh, op, h.top_k,
                                            key=k_top, tol=h.tol)  # fmt: skip
     out["top_eigenvalues"] = np.asarray(top.eigenvalues).tolist()
     out["top_hvps"] = int(top.num_matvecs)
+    adam = None if opt_state is None else training.find_state(opt_state, optax.ScaleByAdamState)
+    if adam is not None and int(adam.count) > 0:
+        pre = hm.adam_preconditioner(opt_state)
+        scaled = linalg.diagonal_congruence(op, jax.lax.rsqrt(op.ravel(pre)))
+        p_top, out["seconds_preconditioned"] = common.timed(
+            "preconditioned sharpness", linalg.eigsh, scaled, 1, key=k_top, tol=h.tol
+        )
+        out["preconditioned_sharpness"] = float(p_top.eigenvalues[0])
+        out["adam_threshold"] = 38 / config.train.learning_rate  # (2 + 2β₁)/((1 − β₁)η)
 
     k_block = min(h.block_k, int(part.sizes.min()) - 1)
+    # Masked block products (one vmapped full product per block) rather than restricted ones
+    # (tr.role_block_diagonal): one small compilation instead of one per block, which
+    # dominates at these sizes (e.g. 180 s against ~15 s for the 25 blocks of the default).
     blk, out["seconds_blocks"] = common.timed(
         "role-block top eigenvalues", linalg.block_eigsh, op, part, k_block, key=k_blocks,
-        tol=h.tol, block_diagonal=diag,
+        tol=h.tol,
     )  # fmt: skip
     out["blocks"] = {
         name: {"size": int(size), "top_eigenvalues": np.asarray(vals).tolist()}
@@ -316,7 +329,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, done = {"params": p, "opt_state": o}, step
             common.save_checkpoint(ckpt, base | {"step": step}, state)
         rows.append(_measured(workdir, step, hessian_fp, config, model, loss_fn, state["params"],
-                              batch, valid, valid_loss, key))  # fmt: skip
+                              batch, valid, valid_loss, key, state["opt_state"]))  # fmt: skip
     compare = compare_models(config, jax.random.fold_in(key, 7))
     last = rows[-1]
     results = {
@@ -348,7 +361,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _measured(workdir, step, fingerprint, config, model, loss_fn, params, batch, valid,
-              valid_loss, key) -> dict:  # fmt: skip
+              valid_loss, key, opt_state=None) -> dict:  # fmt: skip
     """The measurement of `step`, from measure_<step>.json when written under the same
     config, else computed and stored (atomically)."""
     path = os.path.join(workdir, f"measure_{step}.json")
@@ -365,7 +378,8 @@ def _measured(workdir, step, fingerprint, config, model, loss_fn, params, batch,
     logging.info("step %d: measuring", step)
     vx, vy = (jnp.asarray(a) for a in valid)
     row = {"step": step, "valid_loss": float(valid_loss(params, (vx, vy)))}
-    row |= measure(config, model, loss_fn, params, batch, jax.random.fold_in(key, 1000 + step))
+    row |= measure(config, model, loss_fn, params, batch, jax.random.fold_in(key, 1000 + step),
+                   opt_state)  # fmt: skip
     logging.info("step %d: valid loss %.4f, top eigenvalue %.4f", step, row["valid_loss"],
                  row["top_eigenvalues"][0])  # fmt: skip
     common.write_json(path, {"fingerprint": tag, "row": row})

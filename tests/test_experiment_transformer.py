@@ -52,6 +52,11 @@ def test_outputs_and_interlacing(tiny_run):
         assert "kronecker" not in row  # kron_layers = "none"
         assert row["layerwise"]["rows"][-1]["top_eigenvalue"] == pytest.approx(whole, rel=1e-3)
     assert results["heterogeneity"] == results["checkpoints"][-1]["heterogeneity"]
+    first, last = results["checkpoints"]
+    assert "preconditioned_sharpness" not in first  # no Adam moments before the first step
+    # P = √v̂ + ε ≪ 1 here, so P⁻¹ scales the curvature up
+    assert last["preconditioned_sharpness"] > last["top_eigenvalues"][0] > 0
+    assert last["adam_threshold"] == pytest.approx(38 / _tiny_config().train.learning_rate)
     train = results["checkpoints"]
     assert train[1]["valid_loss"] < train[0]["valid_loss"]  # Adam learns something in 5 steps
 
