@@ -136,3 +136,34 @@ def test_chunked_product_holds_one_logit_block():
     delta_v = (8192 - 2048) * 4  # bytes per row of ΔV float32 logits
     assert naive >= 2 * seqs * context * delta_v
     assert chunked <= 4 * chunk * delta_v
+
+
+@pytest.mark.x64
+def test_vocabulary_block_ratio_against_dense():
+    """Dong's ratio over the unembedding's vocabulary rows against a dense float64 Hessian of
+    the kernel leaf: every token probed, chunked loss and plain loss alike."""
+    from hessjax.analysis import transformer as tr
+
+    x, y, _, params = _problem(jnp.float64)
+    kernel = params["params"]["unembed"]["kernel"]  # (d, V)
+
+    def loss_of(w):
+        p = jax.tree_util.tree_map(lambda a: a, params)
+        p["params"]["unembed"]["kernel"] = w.reshape(kernel.shape)
+        return cv.MeanLoss(MODEL.apply, cv.token_cross_entropy)(p, (x, y))
+
+    dense = np.asarray(jax.jit(jax.hessian(loss_of))(kernel.ravel()))
+    cols = np.arange(kernel.size).reshape(kernel.shape)  # flat index of (row, token)
+    sq = np.asarray([[np.sum(dense[np.ix_(cols[:, i], cols[:, j])] ** 2) for j in range(V)]
+                     for i in range(V)])  # fmt: skip
+    want = np.mean([np.mean(np.delete(sq[:, j], j)) / sq[j, j] for j in range(V)])
+    for loss in (cv.MeanLoss(MODEL.apply, cv.token_cross_entropy),
+                 cv.LMHeadLoss(TRUNK.apply, KERNEL, 8)):  # fmt: skip
+        got = tr.vocabulary_block_ratio(loss, params, (x[None], y[None]), kernel_path=KERNEL,
+                                        probed=V, key=jax.random.key(0))  # fmt: skip
+        assert got.vocab_size == V and got.num_matvecs == kernel.size
+        np.testing.assert_allclose(got.mean, want, rtol=1e-9)
+    with pytest.raises(ValueError, match="probed must be in"):
+        tr.vocabulary_block_ratio(cv.LMHeadLoss(TRUNK.apply, KERNEL, 8), params,
+                                  (x[None], y[None]), kernel_path=KERNEL, probed=1,
+                                  key=jax.random.key(0))  # fmt: skip

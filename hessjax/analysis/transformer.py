@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessjax.analysis.blocks import fit_loglog_slope
 from hessjax.curvature.blocks import layer_block_diagonal, partition_from_labels
 from hessjax.curvature.kronecker import kron_eigh, kronecker_factors
 from hessjax.curvature.layout import ParamLayout, leaf_paths, select_mask
@@ -433,12 +434,8 @@ def rescaled(params: PyTree, patterns: Sequence[str], scale: float) -> PyTree:
 def log_slopes(scales: np.ndarray, norms: np.ndarray) -> np.ndarray:
     """Least-squares slope of log norms (s, b) on log scales (s,) per column: (b,), NaN for a
     column with a zero norm."""
-    logs = np.log(scales)
-    slopes = np.full(norms.shape[1], np.nan)
-    for j in range(norms.shape[1]):
-        if np.all(norms[:, j] > 0):
-            slopes[j] = np.polyfit(logs, np.log(norms[:, j]), 1)[0]
-    return slopes
+    return np.asarray([fit_loglog_slope(scales, col)[0] if np.all(col > 0) else np.nan
+                       for col in np.asarray(norms).T])  # fmt: skip
 
 
 def input_scale_growth(
@@ -504,3 +501,61 @@ def input_scale_growth(
         scales, names, norms_arr, {part: np.asarray(v) for part, v in stderr.items()},
         {part: log_slopes(scales, v) for part, v in norms_arr.items()}, spent,
     )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+class VocabularyBlockRatio(NamedTuple):
+    """Dong et al.'s block ratios on a language model's output layer.
+
+    vocab_size V; tokens (c,) the probed vocabulary ids j; per_token (c,) mean over every other
+    token i of ‖H_ij‖²_F / ‖H_jj‖²_F; mean: their mean; num_matvecs: products spent."""
+
+    vocab_size: int
+    tokens: np.ndarray
+    per_token: np.ndarray
+    mean: float
+    num_matvecs: int
+
+
+def vocabulary_block_ratio(
+    loss_fn: Any,
+    params: PyTree,
+    data: PyTree,
+    *,
+    kernel_path: str,
+    probed: int,
+    key: Array,
+    transposed: bool = False,
+) -> VocabularyBlockRatio:
+    """The static-force ratio of Dong et al. on a language-model head: blocks are the
+    unembedding's vocabulary rows (the d weights of output token c: column c of the (d, V)
+    leaf at `kernel_path`, or row c of a (V, d) tied embedding with transposed=True) of the
+    Hessian restricted to that leaf; ‖H_ij‖²_F / ‖H_jj‖²_F averaged over `probed` random
+    tokens j and every other token i. Exact norms: d products per probed token. loss_fn and
+    data as for `hessian_operator` (an `LMHeadLoss` keeps the products lean at large V)."""
+    op = hessian_operator(loss_fn, params, data, select=kernel_path)
+    (shape,) = [s for s, on in zip(op.layout.shapes, op.layout.selected, strict=True) if on]
+    if len(shape) != 2:
+        raise ValueError(f"{kernel_path!r} must be a 2-D kernel, got shape {shape}")
+    vocab = shape[0] if transposed else shape[1]
+    if not 2 <= probed <= vocab:
+        raise ValueError(f"probed must be in [2, V = {vocab}], got {probed}")
+    ids = np.arange(vocab)[:, None] if transposed else np.arange(vocab)[None, :]
+    labels = jax.tree_util.tree_unflatten(
+        op.layout.treedef,
+        [np.broadcast_to(ids, s) if on else 0
+         for s, on in zip(op.layout.shapes, op.layout.selected, strict=True)],
+    )  # fmt: skip
+    part = partition_from_labels(op.layout, labels)
+    tokens = np.sort(np.asarray(jax.random.choice(key, vocab, (probed,), replace=False)))
+    cols = np.asarray([part.index(str(int(t))) for t in tokens])
+    est = block_frobenius_sq(op, part, columns=cols)
+    sq = np.asarray(est.sq, np.float64)  # (V, c)
+    own = sq[cols, np.arange(cols.size)]
+    others = np.ones_like(sq, bool)
+    others[cols, np.arange(cols.size)] = False
+    per_token = np.asarray([np.mean(sq[others[:, a], a]) / own[a] for a in range(cols.size)])
+    return VocabularyBlockRatio(vocab, tokens, per_token, float(per_token.mean()),
+                                int(est.num_matvecs))  # fmt: skip
