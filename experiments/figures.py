@@ -1054,3 +1054,22 @@ def plot_scale_growth(
                    ylabel="‖·‖_F")  # fmt: skip
             ax.legend(fontsize=7)
     _save(fig, path, title)
+
+
+def plot_vocab_ratios(rows: Sequence[Mapping], path: str, title: str = "") -> None:
+    """The vocabulary-row block ratio against V (log-log), at initialisation and trained, with
+    the per-token values as points."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, which in enumerate(("init", "trained")):
+        got = [r for r in rows if which in r]
+        if not got:
+            continue
+        v = np.asarray([r["vocab"] for r in got])
+        ax.loglog(v, [r[which]["mean"] for r in got], "o-", color=f"C{i}", label=which)
+        for r in got:
+            ax.scatter([r["vocab"]] * len(r[which]["per_token"]), r[which]["per_token"],
+                       s=8, color=f"C{i}", alpha=0.4)  # fmt: skip
+    ax.set(xlabel="vocabulary size V", ylabel="mean ‖H_ij‖²_F / ‖H_jj‖²_F",
+           title="vocabulary-row blocks of the unembedding")  # fmt: skip
+    ax.legend()
+    _save(fig, path, title)
