@@ -18,7 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "stdlib"  # stdlib | shared | a text file or folder
-    c.data.max_bytes = 4_000_000  # training bytes kept (also what the tokenizers learn from)
+    c.data.max_bytes = 12_000_000  # training bytes kept (what the tokenizers learn from; V =
+    # 32,768 needs about 5 MB of this corpus)
     c.data.context = 64
     c.data.num_sequences = 16  # windows the Hessian averages over
     c.data.cache_dir = ""  # BPE tokenizer cache ("" = $HESSJAX_CACHE/bpe or ~/.cache/...)
