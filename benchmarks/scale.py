@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def problem(args):
 
 
 def child(args) -> None:
+    logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
     op, _ = problem(args)
     key = jax.random.key(args.seed + 7)
     start = time.perf_counter()
@@ -120,14 +122,15 @@ def child(args) -> None:
     if args.child == "reference":
         for which in args.ref_orderings or reference_orderings(args.methods):
             res = eigsh(op, args.ref_k, key=key, which=which, num_steps=args.ref_basis,
-                        max_restarts=args.ref_restarts, tol=args.ref_tol)  # fmt: skip
+                        max_restarts=args.ref_restarts, tol=args.ref_tol,
+                        progress=True)  # fmt: skip
             record[which] = np.asarray(res.eigenvalues, np.float64).tolist()
             record[f"converged_{which}"] = int(np.sum(res.converged))
             record["num_matvecs"] = record.get("num_matvecs", 0) + res.num_matvecs
     elif args.child.startswith("restart"):
         which = args.child.split("-")[1]
         res = eigsh(op, args.k, key=key, which=which, num_steps=args.basis,
-                    max_restarts=args.restarts, tol=args.tol)  # fmt: skip
+                    max_restarts=args.restarts, tol=args.tol, progress=True)  # fmt: skip
         record["eigenvalues"] = np.asarray(res.eigenvalues, np.float64).tolist()
         record["converged"] = int(np.sum(res.converged))
         record["num_matvecs"] = res.num_matvecs
@@ -144,10 +147,11 @@ def child(args) -> None:
 
 
 def run_child(method: str, argv: list[str]) -> dict:
+    """Run one method in a fresh process; its progress (stderr) streams through."""
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--child", method]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        return {"failed": proc.stderr[-3000:]}
+        return {"failed": f"exit status {proc.returncode} (its stderr is in the log above)"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -20,10 +20,12 @@ from hessjax.linalg.blocks import (
 )
 from hessjax.linalg.lanczos import (
     EigshResult,
+    Progress,
     Tridiagonal,
     default_num_steps,
     eigsh,
     lanczos_tridiag,
+    log_progress,
     tridiag_eigh,
 )
 from hessjax.linalg.operator import (
@@ -132,6 +134,8 @@ __all__ = [
     "dense_block_frobenius_sq",
     "LinearOperatorLike",
     "Operator",
+    "Progress",
+    "log_progress",
     "OperatorCheck",
     "SpectralQuadrature",
     "TraceEstimate",

@@ -14,6 +14,10 @@ however many cycles run; every cycle spends m - keep products.
 from __future__ import annotations
 
 import functools
+import logging
+import time
+import warnings
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import jax
@@ -44,6 +48,65 @@ class EigshResult(NamedTuple):
     num_matvecs: int | Array
 
 
+class Progress(NamedTuple):
+    """What a long `eigsh` reports at every convergence check (plain Lanczos) or restart
+    cycle (thick restart): steps in the current basis, restarts done, products spent, wanted
+    pairs converged of k, and the largest wanted residual relative to tol · max|λ| (<= 1 when
+    all have converged); seconds since the solve started (host clock)."""
+
+    steps: int
+    restarts: int
+    num_matvecs: int
+    converged: int
+    k: int
+    worst_residual_over_tol: float
+    seconds: float
+
+
+def log_progress(p: Progress) -> None:
+    """A `progress` callback for `eigsh` that logs one line per report (Python logging,
+    logger 'hessjax'), e.g. through absl in the binaries."""
+    logging.getLogger("hessjax").info(
+        "eigsh: %d/%d converged, %d products, %d restarts, worst residual %.2g x tol, %.0f s",
+        p.converged, p.k, p.num_matvecs, p.restarts, p.worst_residual_over_tol, p.seconds,
+    )  # fmt: skip
+
+
+class _Reporter:
+    """Host side of eigsh progress: adds the elapsed time, calls the user's callback and
+    reports an exception from it once (the solve goes on)."""
+
+    def __init__(self, callback):
+        self.callback, self.start, self.failed = callback, time.perf_counter(), False
+
+    def __call__(self, steps, restarts, matvecs, converged, k, worst):
+        if self.failed:
+            return
+        try:
+            self.callback(Progress(int(steps), int(restarts), int(matvecs), int(converged), int(k),
+                                   float(worst), time.perf_counter() - self.start))  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - a broken callback must not stop the solve
+            self.failed = True
+            warnings.warn(f"eigsh progress callback raised {err!r}; further reports are "
+                          "skipped, the solve goes on", RuntimeWarning, stacklevel=1)  # fmt: skip
+
+
+_REPORTERS: list[_Reporter] = []  # the active reporter of the eigsh call that runs (host side)
+
+
+def _dispatch(*args) -> None:
+    if _REPORTERS:
+        _REPORTERS[-1](*args)
+
+
+def _report(state: krylov.KrylovState, restarts, k: int, which: str, tol: float) -> None:
+    """One progress report from inside the solve (a `jax.debug.callback`)."""
+    r = krylov.ritz(state, k, which)
+    ratio = r.residuals[0] / (tol * jnp.maximum(r.scale[0], jnp.finfo(r.scale.dtype).tiny))
+    jax.debug.callback(_dispatch, state.j, restarts, state.matvecs, jnp.sum(ratio <= 1), k,
+                       jnp.max(ratio), ordered=True)  # fmt: skip
+
+
 def _result(state: krylov.KrylovState, k: int, which: str, tol: float) -> EigshResult:
     """The k wanted pairs of a b = 1 state; NaN eigenvalues after a non-finite product."""
     r = krylov.final_ritz(state, k, which)
@@ -61,20 +124,24 @@ def _result(state: krylov.KrylovState, k: int, which: str, tol: float) -> EigshR
 
 @functools.partial(
     jax.jit,
-    static_argnames=("k", "which", "num_steps", "tol", "check_every", "reorthogonalize"),
-)
-def _eigsh_traced(op, v0, key, k, which, num_steps, tol, check_every, reorthogonalize=True):
+    static_argnames=("k", "which", "num_steps", "tol", "check_every", "reorthogonalize",
+                     "progress"),
+)  # fmt: skip
+def _eigsh_traced(op, v0, key, k, which, num_steps, tol, check_every, reorthogonalize=True,
+                  progress=False):  # fmt: skip
     state = krylov.init(constrain(op, v0), num_steps, key)
     if tol is None:
         state = krylov.run(op, state, num_steps, reorthogonalize)
         return _result(state, k, which, krylov.default_tol(v0.dtype)), state.bad
-    state = _run_until_converged(op, state, num_steps, k, which, tol, check_every, reorthogonalize)
+    state = _run_until_converged(op, state, num_steps, k, which, tol, check_every,
+                                 reorthogonalize, progress)  # fmt: skip
     return _result(state, k, which, tol), state.bad
 
 
-def _run_until_converged(op, state, num_steps, k, which, tol, check_every, reorthogonalize=True):
+def _run_until_converged(op, state, num_steps, k, which, tol, check_every, reorthogonalize=True,
+                         progress=False):  # fmt: skip
     """Steps until row num_steps, a non-finite product, or convergence, tested every
-    `check_every` steps."""
+    `check_every` steps (each test reported when `progress`)."""
 
     def cond(carry):
         state, done = carry
@@ -84,6 +151,8 @@ def _run_until_converged(op, state, num_steps, k, which, tol, check_every, reort
         state, _ = carry
         steps = jnp.minimum(check_every, num_steps - state.j)
         state = krylov.run(op, state, steps, reorthogonalize)
+        if progress:
+            _report(state, 0, k, which, tol)
         return state, krylov.converged(state, k, which, tol) | (state.bad >= 0)
 
     return lax.while_loop(cond, body, (state, jnp.bool_(False)))[0]
@@ -103,9 +172,11 @@ def _eigsh_host(op, v0, key, k, which, num_steps, tol, check_every, reorthogonal
 
 @functools.partial(
     jax.jit,
-    static_argnames=("k", "which", "num_steps", "keep", "max_restarts", "tol", "check_every"),
-)
-def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol, check_every):
+    static_argnames=("k", "which", "num_steps", "keep", "max_restarts", "tol", "check_every",
+                     "progress"),
+)  # fmt: skip
+def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol, check_every,
+                     progress=False):  # fmt: skip
     """A first cycle (it stops early when converged), then restart + extend until converged:
     no `lax.cond` around the restart (a cond on the state would hold a second (m, n) basis)."""
 
@@ -117,10 +188,13 @@ def _eigsh_restarted(op, v0, key, k, which, num_steps, keep, max_restarts, tol, 
     def cycle(carry):
         state, restarts = carry
         state = krylov.run(op, krylov.restart(state, keep, which), num_steps - keep)
+        if progress:
+            _report(state, restarts + 1, k, which, tol)
         return state, restarts + 1
 
     state = krylov.init(constrain(op, v0), num_steps, key)
-    state = _run_until_converged(op, state, num_steps, k, which, tol, check_every)
+    state = _run_until_converged(op, state, num_steps, k, which, tol, check_every, True,
+                                 progress)  # fmt: skip
     state, _ = lax.while_loop(more, cycle, (state, jnp.int32(0)))
     return _result(state, k, which, tol), state.bad
 
@@ -142,6 +216,7 @@ def eigsh(
     v0: Array | None = None,
     max_restarts: int = 0,
     reorthogonalize: bool = True,
+    progress: Callable[[Progress], None] | bool | None = None,
 ) -> EigshResult:
     """k eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
@@ -175,6 +250,13 @@ def eigsh(
         converge (|q_{j+1}ᵀ y| ~ ε‖A‖ / residual of y, Paige), which makes ghost copies of
         converged eigenvalues. Only for one or a few wanted pairs at a loose tol (the curvature
         monitor's k = 1, tol >= 1e-3 default); not with max_restarts.
+      progress: None/False (default): silent, nothing extra is compiled. A callable gets a
+        `Progress` at every convergence check and after every restart cycle (through an
+        ordered `jax.debug.callback`, so it works inside the one jit; each report costs an
+        m×m eigh). True: `log_progress` (one log line per report). A callback that raises is
+        reported once as a RuntimeWarning and the solve goes on. For traceable operators with
+        a tol; reports of a solve run under an outer `jit` go to the callback of the eigsh
+        call that traced it only while that call runs.
 
     Raises FloatingPointError when a product returns NaN or inf (the solve stops there); under
     an outer `jit` it cannot raise and returns NaN eigenvalues with converged False instead.
@@ -209,16 +291,47 @@ def eigsh(
         keep = k + (num_steps - k) // 2
         if keep >= num_steps:
             raise ValueError(f"num_steps ({num_steps}) must exceed k ({k}) for restarts")
-        result, bad = _eigsh_restarted(
-            op, v0, key, k, which, int(num_steps), keep, int(max_restarts), tol, int(check_every)
-        )
+        with _reporting(progress):
+            result, bad = _eigsh_restarted(
+                op, v0, key, k, which, int(num_steps), keep, int(max_restarts), tol,
+                int(check_every), bool(progress),
+            )  # fmt: skip
+            jax.block_until_ready(result)
+    elif is_traceable(op):
+        with _reporting(progress if tol is not None else None):
+            result, bad = _eigsh_traced(
+                op, v0, key, k, which, int(num_steps), tol, int(check_every), reorthogonalize,
+                bool(progress) and tol is not None,
+            )  # fmt: skip
+            jax.block_until_ready(result)
     else:
-        solver = _eigsh_traced if is_traceable(op) else _eigsh_host
-        result, bad = solver(
+        if progress:
+            raise ValueError("progress needs a traceable Operator (in-memory data); a streaming "
+                             "operator's host loop is not reported")  # fmt: skip
+        result, bad = _eigsh_host(
             op, v0, key, k, which, int(num_steps), tol, int(check_every), reorthogonalize
         )
     _checks.raise_if_nonfinite(bad, "eigsh")
     return _checks.concrete_matvecs(result)
+
+
+class _reporting:
+    """Context: make `progress` (a callable, True for `log_progress`, or None/False) the
+    active reporter while a solve runs."""
+
+    def __init__(self, progress):
+        if progress is not None and not isinstance(progress, bool) and not callable(progress):
+            raise ValueError(f"progress must be None, a bool or a callable, got {progress!r}")
+        callback = log_progress if progress is True else progress or None
+        self.reporter = None if callback is None else _Reporter(callback)
+
+    def __enter__(self):
+        if self.reporter is not None:
+            _REPORTERS.append(self.reporter)
+
+    def __exit__(self, *exc):
+        if self.reporter is not None:
+            _REPORTERS.remove(self.reporter)
 
 
 class Tridiagonal(NamedTuple):
