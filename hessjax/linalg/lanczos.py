@@ -103,8 +103,11 @@ def _report(state: krylov.KrylovState, restarts, k: int, which: str, tol: float)
     """One progress report from inside the solve (a `jax.debug.callback`)."""
     r = krylov.ritz(state, k, which)
     ratio = r.residuals[0] / (tol * jnp.maximum(r.scale[0], jnp.finfo(r.scale.dtype).tiny))
-    jax.debug.callback(_dispatch, state.j, restarts, state.matvecs, jnp.sum(ratio <= 1), k,
-                       jnp.max(ratio), ordered=True)  # fmt: skip
+    enough = state.j >= k  # before k steps the padded projected matrix has no k Ritz pairs
+    converged = jnp.where(enough, jnp.sum(ratio <= 1), 0)
+    worst = jnp.where(enough, jnp.max(ratio), jnp.inf)
+    jax.debug.callback(_dispatch, state.j, restarts, state.matvecs, converged, k, worst,
+                       ordered=True)  # fmt: skip
 
 
 def _result(state: krylov.KrylovState, k: int, which: str, tol: float) -> EigshResult:
