@@ -58,3 +58,14 @@ def x64():
     """Float64 for the duration of one test (same as the `x64` marker)."""
     with enable_x64():
         yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compilations():
+    """Drop JAX's compilation caches after every test module. A worker runs hundreds of tests,
+    and the executables, traces and constants it keeps pile up: two workers' memory grew until
+    XLA failed to map new code ("Failed to materialize symbols") and numpy raised MemoryError
+    in the transformer tests, late in the run. Modules rarely share shapes, so little is
+    recompiled."""
+    yield
+    jax.clear_caches()
