@@ -64,11 +64,7 @@ RELATIONS = (
         lambda c: c.growth.log10_max > c.growth.log10_min,
         "greater than growth.log10_min",
     ),  # fmt: skip
-    common.Relation(
-        "model.width",
-        lambda c: c.model.width % c.model.num_heads == 0,
-        "divisible by model.num_heads",
-    ),  # fmt: skip
+    common.WIDTH_DIVIDES_INTO_HEADS,
     common.Relation(
         "growth.fit_max",
         lambda c: np.sum(_scales(c) <= c.growth.fit_max) >= 2,

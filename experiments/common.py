@@ -363,6 +363,12 @@ def at_most(
     return Relation(field, lambda c: field_value(c, field) <= bound(c), f"at most {what}")
 
 
+# transformer binaries: attention splits the width into num_heads equal heads
+WIDTH_DIVIDES_INTO_HEADS = Relation(
+    "model.width", lambda c: c.model.width % c.model.num_heads == 0, "divisible by model.num_heads"
+)
+
+
 def at_most_train_samples(field: str, data: Callable = lambda c: c.data) -> Relation:
     """Relation config.<field> <= `num_train_samples(data(config))`."""
     return at_most(field, lambda c: num_train_samples(data(c)), "the number of training samples")

@@ -69,11 +69,7 @@ RELATIONS = (
         ),
         "a divisor of the tokens of the Hessian batch and of a training batch",
     ),  # fmt: skip
-    common.Relation(
-        "model.width",
-        lambda c: c.model.width % c.model.num_heads == 0,
-        "divisible by model.num_heads",
-    ),  # fmt: skip
+    common.WIDTH_DIVIDES_INTO_HEADS,
 )
 
 

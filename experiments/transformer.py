@@ -88,11 +88,7 @@ RELATIONS = (
         lambda c: c.hessian.num_samples % c.hessian.microbatch_size == 0,
         "a divisor of hessian.num_samples",
     ),
-    common.Relation(
-        "model.width",
-        lambda c: c.model.width % c.model.num_heads == 0,
-        "divisible by model.num_heads",
-    ),  # fmt: skip
+    common.WIDTH_DIVIDES_INTO_HEADS,
 )
 ATTENTION = ("Q", "K", "V", "O")
 MEASURE_VERSION = 3  # bump when a measurement's meaning changes: stored ones are recomputed
