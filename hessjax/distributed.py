@@ -25,12 +25,12 @@ so vectors outside the solvers stay whole (`linalg.operator.place_vectors` leave
 inside every solver's jit they are constrained to the split and XLA pads the last shard; the
 (m, n) basis inside the solver is split, the (n, k) eigenvectors it returns are whole.
 
-Tested by tests/test_sharded.py, a subprocess on 8 virtual CPU devices
+Tested by tests/e2e/test_sharded.py, a subprocess on 8 virtual CPU devices
 (`--xla_force_host_platform_device_count=8`) with "fsdp:8" and "fsdp:2,data:4" meshes:
 eigsh, thick-restart eigsh and sketch_eigh eigenvalues, hutchpp traces and SLQ moments equal
 the single-device ones to float32 round-off (≤ 3e-7 relative), the Lanczos basis comes back
 (m, n / 8) per device, eigenvectors (n / 8, k), and the compiled Lanczos and thick-restart
-HLO gathers params only, never a basis. tests/test_distributed.py checks data-parallel
+HLO gathers params only, never a basis. tests/library/test_distributed.py checks data-parallel
 products and eigsh, and the placement helpers, on 4 devices.
 
 Several processes (`jax.distributed`, JAX's multi-controller runtime): call
@@ -40,7 +40,7 @@ build only the local shards; `shard_microbatches` takes the whole data on every 
 transfers only this process's rows (`process_rows`), `shard_local_microbatches` takes only
 those rows (`jax.make_array_from_process_local_data`); `to_host` gathers results split over
 processes and `place_like` puts host values (a restored checkpoint) back where a target tree
-lives. Tested by tests/test_multihost.py: 2 CPU processes of 2 devices, gloo collectives,
+lives. Tested by tests/e2e/test_multihost.py: 2 CPU processes of 2 devices, gloo collectives,
 eigsh and hutchpp equal one process of 4 devices.
 """
 

@@ -8,9 +8,9 @@ whole module via ``pytestmark``), the `x64` fixture, or ``with enable_x64():``.
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-).strip()
+from _env import xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(4)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.pop("JAX_ENABLE_X64", None)  # float32 by default, whatever the shell says
 

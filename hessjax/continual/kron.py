@@ -52,8 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hessjax.continual.sources import Directions, _energy_rank, dense_layers, hessian_directions
-from hessjax.continual.transforms import _layer_leaf, _memory_transform, check_positive
+from hessjax.continual import _helpers
+from hessjax.continual.sources import Directions, dense_layers, hessian_directions
+from hessjax.continual.transforms import check_positive, memory_transform
 from hessjax.curvature import hessian_operator, kronecker_factors, leaf_paths
 from hessjax.curvature.kronecker import Model
 
@@ -75,10 +76,10 @@ KronMemory = dict[str, KronFactor]
 
 def _layer_slots(paths: Sequence[str], layer: str) -> tuple[int, int | None]:
     """Leaf indices of the 2-D kernel and (None if absent) the bias of `layer`."""
-    kernel = _layer_leaf(list(paths), layer, "kernel")
+    kernel = _helpers.layer_leaf(list(paths), layer, "kernel")
     if kernel is None:
         raise ValueError(f"no kernel for layer {layer!r} among {list(paths)}")
-    return kernel, _layer_leaf(list(paths), layer, "bias")
+    return kernel, _helpers.layer_leaf(list(paths), layer, "bias")
 
 
 def layer_matrices(tree: PyTree, layers: Sequence[str]) -> dict[str, Array]:
@@ -294,7 +295,7 @@ def curvature_rank(values: Array, share: float) -> int:
     total = float(pos.sum())
     if total == 0:
         return 0
-    return _energy_rank(np.cumsum(pos), share * total, total)
+    return _helpers.energy_rank(np.cumsum(pos), share * total, total)
 
 
 def _protected_mask(
@@ -333,7 +334,7 @@ def mass_ranks(spectra: Mapping[str, tuple[Array, Array]], share: float) -> dict
     mass, density, names = np.concatenate(mass), np.concatenate(density), np.asarray(names)
     order = np.argsort(-density, kind="stable")
     total = float(mass.sum())
-    k = 0 if total == 0 else _energy_rank(np.cumsum(mass[order]), share * total, total)
+    k = 0 if total == 0 else _helpers.energy_rank(np.cumsum(mass[order]), share * total, total)
     chosen = names[order[:k]]
     return {layer: int(np.sum(chosen == layer)) for layer in spectra}
 
@@ -459,7 +460,7 @@ def kron_transform(state: KronState, proximal: bool = False) -> optax.GradientTr
     if not isinstance(state, KronState):
         raise ValueError(f"state must be a KronState, got {type(state).__name__}")
     state.check()
-    return _memory_transform(
+    return memory_transform(
         state, lambda u, st, p: _kron_apply(u, st, p, proximal),
         needs_params="the proximal kron_transform" if proximal else None,
     )  # fmt: skip

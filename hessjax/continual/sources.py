@@ -27,6 +27,7 @@ from jax import lax
 
 from hessjax.analysis.trajectory import pca
 from hessjax.analysis.weights import kernel_slices, svd_directions, weight_svd
+from hessjax.continual import _helpers
 from hessjax.curvature import dense_layer_io, hessian_operator, leaf_paths, make_layout
 from hessjax.curvature.layout import select_mask
 from hessjax.linalg import eigsh
@@ -213,15 +214,6 @@ def _has_bias(params: PyTree, layer: str) -> bool:
     return any(select_mask(leaf_paths(params), f"{layer}/bias"))
 
 
-def _energy_rank(cumulative: np.ndarray, target: float, total: float) -> int:
-    """Smallest r with cumulative[r - 1] >= target, up to round-off relative to `total`
-    (0 if target <= 0)."""
-    slack = 1e-12 * total
-    if target <= slack:
-        return 0
-    return int(min(np.searchsorted(cumulative, target - slack) + 1, cumulative.size))
-
-
 def gpm_extend(
     bases: Mapping[str, Array] | None,
     activations: Mapping[str, Array],
@@ -258,7 +250,7 @@ def gpm_extend(
         resid = r_mat - u @ (u.T @ r_mat)
         kept = total - float(np.sum(resid**2))
         uh, sh, _ = np.linalg.svd(resid, full_matrices=False)
-        r = _energy_rank(np.cumsum(sh**2), thr * total - kept, total)
+        r = _helpers.energy_rank(np.cumsum(sh**2), thr * total - kept, total)
         r = min(r, d - u.shape[1], int(np.sum(sh > sh[0] * 1e-10)) if sh.size else 0)
         dtype = np.asarray(acts).dtype if old is None else np.asarray(old).dtype
         if r > 0:

@@ -31,7 +31,7 @@ once per size; that is what experiments/continual.py does (no step multiplies by
 
 Adding a strategy: write a factory returning `Strategy(name, init_memory, remember,
 transform)`. Its memory is a NamedTuple state (the transform's `init` returns it: reuse
-`transforms._memory_transform`, or `proximal_penalty` for a quadratic penalty with a
+`memory_transform`, or `proximal_penalty` for a quadratic penalty with a
 closed-form prox) with `check()` (values: orthonormal, finite, >= 0; raise ValueError) and
 `check_params(params)` (static fit to the params). Then register it in experiments/continual.py
 (`STRATEGY_BUILDERS`: one entry mapping the config to the factory's arguments, plus its config

@@ -45,8 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hessjax.continual import _helpers
 from hessjax.curvature import leaf_paths, make_layout
-from hessjax.curvature.layout import select_mask
 from hessjax.linalg.subspace import check_orthonormal, extend_basis
 from hessjax.training import find_state
 
@@ -54,11 +54,15 @@ Array = jax.Array
 PyTree = Any
 
 
-def _memory_transform(state0: NamedTuple, apply, needs_params: str | None = None):
-    """A transformation whose state is the constant memory `state0` (checked against the
-    params at init) and whose update is apply(updates, state, params) -> updates;
-    `needs_params`: the name to report when update is called without params (None: params
-    are not used)."""
+def memory_transform(
+    state0: NamedTuple,
+    apply: Callable[[PyTree, NamedTuple, PyTree | None], PyTree],
+    needs_params: str | None = None,
+) -> optax.GradientTransformation:
+    """The optax transformation of a strategy's memory: its state is the constant memory
+    `state0` (checked against the params at init, `state0.check_params(params)`) and its update
+    is apply(updates, state, params) -> updates, a pytree like the params; `needs_params`: the
+    name to report when update is called without params (None: params are not used)."""
 
     def init(params):
         state0.check_params(params)
@@ -207,7 +211,7 @@ def project_out(
             return _project_layers(updates, state.rows)
         return _project_global(updates, state.rows)
 
-    return _memory_transform(state, apply)
+    return memory_transform(state, apply)
 
 
 class GpmState(NamedTuple):
@@ -231,20 +235,13 @@ class GpmState(NamedTuple):
             _gpm_leaves(paths, leaves, layer, basis.shape[0])
 
 
-def _layer_leaf(paths: list[str], layer: str, name: str) -> int | None:
-    hits = [i for i, on in enumerate(select_mask(paths, f"{layer}/{name}")) if on]
-    if len(hits) > 1:
-        raise ValueError(f"layer {layer!r} matches several {name} leaves: {hits}")
-    return hits[0] if hits else None
-
-
 def _gpm_leaves(paths: list[str], leaves: list, layer: str, d: int) -> tuple[int, int | None]:
     """(kernel leaf, bias leaf or None when the basis covers the kernel only) of `layer` for
     a basis of d rows; ValueError when they do not fit."""
-    ik = _layer_leaf(paths, layer, "kernel")
+    ik = _helpers.layer_leaf(paths, layer, "kernel")
     if ik is None or np.ndim(leaves[ik]) != 2:
         raise ValueError(f"no 2-D kernel for layer {layer!r} among {paths}")
-    ib = _layer_leaf(paths, layer, "bias")
+    ib = _helpers.layer_leaf(paths, layer, "bias")
     rows = np.shape(leaves[ik])[0]
     if d == rows:
         return ik, None  # the basis covers the kernel only; the bias passes unchanged
@@ -286,7 +283,7 @@ def gpm_project(bases: Mapping[str, Array] | GpmState) -> optax.GradientTransfor
         bases = {str(k): jnp.asarray(v) for k, v in bases.items()}
         state = GpmState(bases, jnp.zeros((), jnp.int32))
     state.check()
-    return _memory_transform(state, lambda u, st, p: _gpm_apply(u, st.layer_bases))
+    return memory_transform(state, lambda u, st, p: _gpm_apply(u, st.layer_bases))
 
 
 # --------------------------------------------------------------------------------- penalties
@@ -350,7 +347,7 @@ def proximal_penalty(
         delta = correction(state, z, c)
         return jax.tree_util.tree_map(lambda u, d: u + d.astype(u.dtype), updates, delta)
 
-    return _memory_transform(memory, apply, needs_params=name)
+    return memory_transform(memory, apply, needs_params=name)
 
 
 class CurvaturePenaltyState(NamedTuple):

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from hessjax._arrays import concat
 from hessjax.curvature.layout import ParamLayout, PyTree
 from hessjax.curvature.operators import CurvatureOperator
-from hessjax.linalg._arrays import concat
 from hessjax.linalg.operator import vector_sharding, with_vector_sharding
 from hessjax.linalg.partition import Partition
 

@@ -63,9 +63,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from hessjax._arrays import concat
 from hessjax.curvature.layout import check_precision, leaf_paths, make_layout
 from hessjax.curvature.operators import CurvatureOperator
-from hessjax.linalg._arrays import concat
 
 Array = jax.Array
 PyTree = Any

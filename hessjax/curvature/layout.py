@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessjax.linalg import _checks
-from hessjax.linalg._arrays import concat
+from hessjax import _checks
+from hessjax._arrays import concat
 
 Array = jax.Array
 PyTree = Any

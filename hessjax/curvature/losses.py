@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessjax.linalg import _checks
+from hessjax import _checks
 
 Array = jax.Array
 

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from hessjax import _checks
 from hessjax.curvature.layout import ParamLayout, PyTree, Select, make_layout, vector_dtype
 from hessjax.curvature.losses import MeanLoss
-from hessjax.linalg import _checks
 from hessjax.linalg.operator import Operator
 
 Array = jax.Array

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessjax.linalg import _checks, krylov
+from hessjax import _checks
+from hessjax.linalg import krylov
 from hessjax.linalg.lanczos import Which, default_num_steps, tridiag_eigh
 from hessjax.linalg.operator import Operator, apply_block, is_traceable
 from hessjax.linalg.partition import Partition, as_partition

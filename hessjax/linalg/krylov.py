@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hessjax.linalg._arrays import concat
+from hessjax._arrays import concat
 
 Array = jax.Array
 WHICH = ("LA", "SA", "LM", "BE")

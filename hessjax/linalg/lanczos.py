@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hessjax.linalg import _checks, krylov
+from hessjax import _checks
+from hessjax.linalg import krylov
 from hessjax.linalg.operator import LinearOperatorLike, constrain, is_traceable, place_vectors
 
 Array = jax.Array

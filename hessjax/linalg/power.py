@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hessjax.linalg import _checks
+from hessjax import _checks
 from hessjax.linalg.lanczos import EigshResult
 from hessjax.linalg.operator import Operator
 

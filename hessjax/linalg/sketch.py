@@ -33,7 +33,7 @@ import numpy as np
 from jax import lax
 from jax.extend.random import threefry2x32_p
 
-from hessjax.linalg import _checks
+from hessjax import _checks
 from hessjax.linalg.operator import LinearOperatorLike, Operator, constrain
 
 Array = jax.Array

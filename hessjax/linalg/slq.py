@@ -13,7 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hessjax.linalg import _checks, krylov
+from hessjax import _checks
+from hessjax.linalg import krylov
 from hessjax.linalg.lanczos import tridiag_eigh
 from hessjax.linalg.operator import LinearOperatorLike, constrain, is_traceable, place_vectors
 from hessjax.linalg.trace import probes

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessjax.linalg import _checks
+from hessjax import _checks
 from hessjax.linalg.operator import LinearOperatorLike, apply_block, place_vectors
 
 Array = jax.Array

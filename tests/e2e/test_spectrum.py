@@ -1,37 +1,24 @@
 """The main job end to end on a tiny config, and the README example."""
 
 import json
+import logging
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
+import tiny
+from _env import ROOT
+from test_checkpoints import damage_file
 
 from experiments import spectrum
-from experiments.configs.spectrum import get_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny_config():
-    c = get_config()
-    c.data.num_samples = 600
-    c.model.widths = (16,)
-    c.train.steps = 200
-    c.train.log_every = 100
-    c.hessian.num_samples = 200
-    c.hessian.microbatch_size = 100
-    c.hessian.top_k = 4
-    c.hessian.trace_matvecs = 30
-    c.hessian.slq_probes = 3
-    c.hessian.slq_steps = 20
-    return c
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("spectrum"))
-    return workdir, spectrum.run(_tiny_config(), workdir)
+    return workdir, spectrum.run(tiny.spectrum(), workdir)
 
 
 def test_spectrum_writes_results_and_figure(tiny_run):
@@ -56,7 +43,7 @@ def test_spectrum_writes_results_and_figure(tiny_run):
 
 def test_spectrum_resumes_trained_params(tiny_run):
     workdir, first = tiny_run
-    again = spectrum.run(_tiny_config(), workdir)
+    again = spectrum.run(tiny.spectrum(), workdir)
     assert [list(h) for h in again["train_history"]] == [list(h) for h in first["train_history"]]
     np.testing.assert_allclose(again["top_eigenvalues"], first["top_eigenvalues"], rtol=1e-5)
 
@@ -66,7 +53,7 @@ def test_spectrum_on_a_mesh_equals_one_device(tiny_run, tmp_path):
     batch split over 4 devices, vectors and bases placed on the mesh (n = 826 does not split
     evenly, so they stay whole, see hessjax.distributed); the numbers equal one device's."""
     _, first = tiny_run
-    config = _tiny_config()
+    config = tiny.spectrum()
     config.mesh = "data:4"
     sharded = spectrum.run(config, str(tmp_path))
     np.testing.assert_allclose(sharded["top_eigenvalues"], first["top_eigenvalues"], rtol=1e-4)
@@ -90,7 +77,7 @@ def test_spectrum_on_real_mnist_idx_files(tmp_path):
     data_dir = default_data_dir("mnist")
     if data_dir is None:
         pytest.skip("../shared/data/mnist is absent: no real MNIST idx files on this machine")
-    c = _tiny_config()
+    c = tiny.spectrum()
     c.data.name, c.data.dir = "mnist", data_dir
     c.hessian.per_layer = False
     results = spectrum.run(c, str(tmp_path))
@@ -156,3 +143,61 @@ def test_readme_transformer_example_runs():
     assert {"embed", "pos", "block_0/Q", "block_0/V", "unembed"} <= set(part.names)
     assert np.all(np.isfinite(np.asarray(tops.eigenvalues)))
     assert 0 <= het.mean <= 1
+
+
+# ------------------------------------------------------------------- a binary end to end
+
+
+@pytest.fixture
+def first_run(tiny_run, tmp_path):
+    """A copy of the shared tiny run's workdir, free to damage."""
+    workdir = str(tmp_path / "spectrum")
+    shutil.copytree(tiny_run[0], workdir)
+    return workdir, tiny_run[1]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_binary_recomputes_a_damaged_or_foreign_checkpoint(first_run, caplog, damage):
+    """A truncated checkpoint (and a truncated results.json), or the checkpoint another config
+    left in the workdir: the rerun warns naming the checkpoint file, retrains and writes the
+    first run's results."""
+    workdir, first = first_run
+    ckpt, results = (os.path.join(workdir, n) for n in ("params_spectrum.ckpt", "results.json"))
+    if damage == "truncated":
+        damage_file(ckpt, "truncated")
+        damage_file(results, "truncated")
+    else:
+        other = tiny.spectrum()
+        other.train.steps = 30
+        spectrum.run(other, workdir)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = spectrum.run(tiny.spectrum(), workdir)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(ckpt in m for m in warnings), warnings
+    if damage == "foreign":
+        assert any("another config" in m for m in warnings), warnings
+    assert again["train_history"] == first["train_history"]
+    np.testing.assert_allclose(again["top_eigenvalues"], first["top_eigenvalues"], rtol=1e-5)
+    with open(results) as f:
+        saved = json.load(f)
+    assert saved["train_history"] == json.loads(json.dumps(first["train_history"]))
+    assert saved["top_eigenvalues"] == again["top_eigenvalues"]
+
+
+def test_failed_run_leaves_no_stale_results(first_run, monkeypatch, tmp_path):
+    """Outputs of an earlier run are deleted when a run starts: a run failing after training
+    leaves neither the old results.json nor the old figure, only its checkpoint."""
+    workdir, _ = first_run
+    for name in spectrum.OUTPUTS:
+        assert os.path.exists(os.path.join(workdir, name)), name
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("solver failed")
+
+    monkeypatch.setattr(spectrum.linalg, "hutchpp", broken)
+    with pytest.raises(RuntimeError, match="solver failed"):
+        spectrum.run(tiny.spectrum(), workdir)
+    left = set(os.listdir(workdir))
+    assert "results.json" not in left and "spectrum.png" not in left
+    assert "params_spectrum.ckpt" in left

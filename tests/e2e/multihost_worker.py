@@ -1,7 +1,7 @@
-"""One process of the multi-process checks of tests/test_multihost.py (`jax.distributed` on
+"""One process of the multi-process checks of tests/e2e/test_multihost.py (`jax.distributed` on
 local CPU processes):
 
-  python tests/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID MESH [CHECKPOINT PHASE]
+  python tests/e2e/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID MESH [CHECKPOINT PHASE]
 
 Joins the job (gloo CPU collectives), loads only its own rows of the Hessian batch
 (`distributed.process_rows` + `shard_local_microbatches`, i.e.

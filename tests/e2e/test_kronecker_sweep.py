@@ -5,31 +5,14 @@ import json
 import os
 
 import numpy as np
+import tiny
 
 from experiments import kronecker_sweep
-from experiments.configs.kronecker_sweep import get_config
-
-
-def _tiny_config():
-    c = get_config()
-    c.data.num_samples = 600
-    c.data.source = "idx"  # fashion_mnist below has no dir: that setting fails at once
-    c.model.widths = (8,)
-    c.train.steps = 200
-    c.train.log_every = 100
-    c.hessian.num_samples = 200
-    c.hessian.chunk_size = 100
-    c.hessian.top_k = 12
-    c.sweep.widths = (8,)  # the base width only: the base setting once
-    c.sweep.steps = (0,)
-    c.sweep.datasets = ("fashion_mnist",)
-    c.sweep.activations = ("tanh",)
-    return c
 
 
 def test_sweep_runs_records_failures_and_resumes(tmp_path):
     workdir = str(tmp_path)
-    results = kronecker_sweep.run(_tiny_config(), workdir)
+    results = kronecker_sweep.run(tiny.kronecker_sweep(), workdir)
     tags = [r["tag"] for r in results["settings"]]
     assert tags == [
         "w8_s200_mnist1d_relu", "w8_s0_mnist1d_relu", "w8_s200_fashion_mnist_relu",
@@ -62,7 +45,7 @@ def test_sweep_runs_records_failures_and_resumes(tmp_path):
     assert os.path.getsize(os.path.join(workdir, "sweep.png")) > 0
     with open(os.path.join(workdir, "results.json")) as f:
         assert set(json.load(f)["near_one"]) == {"hessian", "ggn"}
-    again = kronecker_sweep.run(_tiny_config(), workdir)  # every finished setting is reused
+    again = kronecker_sweep.run(tiny.kronecker_sweep(), workdir)  # every finished setting is reused
     assert [r.get("seconds") for r in again["settings"]] == [
         r.get("seconds") for r in results["settings"]
     ]

@@ -1,5 +1,5 @@
 """Sharded solvers on 8 virtual CPU devices (FSDP params, batch-split data, vectors and Krylov
-bases split along n): one subprocess runs every check of tests/sharded_checks.py, so the
+bases split along n): one subprocess runs every check of tests/e2e/sharded_checks.py, so the
 8-device XLA flag and its JAX start-up stay out of the rest of the suite (which runs on 4)."""
 
 import json
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from _env import ROOT, xla_flags
 
 HERE = pathlib.Path(__file__).parent
 DEVICES = 8
@@ -17,11 +18,10 @@ DEVICES = 8
 @pytest.fixture(scope="module")
 def report():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+    env["XLA_FLAGS"] = xla_flags(DEVICES)
     env["JAX_PLATFORMS"] = "cpu"
     env.pop("JAX_ENABLE_X64", None)
-    root = str(HERE.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run(
         [sys.executable, str(HERE / "sharded_checks.py")],
         env=env,

@@ -5,26 +5,15 @@ that does not end the run, and config errors before any work."""
 import os
 
 import pytest
+import tiny
 
 from experiments import common, lm_heads
-from experiments.configs.lm_heads import get_config
 
 pytest.importorskip("tokenizers", reason="the `text` extra (tokenizers) is not installed")
 
 
-def _tiny_config(tmp_path):
-    c = get_config()
-    c.data.max_bytes, c.data.context, c.data.num_sequences = 200_000, 16, 8
-    c.data.cache_dir = str(tmp_path / "bpe")
-    c.model.vocabs = (256, 512)
-    c.model.width, c.model.num_heads, c.model.num_layers = 8, 2, 1
-    c.train.steps, c.train.batch_size = 5, 8
-    c.hessian.chunk_size, c.hessian.probed = 64, 2
-    return c
-
-
 def test_outputs_slopes_and_reuse(tmp_path):
-    c = _tiny_config(tmp_path)
+    c = tiny.lm_heads(tmp_path)
     results = lm_heads.run(c, str(tmp_path / "run"))
     for name in lm_heads.OUTPUTS + ("row_256.json", "row_512.json"):
         assert os.path.getsize(tmp_path / "run" / name) > 0, name
@@ -48,7 +37,7 @@ def test_failure_is_recorded_not_fatal(tmp_path, monkeypatch):
         return real(config, text, vocab)
 
     monkeypatch.setattr(lm_heads, "one_vocabulary", flaky)
-    c = _tiny_config(tmp_path)
+    c = tiny.lm_heads(tmp_path)
     c.train.steps = 0
     results = lm_heads.run(c, str(tmp_path / "run"))
     assert [r["vocab"] for r in results["rows"]] == [256]
@@ -65,7 +54,7 @@ def test_failure_is_recorded_not_fatal(tmp_path, monkeypatch):
     ],
 )
 def test_config_errors(tmp_path, field, value, match):
-    c = _tiny_config(tmp_path)
+    c = tiny.lm_heads(tmp_path)
     section, name = field.split(".")
     c[section][name] = value
     with pytest.raises(common.ConfigError, match=match):

@@ -3,7 +3,7 @@
 free localhost port. Every subprocess has a timeout and all are killed when one fails, so a
 hung collective cannot hang the suite.
 
-  * tests/multihost_worker.py: each process loads only its rows of the Hessian batch
+  * tests/e2e/multihost_worker.py: each process loads only its rows of the Hessian batch
     (`jax.make_array_from_process_local_data`), the two compute the top eigenvalues and a
     Hutch++ trace together; both equal one process on 4 devices (the suite's own).
   * checkpoints of sharded state (experiments.common.save_checkpoint / load_checkpoint):
@@ -23,9 +23,10 @@ import sys
 
 import numpy as np
 import pytest
+import tiny
+from _env import ROOT, xla_flags
 
 HERE = pathlib.Path(__file__).parent
-ROOT = HERE.parent
 TIMEOUT = 150  # seconds for each group of processes (about 20-40 s on 2 shared cores)
 
 
@@ -37,7 +38,7 @@ def _free_port() -> int:
 
 def _env(local_devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+    env["XLA_FLAGS"] = xla_flags(local_devices)
     env["JAX_PLATFORMS"] = "cpu"
     env.pop("JAX_ENABLE_X64", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -124,27 +125,19 @@ def test_sharded_checkpoint_written_by_two_processes_resumes(tmp_path):
 
 
 def test_spectrum_binary_as_two_processes(tmp_path):
-    from test_experiments import _tiny_config
-
     from experiments import spectrum
+    from experiments.configs import spectrum as spectrum_config
 
-    config = _tiny_config()
-    config.hessian.per_layer = False
-    config.mesh = "data:4"
+    overrides = {**tiny.SPECTRUM, "hessian.per_layer": False, "mesh": "data:4"}
+    config = tiny.override(spectrum_config.get_config(), overrides)
     one = spectrum.run(config, str(tmp_path / "one"))
 
-    overrides = {
-        "data.num_samples": 600, "model.widths": "16", "train.steps": 200,
-        "train.log_every": 100, "hessian.num_samples": 200, "hessian.microbatch_size": 100,
-        "hessian.top_k": 4, "hessian.trace_matvecs": 30, "hessian.slq_probes": 3,
-        "hessian.slq_steps": 20, "hessian.per_layer": False, "mesh": "data:4",
-    }  # fmt: skip
     port = _free_port()
     workdirs = [tmp_path / f"process{i}" for i in range(2)]
     run_processes([
         [sys.executable, "-m", "experiments.spectrum", f"--workdir={workdirs[i]}",
          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
-         *[f"--config.{k}={v}" for k, v in overrides.items()]]
+         *tiny.as_flags(overrides)]
         for i in range(2)
     ])  # fmt: skip
     # only process 0 wrote anything: results, eigenvectors, figure and checkpoint

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny
 from _x64 import enable_x64
 from jax.flatten_util import ravel_pytree
 
@@ -17,34 +18,13 @@ from experiments.configs.mask_overlap import get_config
 from hessjax import linalg, training
 from hessjax.data import class_balanced_subset
 
-KS = (5, 20, 40)
-NUM_RANDOM = 30
-
-
-def _tiny_config(checkpoints=(0, 25)):
-    c = get_config()
-    c.data.num_samples = 600
-    c.model.widths = (6,)  # 40-6-10: 316 params
-    c.train.batch_size = 100
-    c.checkpoints = checkpoints
-    c.hessian.num_samples = 100  # 10 per class, two microbatches
-    c.hessian.microbatch_size = 50
-    c.hessian.test_samples = 50  # 5 test samples per class, one microbatch
-    c.overlap.ks = KS + (5000,)  # 5000 > n is dropped
-    c.overlap.num_random_masks = NUM_RANDOM
-    c.exact.block_size = 158
-    c.sketch.k = 40
-    c.sketch.outer = 150
-    c.sketch.inner = 300
-    c.sketch.error_probes = 30
-    c.sketch.block_size = 0
-    return c
+KS, NUM_RANDOM = tiny.MASK_OVERLAP_KS, tiny.MASK_OVERLAP_RANDOM
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("mask_overlap"))
-    return workdir, mask_overlap.run(_tiny_config(), workdir)
+    return workdir, mask_overlap.run(tiny.mask_overlap(), workdir)
 
 
 def _oracle(config, workdir, step, test=False):
@@ -87,10 +67,10 @@ def test_exact_overlaps_match_dense_numpy_oracle(tiny_run):
     assert n == 40 * 6 + 6 + 6 * 10 + 10 and results["ks"] == list(KS)
     assert [r["step"] for r in results["checkpoints"]] == [0, 25]
     for record in results["checkpoints"]:
-        theta, lam, vec, _ = _oracle(_tiny_config(), workdir, record["step"])
+        theta, lam, vec, _ = _oracle(tiny.mask_overlap(), workdir, record["step"])
         np.testing.assert_allclose(record["exact"]["eigenvalues_top"], lam[:20], rtol=1e-6)
-        tiny = len(lam) * np.finfo(np.float64).eps * abs(lam[0])
-        assert record["exact"]["num_negative"] == int(np.sum(lam < -tiny))
+        round_off = len(lam) * np.finfo(np.float64).eps * abs(lam[0])
+        assert record["exact"]["num_negative"] == int(np.sum(lam < -round_off))
         assert set(record["exact"]["layerwise_overlap"]) == {str(k) for k in KS}
         for k in KS:
             mask = np.argsort(-np.abs(theta))[:k]
@@ -111,7 +91,7 @@ def test_curves_crystallisation_and_test_hessian_match_the_oracle(tiny_run):
     the jax.hessian + numpy eigh oracle (float64 eigh on both sides; the crystallisation
     figures use float32 copies of the bases: 1e-5)."""
     workdir, results = tiny_run
-    config = _tiny_config()
+    config = tiny.mask_overlap()
     kmax = max(KS)
     oracles = [_oracle(config, workdir, r["step"]) for r in results["checkpoints"]]
     for record, (theta, _, vec, _) in zip(results["checkpoints"], oracles, strict=True):
@@ -170,7 +150,7 @@ def test_training_moves_the_overlap_as_the_oracle_says(tiny_run):
     k = 20
     oracle = []
     for record in results["checkpoints"]:
-        theta, _, vec, _ = _oracle(_tiny_config(), workdir, record["step"])
+        theta, _, vec, _ = _oracle(tiny.mask_overlap(), workdir, record["step"])
         mask = np.argsort(-np.abs(theta))[:k]
         oracle.append(np.sum(vec[mask, :k] ** 2) / k)
     first, last = (r["exact"]["overlap"][str(k)] for r in results["checkpoints"])
@@ -242,10 +222,10 @@ def test_writes_results_figures_and_resumes(tiny_run):
     assert spectra["exact_25"].shape == (first["num_params"],)
     assert spectra["sketch_25"].shape == (40,)
     # Same config again: both checkpoints are read back, not recomputed (equal timings too).
-    again = mask_overlap.run(_tiny_config(), workdir)
+    again = mask_overlap.run(tiny.mask_overlap(), workdir)
     assert again["checkpoints"] == first["checkpoints"]
     # One more checkpoint: the first two are reused, training continues from step 25.
-    longer = mask_overlap.run(_tiny_config((0, 25, 35)), workdir)
+    longer = mask_overlap.run(tiny.mask_overlap((0, 25, 35)), workdir)
     assert longer["checkpoints"][:2] == first["checkpoints"]
     assert [h[0] for h in longer["train_history"]][-1] >= 25
     assert longer["checkpoints"][2]["seconds"]["train"] > 0
@@ -295,23 +275,6 @@ def test_large_preset_is_the_documented_conv_net():
         get_config("huge")
 
 
-def _sweep_config():
-    c = get_config("sweep")
-    c.data.num_samples = 600
-    c.train.batch_size = 100
-    c.checkpoints = (10,)
-    c.hessian.num_samples = 100
-    c.hessian.microbatch_size = 100
-    c.overlap.num_random_masks = 3
-    c.sketch.error_probes = 4
-    c.sketch.block_size = 0
-    c.sweep.widths = (3, 5)  # 40-3-10 (163 params), 40-5-10 (265)
-    c.sweep.depth = 1
-    c.sweep.depths = (1, 2)  # 40-3-10 again (run once), 40-3-3-10 (175)
-    c.sweep.width = 3
-    return c
-
-
 def test_size_sweep_records_each_setting_and_survives_a_failing_one(tmp_path, monkeypatch):
     """Settings deduplicated across the width and depth sweeps, k = round(k_fraction n) with
     chance k / n, each summary equal to its own run's results.json; a setting that raises is
@@ -324,7 +287,7 @@ def test_size_sweep_records_each_setting_and_survives_a_failing_one(tmp_path, mo
         return real_run(config, workdir)
 
     monkeypatch.setattr(mask_overlap, "run", run)
-    out = mask_overlap.main(_sweep_config(), str(tmp_path))
+    out = mask_overlap.main(tiny.mask_overlap_sweep(), str(tmp_path))
     names = [e["name"] for e in out["settings"]]
     assert names == ["mlp_3", "mlp_5", "mlp_3-3"]
     assert out["settings"][0]["sweeps"] == ["width", "depth"]
@@ -345,7 +308,7 @@ def test_size_sweep_records_each_setting_and_survives_a_failing_one(tmp_path, mo
 
 @pytest.mark.parametrize("field", ["widths", "depths"])
 def test_size_sweep_refuses_an_empty_list_before_any_work(tmp_path, field):
-    c = _sweep_config()
+    c = tiny.mask_overlap_sweep()
     c.sweep[field] = ()
     with pytest.raises(
         common.ConfigError, match=rf"config.sweep.{field} = \(\): must be a non-empty"

@@ -8,8 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import common, spectrum
-from experiments.configs.spectrum import get_config
+from experiments import common
 
 FINGERPRINT = {"model": {"widths": [4]}, "seed": 0}
 
@@ -18,7 +17,7 @@ def _state():
     return {"params": {"w": np.arange(12.0).reshape(3, 4), "b": np.ones(4, np.float32)}}
 
 
-def _damage(path: str, how: str) -> None:
+def damage_file(path: str, how: str) -> None:
     raw = open(path, "rb").read()
     if how == "truncated":
         raw = raw[: len(raw) - 7]
@@ -46,7 +45,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_damaged_checkpoint_is_reported_not_raised(tmp_path, caplog, how):
     path = str(tmp_path / "a.ckpt")
     common.save_checkpoint(path, FINGERPRINT, _state(), {})
-    _damage(path, how)
+    damage_file(path, how)
     with caplog.at_level(logging.WARNING):
         assert common.load_checkpoint(path, FINGERPRINT, _state()) is None
     assert any(path in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
@@ -112,75 +111,3 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(RuntimeError, match="mid-write"):
         common.write_atomic(path, fail)
     assert json.load(open(path)) == {"run": 1} and os.listdir(tmp_path) == ["results.json"]
-
-
-# ------------------------------------------------------------------- a binary end to end
-
-
-def _tiny_config():
-    c = get_config()
-    c.data.num_samples = 400
-    c.model.widths = (8,)
-    c.train.steps = 60
-    c.train.log_every = 30
-    c.hessian.num_samples = 100
-    c.hessian.microbatch_size = 100
-    c.hessian.top_k = 2
-    c.hessian.per_layer = False
-    c.hessian.trace_matvecs = 9
-    c.hessian.slq_probes = 2
-    c.hessian.slq_steps = 10
-    return c
-
-
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("spectrum_ckpt"))
-    return workdir, spectrum.run(_tiny_config(), workdir)
-
-
-@pytest.mark.parametrize("damage", ["truncated", "foreign"])
-def test_binary_recomputes_a_damaged_or_foreign_checkpoint(first_run, caplog, damage):
-    """A truncated checkpoint (and a truncated results.json), or the checkpoint another config
-    left in the workdir: the rerun warns naming the checkpoint file, retrains and writes the
-    first run's results."""
-    workdir, first = first_run
-    ckpt, results = (os.path.join(workdir, n) for n in ("params_spectrum.ckpt", "results.json"))
-    if damage == "truncated":
-        _damage(ckpt, "truncated")
-        _damage(results, "truncated")
-    else:
-        other = _tiny_config()
-        other.train.steps = 30
-        spectrum.run(other, workdir)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        again = spectrum.run(_tiny_config(), workdir)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(ckpt in m for m in warnings), warnings
-    if damage == "foreign":
-        assert any("another config" in m for m in warnings), warnings
-    assert again["train_history"] == first["train_history"]
-    np.testing.assert_allclose(again["top_eigenvalues"], first["top_eigenvalues"], rtol=1e-5)
-    with open(results) as f:
-        saved = json.load(f)
-    assert saved["train_history"] == json.loads(json.dumps(first["train_history"]))
-    assert saved["top_eigenvalues"] == again["top_eigenvalues"]
-
-
-def test_failed_run_leaves_no_stale_results(first_run, monkeypatch, tmp_path):
-    """Outputs of an earlier run are deleted when a run starts: a run failing after training
-    leaves neither the old results.json nor the old figure, only its checkpoint."""
-    workdir, _ = first_run
-    for name in spectrum.OUTPUTS:
-        assert os.path.exists(os.path.join(workdir, name)), name
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("solver failed")
-
-    monkeypatch.setattr(spectrum.linalg, "hutchpp", broken)
-    with pytest.raises(RuntimeError, match="solver failed"):
-        spectrum.run(_tiny_config(), workdir)
-    left = set(os.listdir(workdir))
-    assert "results.json" not in left and "spectrum.png" not in left
-    assert "params_spectrum.ckpt" in left

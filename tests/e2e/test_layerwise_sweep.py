@@ -7,34 +7,18 @@ import os
 
 import numpy as np
 import pytest
+import tiny
 
 from experiments import common
 from experiments import layerwise_sweep as sweep
-from experiments.configs.layerwise_sweep import get_config
 from hessjax.analysis.blocks import LayerwiseSpectrum
 from hessjax.data import Dataset, rescale_inputs
-
-
-def _tiny_config():
-    c = get_config()
-    c.data.num_samples = 500  # 400 training samples
-    c.base.depth, c.base.width = 1, 8
-    c.sweep.depth = (1, 2)
-    c.sweep.width = (8,)
-    c.sweep.scaling = ("standard",)
-    c.sweep.activation = ("tanh",)
-    c.sweep.loss = ("ce",)
-    c.sweep.param_init = ("lecun",)
-    c.train.steps, c.train.log_every, c.train.batch_size = 40, 40, 64
-    c.checkpoints = (0, 40)
-    c.hessian.num_samples, c.hessian.microbatch_size = 100, 50
-    return c
 
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("layerwise_sweep"))
-    return workdir, sweep.run(_tiny_config(), workdir)
+    return workdir, sweep.run(tiny.layerwise_sweep(), workdir)
 
 
 def test_sweep_writes_results_figure_and_progress(tiny_sweep):
@@ -78,7 +62,7 @@ def test_sweep_resumes_and_survives_a_failing_setting(tiny_sweep, monkeypatch):
         raise AssertionError("finished settings must be resumed, not rerun")
 
     monkeypatch.setattr(sweep, "run_setting", flaky)
-    config = _tiny_config()
+    config = tiny.layerwise_sweep()
     progress_path = os.path.join(workdir, sweep.PROGRESS)
     with open(progress_path) as f:
         progress = json.load(f)
@@ -100,7 +84,7 @@ def test_sweep_resumes_and_survives_a_failing_setting(tiny_sweep, monkeypatch):
     [("sweep.depth", ()), ("sweep.loss", ()), ("sweep.scaling", ("raw",)), ("checkpoints", (5, 0))],
 )
 def test_bad_sweep_lists_fail_before_any_work(tmp_path, field, value):
-    config = _tiny_config()
+    config = tiny.layerwise_sweep()
     section, name = field.split(".") if "." in field else (None, field)
     (config[section] if section else config)[name] = value
     workdir = str(tmp_path / "never")
@@ -110,7 +94,7 @@ def test_bad_sweep_lists_fail_before_any_work(tmp_path, field, value):
 
 
 def test_settings_vary_one_field_at_a_time():
-    config = _tiny_config()
+    config = tiny.layerwise_sweep()
     names = [name for name, _ in sweep.settings(config)]
     assert names == ["base", "depth=2"]
     config.sweep.loss = ("mse", "ce")

@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
+import tiny
 
 from experiments import block_structure, common
 from experiments.configs.block_structure import get_config
@@ -17,69 +18,10 @@ FIGURES = (
 )  # fmt: skip
 
 
-def _tiny_config():
-    c = get_config()
-    # Static force on a reduced sweep. Slopes measured with this setup in float64 over 16
-    # seeds (the suite used to run in float64; it now runs this binary in its default
-    # float32, where seed 0 passes the same bounds; the spread was not re-measured):
-    # CE output -2.06 .. -1.96 (theory -2), CE hidden -1.15 .. -0.78
-    # (mean -0.99, sd 0.10; theory -1), MSE hidden -1.21 .. -0.85. The output slope is tight;
-    # the hidden one varies with W and the 8 probed neurons.
-    c.static.num_classes = (16, 32, 64, 128, 256)
-    c.static.input_dim = 16
-    c.static.width = 16
-    c.static.num_samples = 256
-    c.static.probed = 8
-    c.dynamic.num_classes = 4
-    c.dynamic.dim = 8
-    c.dynamic.width = 8
-    c.dynamic.num_samples = 512
-    c.dynamic.steps = 200
-    c.dynamic.num_checkpoints = 3
-    c.dynamic.spacing = "linear"  # equal segments: one compiled training chunk
-    c.dynamic.hessian_samples = 128
-    c.dynamic.microbatch_size = 128
-    c.dynamic.norms = "exact"
-    c.data.num_samples = 600
-    c.model.widths = (16,)
-    c.train.steps = 200
-    c.train.log_every = 200
-    c.layerwise.hessian_samples = 200
-    c.layerwise.microbatch_size = 200
-    c.layerwise.norms = "estimate"  # the Gaussian-probe path (the dynamic part runs exact)
-    c.layerwise.num_probes = 16
-    c.large_c.num_classes = (128, 4096)
-    c.large_c.input_dim = 8
-    c.large_c.width = 8
-    c.large_c.num_samples = 64
-    c.large_c.probed = 2
-    c.large_c.block_size = 4
-    c.large_c.microbatch_size = 16  # 4 microbatches: the path that bounds memory at large C
-    c.spectra.num_classes = (8, 64)
-    c.spectra.input_dim = 8
-    c.spectra.width = 4
-    c.spectra.num_samples = 128
-    c.spectra.probed = 2
-    c.heatmap.num_classes = 4
-    c.heatmap.input_dim = 6
-    c.heatmap.width = 4
-    c.heatmap.num_samples = 64
-    c.heatmap.batch_size = 64
-    c.heatmap.steps = 50
-    c.neuron_dynamic.width = 8
-    c.neuron_dynamic.steps = 50
-    c.neuron_dynamic.num_checkpoints = 2
-    c.neuron_dynamic.spacing = "linear"
-    c.neuron_dynamic.hessian_samples = 100
-    c.neuron_dynamic.microbatch_size = 100
-    c.neuron_dynamic.probed = 2
-    return c
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("block_structure"))
-    return workdir, block_structure.run(_tiny_config(), workdir)
+    return workdir, block_structure.run(tiny.block_structure(), workdir)
 
 
 def test_writes_results_and_figures(tiny_run):
@@ -196,7 +138,7 @@ def test_presets_and_bad_sweeps(tmp_path):
     bad = {"spectra.num_classes": (), "large_c.num_classes": (), "spectra.models": (),
            "large_c.microbatch_size": 24}  # fmt: skip
     for field, value in bad.items():
-        c = _tiny_config()
+        c = tiny.block_structure()
         section, name = field.split(".")
         c[section][name] = value
         workdir = tmp_path / field
@@ -206,7 +148,7 @@ def test_presets_and_bad_sweeps(tmp_path):
 
 
 def test_heatmap_refuses_large_dense_hessian(tmp_path):
-    c = _tiny_config().heatmap
+    c = tiny.block_structure().heatmap
     c.max_params = 10
     with pytest.raises(ValueError, match="max_params"):
         block_structure.heatmaps(c, str(tmp_path), jax.random.key(0))

@@ -1,16 +1,19 @@
-"""Sharded solvers on 8 virtual CPU devices against one device; run by tests/test_sharded.py in
-a subprocess (`python tests/sharded_checks.py`) so the 8-device XLA flag stays out of the rest
+"""Sharded solvers on 8 virtual CPU devices against one device; run by tests/e2e/test_sharded.py in
+a subprocess (`python tests/e2e/sharded_checks.py`) so the 8-device XLA flag stays out of the rest
 of the suite. Asserts, and prints one JSON line of measured numbers."""
 
 import os
+import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from _env import xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_flags(8)
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.pop("JAX_ENABLE_X64", None)
 
 import json  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
@@ -172,8 +175,8 @@ def check_binaries(spec):
     placed Hessian). Returns their largest relative differences."""
     import tempfile
 
-    from test_block_structure import _tiny_config as block_config
-    from test_monitor import _small_config as eos_config
+    from tiny import block_structure as block_config
+    from tiny import edge_of_stability as eos_config
 
     from experiments import block_structure, edge_of_stability
 

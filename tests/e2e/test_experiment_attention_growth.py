@@ -7,25 +7,13 @@ import os
 
 import numpy as np
 import pytest
+import tiny
 
 from experiments import attention_growth, common
-from experiments.configs.attention_growth import get_config
-
-
-def _tiny_config():
-    c = get_config()
-    c.num_seeds = 2
-    c.data.max_bytes = 100_000
-    c.data.context, c.data.num_sequences = 6, 4
-    c.model.width, c.model.mlp_ratio = 8, 2
-    c.growth.log10_min, c.growth.log10_max, c.growth.num_scales = -2.0, 0.0, 3
-    c.growth.fit_max = 0.1
-    c.growth.num_probes = 4
-    return c
 
 
 def test_outputs_powers_and_layer_norm(tmp_path):
-    results = attention_growth.run(_tiny_config(), str(tmp_path))
+    results = attention_growth.run(tiny.attention_growth(), str(tmp_path))
     for name in attention_growth.OUTPUTS:
         assert os.path.getsize(tmp_path / name) > 0, name
     with open(tmp_path / "results.json") as f:
@@ -51,7 +39,7 @@ def test_failure_is_recorded_not_fatal(tmp_path, monkeypatch):
         return real(config, text, variant, seed)
 
     monkeypatch.setattr(attention_growth, "one_run", flaky)
-    c = _tiny_config()
+    c = tiny.attention_growth()
     c.num_seeds = 1
     results = attention_growth.run(c, str(tmp_path))
     assert set(results["variants"]) == {"none"}
@@ -71,7 +59,7 @@ def test_failure_is_recorded_not_fatal(tmp_path, monkeypatch):
     ],
 )
 def test_config_errors(tmp_path, field, value, match):
-    c = _tiny_config()
+    c = tiny.attention_growth()
     section, name = field.split(".")
     c[section][name] = value
     with pytest.raises(common.ConfigError, match=match):

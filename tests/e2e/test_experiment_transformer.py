@@ -6,31 +6,15 @@ import json
 import os
 
 import pytest
+import tiny
 
 from experiments import common, transformer
-from experiments.configs.transformer import get_config
-
-
-def _tiny_config():
-    c = get_config()
-    c.data.max_bytes = 200_000
-    c.data.context = 6
-    c.data.train_windows = 400
-    c.model.width, c.model.num_heads, c.model.num_layers = 8, 2, 1
-    c.train.log_every = 5
-    c.checkpoints = (0, 5)
-    h = c.hessian
-    h.num_samples, h.microbatch_size, h.top_k, h.block_k = 8, 8, 3, 1
-    h.slq_probes, h.slq_steps, h.norm_probes, h.kron_samples, h.kron_k = 2, 8, 4, 2, 3
-    h.kron_layers = "none"  # kronecker_overlaps is tested in test_transformer.py
-    c.compare = ()
-    return c
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("transformer"))
-    return workdir, transformer.run(_tiny_config(), workdir)
+    return workdir, transformer.run(tiny.transformer(), workdir)
 
 
 def test_outputs_and_interlacing(tiny_run):
@@ -56,24 +40,24 @@ def test_outputs_and_interlacing(tiny_run):
     assert "preconditioned_sharpness" not in first  # no Adam moments before the first step
     # P = √v̂ + ε ≪ 1 here, so P⁻¹ scales the curvature up
     assert last["preconditioned_sharpness"] > last["top_eigenvalues"][0] > 0
-    assert last["adam_threshold"] == pytest.approx(38 / _tiny_config().train.learning_rate)
+    assert last["adam_threshold"] == pytest.approx(38 / tiny.transformer().train.learning_rate)
     train = results["checkpoints"]
     assert train[1]["valid_loss"] < train[0]["valid_loss"]  # Adam learns something in 5 steps
 
 
 def test_rerun_resumes(tiny_run):
     workdir, results = tiny_run
-    again = transformer.run(_tiny_config(), workdir)
+    again = transformer.run(tiny.transformer(), workdir)
     assert again["checkpoints"] == results["checkpoints"]  # reused, not recomputed
     assert again["seconds_total"] < results["seconds_total"] / 2
 
 
 def test_bad_config_fails_before_work(tmp_path):
-    c = _tiny_config()
+    c = tiny.transformer()
     c.hessian.microbatch_size = 3
     with pytest.raises(common.ConfigError, match="microbatch_size"):
         transformer.run(c, str(tmp_path))
-    c = _tiny_config()
+    c = tiny.transformer()
     c.data.source = str(tmp_path / "missing")
     with pytest.raises(ValueError, match="does not exist"):
         transformer.run(c, str(tmp_path))

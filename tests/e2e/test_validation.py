@@ -9,10 +9,10 @@ import time
 import ml_collections
 import numpy as np
 import pytest
+from _env import ROOT
 
 from experiments import common
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARIES = (
     "spectrum", "block_structure", "kronecker", "kronecker_sweep", "weights", "mask_overlap",
     "continual", "transformer",
