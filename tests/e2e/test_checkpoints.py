@@ -18,6 +18,8 @@ def _state():
 
 
 def damage_file(path: str, how: str) -> None:
+    """Damage the file at `path` in place: truncated, header_only, bit_flip,
+    not_a_checkpoint or foreign (a checkpoint header naming another config)."""
     raw = open(path, "rb").read()
     if how == "truncated":
         raw = raw[: len(raw) - 7]
@@ -27,6 +29,10 @@ def damage_file(path: str, how: str) -> None:
         raw = raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:]
     elif how == "not_a_checkpoint":
         raw = b"\x93\x00 not a checkpoint"
+    elif how == "foreign":  # intact, but written under another config's fingerprint
+        header, _, body = raw.partition(b"\n")
+        header = json.loads(header) | {"fingerprint": "another config's hash"}
+        raw = json.dumps(header).encode() + b"\n" + body
     with open(path, "wb") as f:
         f.write(raw)
 

@@ -23,14 +23,13 @@ import sys
 
 import numpy as np
 import pytest
-import tiny
 from _env import ROOT, xla_flags
 
 HERE = pathlib.Path(__file__).parent
 TIMEOUT = 150  # seconds for each group of processes (about 20-40 s on 2 shared cores)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
@@ -78,7 +77,7 @@ def worker_reports():
     """{spec: [report of process 0, report of process 1]} for two meshes."""
     reports = {}
     for spec in ("data:4", "fsdp:2,data:2"):
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, str(HERE / "multihost_worker.py"), str(port), "2"]
         outs = run_processes([[*cmd, str(i), spec] for i in range(2)])
         reports[spec] = [json.loads(out.strip().splitlines()[-1]) for out in outs]
@@ -113,7 +112,7 @@ def test_sharded_checkpoint_written_by_two_processes_resumes(tmp_path):
 
     spec, path = "fsdp:2,data:2", str(tmp_path / "state.ckpt")
     for phase in ("save", "resume"):
-        cmd = [sys.executable, str(HERE / "multihost_worker.py"), str(_free_port()), "2"]
+        cmd = [sys.executable, str(HERE / "multihost_worker.py"), str(free_port()), "2"]
         outs = run_processes([[*cmd, str(i), spec, path, phase] for i in range(2)])
         if phase == "save":
             assert sorted(os.listdir(tmp_path)) == ["state.ckpt"]  # one file, no temporaries
@@ -122,37 +121,6 @@ def test_sharded_checkpoint_written_by_two_processes_resumes(tmp_path):
     for r in two:
         np.testing.assert_allclose(r["params_sum"], whole["params_sum"], rtol=1e-5)
         np.testing.assert_allclose(r["eigenvalues"], whole["eigenvalues"], rtol=1e-5)
-
-
-def test_spectrum_binary_as_two_processes(tmp_path):
-    from experiments import spectrum
-    from experiments.configs import spectrum as spectrum_config
-
-    overrides = {**tiny.SPECTRUM, "hessian.per_layer": False, "mesh": "data:4"}
-    config = tiny.override(spectrum_config.get_config(), overrides)
-    one = spectrum.run(config, str(tmp_path / "one"))
-
-    port = _free_port()
-    workdirs = [tmp_path / f"process{i}" for i in range(2)]
-    run_processes([
-        [sys.executable, "-m", "experiments.spectrum", f"--workdir={workdirs[i]}",
-         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
-         *tiny.as_flags(overrides)]
-        for i in range(2)
-    ])  # fmt: skip
-    # only process 0 wrote anything: results, eigenvectors, figure and checkpoint
-    assert sorted(p.name for p in workdirs[0].iterdir()) == [
-        "eigenvectors.npy",
-        "params_spectrum.ckpt",
-        "results.json",
-        "spectrum.png",
-    ]
-    assert not workdirs[1].exists()
-    saved = json.loads((workdirs[0] / "results.json").read_text())
-    np.testing.assert_allclose(saved["top_eigenvalues"], one["top_eigenvalues"], rtol=1e-4)
-    np.testing.assert_allclose(saved["trace"]["estimate"], one["trace"]["estimate"], rtol=1e-4)
-    vectors = np.load(workdirs[0] / "eigenvectors.npy")
-    assert vectors.shape == (one["num_params"], 4)
 
 
 @pytest.mark.parametrize(
