@@ -44,7 +44,7 @@ from benchmarks._common import environment  # noqa: E402
 from experiments.common import write_json  # noqa: E402  (atomic)
 from experiments.continual import mean_std  # noqa: E402
 from hessjax import continual as cl  # noqa: E402
-from hessjax import curvature, models, training  # noqa: E402
+from hessjax import curvature, linalg, models, training  # noqa: E402
 from hessjax.continual import kron  # noqa: E402
 from hessjax.data import load_dataset, microbatches  # noqa: E402
 
@@ -149,13 +149,13 @@ class Runner:
 
     def _gpm(self, opt_state, params, task, t, key):
         padded = optax.tree_utils.tree_get(opt_state, "layer_bases")
-        used = {k: cl.used_columns(b) for k, b in padded.items()}
+        used = {k: linalg.used_columns(b) for k, b in padded.items()}
         thr = min(self.opts["threshold"] + 0.003 * t, 0.9999)
         x = jnp.asarray(task.x_train[: self.opts["samples"]])
         acts = cl.dense_inputs(self.model, params, x)
         bases = cl.gpm_extend({k: b for k, b in used.items() if b.shape[1]}, acts, thr)
         self.log.append({"task": t, "basis": {k: int(b.shape[1]) for k, b in bases.items()}})
-        new = {k: cl.pad_columns(bases[k], padded[k].shape[1]) for k in padded}
+        new = {k: linalg.pad_columns(bases[k], padded[k].shape[1]) for k in padded}
         return optax.tree_utils.tree_set(opt_state, layer_bases=new)
 
     def _kron(self, opt_state, params, task, t, key):
@@ -182,10 +182,10 @@ class Runner:
             self.loss_fn, params, data, self.opts["share"], self.opts["max_k"], key=key,
             num_steps=min(2 * self.opts["max_k"] + 20, 600),
         )  # fmt: skip
-        used = cl.used_rows(optax.tree_utils.tree_get(opt_state, "rows"))
-        new = cl.extend_basis(used.T if used.shape[0] else None, d.vectors)
+        used = linalg.used_rows(optax.tree_utils.tree_get(opt_state, "rows"))
+        new = linalg.extend_basis(used.T if used.shape[0] else None, d.vectors)
         self.log.append({"task": t, "k": int(d.vectors.shape[1]), "basis": int(new.shape[1])})
-        return optax.tree_utils.tree_set(opt_state, rows=cl.pad_columns(new, self.capacity).T)
+        return optax.tree_utils.tree_set(opt_state, rows=linalg.pad_columns(new, self.capacity).T)
 
 
 def run_one(runner, model, loss_fn, seq, seed, proto) -> np.ndarray:

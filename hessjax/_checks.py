@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,3 +105,20 @@ def check_operand(x: jax.Array, n: int, ndims: tuple[int, ...] = (1, 2), name: s
     raise ValueError(
         f"{name} must have shape {want} for an operator of size {n}; got shape {shape} ({got})"
     )
+
+
+def renamed(**old_to_new: str) -> Callable[[Callable], Callable]:
+    """Decorator for a public function whose keyword arguments were renamed: a call with an
+    old name raises a TypeError naming the new one (kept for one release after a rename)."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    raise TypeError(f"{fn.__name__}(): argument {old!r} was renamed {new!r}")
+            return fn(*args, **kwargs)
+
+        return call
+
+    return wrap

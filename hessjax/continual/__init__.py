@@ -16,8 +16,8 @@
   quadratics); the updates for update-PCA are recorded by `analysis.trajectory.recording`;
 * subspace sources on an old task: `hessian_directions`, `weight_svd_directions`,
   `update_pca_directions`, `logit_gradients` (OGD), `fisher_diagonal` (EWC), `dense_inputs` +
-  `gpm_extend` (GPM); growing orthonormal bases: `extend_basis`, `pad_columns` (re-exported
-  from `hessjax.linalg.subspace`, where the flat-vector basis algebra lives);
+  `gpm_extend` (GPM); the bases grow with `linalg.extend_basis` and `linalg.pad_columns`
+  (the flat-vector basis algebra lives in `hessjax.linalg`);
 * task sequences: permuted / split MNIST and MNIST-1D;
 * metrics of an accuracy matrix: ACC, BWT, forgetting.
 """
@@ -98,15 +98,6 @@ from hessjax.continual.transforms import (
     proximal_penalty,
     set_memory,
 )
-from hessjax.linalg.subspace import (
-    check_orthonormal,
-    default_tol,
-    extend_basis,
-    pad_columns,
-    project_vector,
-    used_columns,
-    used_rows,
-)
 
 __all__ = [
     "ContinualMetrics",
@@ -122,20 +113,17 @@ __all__ = [
     "average_accuracy",
     "backward_transfer",
     "check_accuracy_matrix",
-    "check_orthonormal",
     "check_positive",
     "continual_metrics",
     "curvature_rank",
     "curvature_penalty",
     "curvature_penalty_state",
     "default_pairs",
-    "default_tol",
     "dense_inputs",
     "dense_layers",
     "ewc",
     "ewc_penalty",
     "ewc_state",
-    "extend_basis",
     "finetune",
     "fisher_diagonal",
     "forgetting",
@@ -159,14 +147,12 @@ __all__ = [
     "kron_transform",
     "logit_gradients",
     "ogd",
-    "pad_columns",
     "permutations",
     "permuted_mnist",
     "permuted_mnist1d",
     "permuted_tasks",
     "memory_transform",
     "project_out",
-    "project_vector",
     "projection",
     "proximal_penalty",
     "set_memory",
@@ -176,8 +162,6 @@ __all__ = [
     "task_sequence",
     "update_pca_directions",
     "update_pca_project",
-    "used_columns",
-    "used_rows",
     "weight_svd_directions",
     "weight_svd_project",
 ]

@@ -3,7 +3,6 @@ parameter partitions into blocks, and Kronecker factors of dense and conv layers
 `dense` / `conv` tags for models that are not flax Linen modules)."""
 
 from hessjax.curvature.blocks import (
-    Partition,
     layer_block_diagonal,
     partition_by_layer,
     partition_by_neuron,
@@ -60,7 +59,6 @@ __all__ = [
     "DenseIO",
     "KroneckerEigenpairs",
     "KroneckerFactors",
-    "Partition",
     "conv",
     "dense",
     "dense_layer_io",

@@ -15,8 +15,8 @@ from hessjax.linalg.operator import Operator
 Array = jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("k", "max_iters", "tol"))
-def _power_traced(op: Operator, key: Array, k: int, max_iters: int, tol: float) -> EigshResult:
+@functools.partial(jax.jit, static_argnames=("k", "num_steps", "tol"))
+def _power_traced(op: Operator, key: Array, k: int, num_steps: int, tol: float) -> EigshResult:
     n, dtype = op.size, op.dtype
     found = jnp.zeros((k, n), dtype)  # rows: eigenvectors found so far (zeros elsewhere)
 
@@ -32,7 +32,7 @@ def _power_traced(op: Operator, key: Array, k: int, max_iters: int, tol: float) 
             _, lam, lam_prev, it, _ = c
             change = jnp.abs(lam - lam_prev) / (jnp.abs(lam_prev) + 1e-6)
             stop = (change < tol) | ~jnp.isfinite(lam)
-            return (it < max_iters) & ((it < 2) | ~stop)
+            return (it < num_steps) & ((it < 2) | ~stop)
 
         def body(c):
             v, lam, _, it, _ = c
@@ -62,29 +62,30 @@ def _power_traced(op: Operator, key: Array, k: int, max_iters: int, tol: float) 
 
     init = (found, jnp.zeros((k,), dtype), jnp.zeros((k,), dtype), jnp.zeros((k,), jnp.int32))
     found, values, residuals, iters = lax.fori_loop(0, k, one_pair, init)
-    ok = (iters < max_iters) & jnp.isfinite(values)
+    ok = (iters < num_steps) & jnp.isfinite(values)
     return EigshResult(values, found.T, residuals, ok, jnp.sum(iters))
 
 
+@_checks.renamed(max_iters="num_steps")
 def power_iteration(
-    op: Operator, k: int, *, key: Array, max_iters: int = 100, tol: float = 1e-3
+    op: Operator, k: int, *, key: Array, num_steps: int = 100, tol: float = 1e-3
 ) -> EigshResult:
     """Top-k eigenpairs by |λ| via power iteration with deflation (as PyHessian does).
 
     Each pair iterates v <- A v / ‖A v‖ (v kept orthogonal to the pairs already found) until the
-    Rayleigh quotient changes by less than `tol` relative, or `max_iters` products. Eigenvalues
+    Rayleigh quotient changes by less than `tol` relative, or `num_steps` products. Eigenvalues
     (k,) come in the order found (roughly descending |λ|); residuals are ‖A v - λ v‖ from the
-    last iteration, `converged` is False for pairs that hit `max_iters`. tol must lie in
+    last iteration, `converged` is False for pairs that hit `num_steps`. tol must lie in
     (0, 1). On a zero operator every pair has λ = 0 and residual 0.
     """
     if not isinstance(op, Operator):
         raise TypeError("power_iteration needs a traceable Operator (data as a pytree of arrays)")
     _checks.check_dtype(op.dtype)
     _checks.check_k(k, op.size)
-    _checks.check_positive(max_iters, "max_iters")
+    _checks.check_positive(num_steps, "num_steps")
     _checks.check_tol(tol)
     _checks.check_key(key)
-    result = _power_traced(op, key, int(k), int(max_iters), float(tol))
+    result = _power_traced(op, key, int(k), int(num_steps), float(tol))
     if _checks.is_concrete(result.eigenvalues) and not bool(
         jnp.all(jnp.isfinite(result.eigenvalues))
     ):

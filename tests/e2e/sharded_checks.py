@@ -216,12 +216,23 @@ def main():
     loss_fn, params, data = problem(8)
     OUT["n"] = hessian_operator(loss_fn, params, data).size
     assert OUT["n"] % DEVICES == 0
+    seconds, last = {}, start
+
+    def lap(name):
+        nonlocal last
+        now = time.perf_counter()
+        seconds[name], last = round(now - last, 1), now
+
     ref = reference(loss_fn, params, data)
+    lap("reference")
     for spec in sys.argv[1:] or ["fsdp:8", "fsdp:2,data:4"]:
         OUT[spec] = check_mesh(spec, loss_fn, params, data, ref)
+        lap(spec)
     OUT["uneven"] = check_uneven()
+    lap("uneven")
     OUT["binaries"] = check_binaries("fsdp:2,data:4")
-    OUT["seconds"] = round(time.perf_counter() - start, 1)
+    lap("binaries")
+    OUT["seconds"] = seconds | {"total": round(time.perf_counter() - start, 1)}
     print(json.dumps(OUT, default=str))
 
 

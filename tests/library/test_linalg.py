@@ -377,7 +377,7 @@ def test_operator_helpers(separated):
 def test_power_iteration_top_k(make):
     a, op = make(POWER)
     tol = 1e-12
-    res = power_iteration(op, 3, key=jax.random.key(17), max_iters=500, tol=tol)
+    res = power_iteration(op, 3, key=jax.random.key(17), num_steps=500, tol=tol)
     lam = np.asarray(res.eigenvalues)
     # Stopping at relative Rayleigh-quotient change < tol leaves a relative error of about
     # tol · r²/(1 - r²) <= 2 tol for |λ| ratios r <= 0.8: 1e-9 is a generous bound.
@@ -397,7 +397,7 @@ def test_power_iteration_top_k(make):
 
 def test_power_iteration_not_converged(make):
     _, op = make(POWER)
-    res = power_iteration(op, 3, key=jax.random.key(17), max_iters=2, tol=1e-12)
+    res = power_iteration(op, 3, key=jax.random.key(17), num_steps=2, tol=1e-12)
     assert not np.any(np.asarray(res.converged))
     assert int(res.num_matvecs) == 3 * 2
 
@@ -587,7 +587,7 @@ VALUE_ERRORS = {
     "tridiag v0": (lambda: lanczos_tridiag(SMALL, jnp.ones(7), 4, key=KEY), "v0 must have"),
     "tridiag key": (lambda: lanczos_tridiag(SMALL, jnp.ones(8), 4, key=1), "PRNG key"),
     "power k": (lambda: power_iteration(SMALL, 0, key=KEY), "1 <= k < n"),
-    "power iters": (lambda: power_iteration(SMALL, 2, key=KEY, max_iters=0), "max_iters"),
+    "power iters": (lambda: power_iteration(SMALL, 2, key=KEY, num_steps=0), "num_steps"),
     "power key": (lambda: power_iteration(SMALL, 2, key=None), "PRNG key"),
     "hutch probes": (lambda: hutchinson(SMALL, 0, key=KEY), "num_probes"),
     "hutch kind": (lambda: hutchinson(SMALL, 4, key=KEY, probe="uniform"), "probe must be"),
@@ -616,6 +616,13 @@ def test_value_errors(case):
 def test_power_iteration_needs_operator():
     with pytest.raises(TypeError, match="Operator"):
         power_iteration(HostOperator(np.eye(8)), 2, key=KEY)
+
+
+def test_a_renamed_argument_names_its_new_name():
+    """power_iteration's max_iters is num_steps, as in every other solver, since 2026-12."""
+    with pytest.raises(TypeError, match="'max_iters' was renamed 'num_steps'"):
+        power_iteration(SMALL, 2, key=KEY, max_iters=10)
+    assert power_iteration.__name__ == "power_iteration" and "num_steps" in power_iteration.__doc__
 
 
 # ---------------------------------------------------------------------------------------------
