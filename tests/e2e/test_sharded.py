@@ -38,13 +38,16 @@ def test_sharded_solvers_equal_one_device_and_keep_the_basis_split(report, spec)
     n, got = report["n"], report[spec]
     assert n % DEVICES == 0
     # the subprocess asserted the tolerances; the numbers are repeated here for the record
-    assert got["eigsh_rel"] < 1e-5 and got["thick_rel"] < 1e-5 and got["sketch_rel"] < 1e-5
+    assert got["eigsh_rel"] < 1e-5
     assert got["hutchpp_rel"] < 1e-4 and got["slq_moment_rel"] < 1e-4
     assert tuple(got["basis_shard"]) == (30, n // DEVICES)  # (m, n / 8) per device
     assert tuple(got["eigvec_shard"]) == (n // DEVICES, 5)
-    assert tuple(got["thick_shard"]) == (n // DEVICES, 10)
-    assert got["tridiag_big_all_gathers"] == [] and got["thick_big_all_gathers"] == []
+    assert got["tridiag_big_all_gathers"] == []
     assert "fsdp" in got["param_shards"]["params/layers_0/kernel"]
+    if spec == "fsdp:2,data:4":  # thick restart and the sketch: on the mesh with both axes
+        assert got["thick_rel"] < 1e-5 and got["sketch_rel"] < 1e-5
+        assert tuple(got["thick_shard"]) == (n // DEVICES, 10)
+        assert got["thick_big_all_gathers"] == [] and not got["sketch_n_all_gathers"]
 
 
 def test_uneven_n_runs_unsplit_and_agrees(report):
