@@ -8,6 +8,7 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+import tiny
 from _env import ROOT
 
 from experiments import common
@@ -51,13 +52,6 @@ def _config(binary: str) -> ml_collections.ConfigDict:
     return importlib.import_module(f"experiments.configs.{binary}").get_config()
 
 
-def _set(config, field, value):
-    *sections, key = field.split(".")
-    for s in sections:
-        config = config[s]
-    config[key] = value
-
-
 @pytest.mark.parametrize("binary", BINARIES)
 def test_default_configs_are_valid_and_fully_covered(binary):
     """validate() also fails on a field without a rule, so passing means every field of the
@@ -79,7 +73,7 @@ def test_bad_value_fails_before_any_work(binary, field, value, demand, tmp_path)
     data loaded, nothing trained)."""
     module = importlib.import_module(f"experiments.{binary}")
     config = _config(binary)
-    _set(config, field, value)
+    tiny.override(config, {field: value})
     workdir = str(tmp_path / "run")
     with pytest.raises(common.ConfigError) as info:
         module.run(config, workdir)
@@ -130,7 +124,7 @@ def test_every_binary_checks_config_mesh_before_any_work(binary, tmp_path):
         module.run(config, str(tmp_path / "run"))
     config = _config(binary)
     config.mesh = "data:4"
-    _set(config, MESH_BATCH[binary], 102)
+    tiny.override(config, {MESH_BATCH[binary]: 102})
     with pytest.raises(common.ConfigError) as info:
         module.run(config, str(tmp_path / "run"))
     assert f"config.{MESH_BATCH[binary]} = 102: must be divisible by the number of devices" in str(
