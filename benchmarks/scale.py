@@ -44,7 +44,7 @@ from hvp import load_images
 from hessjax import training
 from hessjax.curvature import MeanLoss, cross_entropy, hessian_operator
 from hessjax.data import microbatches
-from hessjax.linalg import eigsh, magnitude_errors, sketch_eigh
+from hessjax.linalg import apply_block, eigsh, magnitude_errors, sketch_eigh
 from hessjax.models import MLP
 
 METHODS = ("reference", "restart-LA", "restart-LM", "sketch")
@@ -72,6 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--runs-from", default=None, help="a previous results JSON: its runs of "
                    "methods not in --methods are reported and compared too")  # fmt: skip
+    p.add_argument(
+        "--residuals",
+        action="store_true",
+        help="restart-*: also compute every "
+        "pair's residual ||H v - λ v|| (k more HVPs), a bound on its eigenvalue error",
+    )
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--microbatch", type=int, default=512)
     p.add_argument("--train-steps", type=int, default=100)
@@ -113,6 +119,22 @@ def problem(args):
     return hessian_operator(loss, params, data), source
 
 
+def pair_checks(op, values, vectors, chunk: int = 100) -> dict:
+    """Per pair i: r_i = ||H v_i - λ_i v_i|| (H symmetric and ||v_i|| = 1, so an eigenvalue of H
+    lies within r_i of λ_i), and the basis' loss of orthogonality max |VᵀV - I|."""
+    res = []
+    for i in range(0, vectors.shape[1], chunk):
+        v = vectors[:, i : i + chunk]
+        hv = apply_block(op, v, block_size=10)
+        res.append(np.asarray(jnp.linalg.norm(hv - v * values[i : i + chunk], axis=0), np.float64))
+        print(f"  residuals {i + v.shape[1]}/{vectors.shape[1]}", file=sys.stderr, flush=True)
+    gram = vectors.T @ vectors
+    return {
+        "residual_norms": np.concatenate(res).tolist(),
+        "orthogonality_error": float(jnp.max(jnp.abs(gram - jnp.eye(len(gram))))),
+    }
+
+
 def child(args) -> None:
     logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
     op, _ = problem(args)
@@ -134,6 +156,10 @@ def child(args) -> None:
         record["eigenvalues"] = np.asarray(res.eigenvalues, np.float64).tolist()
         record["converged"] = int(np.sum(res.converged))
         record["num_matvecs"] = res.num_matvecs
+        if args.residuals:
+            jax.block_until_ready(res.eigenvectors)
+            record["seconds_before_residuals"] = time.perf_counter() - start
+            record.update(pair_checks(op, res.eigenvalues, res.eigenvectors))
     else:
         res = sketch_eigh(op, args.k, key=key, outer=args.k, inner=2 * args.k, error_probes=20)
         record["eigenvalues"] = np.asarray(res.eigenvalues, np.float64).tolist()
@@ -182,6 +208,13 @@ def main(argv=None) -> dict:
               f"converged, peak "
               f"{peak / 2**30:7.2f} GiB ({peak / n:6.1f} B/param, {rec['peak_source']})",
               flush=True)  # fmt: skip
+        if "residual_norms" in rec:
+            r, lam = np.asarray(rec["residual_norms"]), np.abs(rec["eigenvalues"])
+            rec["residual_over_lambda_max"] = float(np.max(r / lam))
+            rec["residual_over_lambda1_max"] = float(r.max() / lam[0])
+            print(f"{method:<11} all {len(r)} pairs: ||Hv - λv|| / |λ| <= "
+                  f"{rec['residual_over_lambda_max']:.2e} (median {np.median(r / lam):.2e}), "
+                  f"max |VᵀV - I| {rec['orthogonality_error']:.1e}", flush=True)  # fmt: skip
     ref = runs.get("reference", {})
     top = min(args.k, args.ref_k)
     for method, which in WHICH.items():

@@ -34,7 +34,15 @@ from flax import serialization
 from ml_collections import config_flags
 
 from hessjax import curvature, distributed, models, training
-from hessjax.data import DATASET_NAMES, SOURCES, Dataset, load_dataset, microbatches
+from hessjax.data import (
+    DATASET_NAMES,
+    SCALINGS,
+    SOURCES,
+    Dataset,
+    load_dataset,
+    microbatches,
+    rescale_inputs,
+)
 
 
 def run_binary(name: str, run: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
@@ -273,6 +281,7 @@ DATA_RULES: dict[str, Rule] = {
     "data.source": one_of(*SOURCES),
     "data.num_samples": int_at_least(10),
     "data.seed": ANY_INT,
+    "data.scaling": one_of(*SCALINGS),
 }
 TRAIN_RULES: dict[str, Rule] = {
     "train.optimizer": one_of("adam", "sgd"),
@@ -287,6 +296,7 @@ MODEL_RULES: dict[str, Rule] = {
     "model.activation": one_of(*sorted(models.ACTIVATIONS)),
     "model.param_init": one_of(*models.INITS),
     "model.batch_norm": BOOL,
+    "model.use_bias": BOOL,
 }
 
 
@@ -349,6 +359,18 @@ def field_value(config: ml_collections.ConfigDict, field: str) -> Any:
     """config's value at a dotted `field` ('hessian.num_samples')."""
     for key in field.split("."):
         config = config[key]
+    return config
+
+
+def set_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> Any:
+    """Set each dotted field of `fields` in `config` (in place, what --config.a.b=v flags do);
+    returns config."""
+    for field, value in fields.items():
+        *sections, key = field.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[key] = value
     return config
 
 
@@ -423,26 +445,28 @@ def num_train_samples(data: ml_collections.ConfigDict) -> int:
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int):
     """Flax module for a model config (kind mlp | conv, widths, activation, optional
-    param_init in models.INITS, optional batch_norm for the MLP) with `num_classes` outputs:
-    an MLP of hidden `widths`, or a conv net of `widths` channels."""
+    param_init in models.INITS, optional batch_norm and use_bias for the MLP) with
+    `num_classes` outputs: an MLP of hidden `widths`, or a conv net of `widths` channels."""
     widths = tuple(int(w) for w in cfg.widths)
     kind = cfg.get("kind", "mlp")
     init = cfg.get("param_init", "lecun")  # models.INITS
     if kind == "mlp":
         return models.MLP(
             widths + (num_classes,), act=cfg.activation, param_init=init,
-            batch_norm=cfg.get("batch_norm", False),
+            batch_norm=cfg.get("batch_norm", False), use_bias=cfg.get("use_bias", True),
         )  # fmt: skip
     if kind == "conv":
-        if cfg.get("batch_norm", False):
-            raise ValueError("model.batch_norm is an option of the MLP (kind 'mlp') only")
+        for option, default in (("batch_norm", False), ("use_bias", True)):
+            if cfg.get(option, default) != default:
+                raise ValueError(f"model.{option} is an option of the MLP (kind 'mlp') only")
         return models.ConvNet(widths, num_classes, act=cfg.activation, param_init=init)
     raise ValueError(f"model.kind must be 'mlp' or 'conv', got {kind!r}")
 
 
 def load_data(cfg: ml_collections.ConfigDict) -> Dataset:
-    """hessjax.data.load_dataset(cfg), logged (name, sizes, input shape, classes)."""
-    ds = load_dataset(cfg)
+    """hessjax.data.load_dataset(cfg), its inputs rescaled by cfg.scaling when the config has
+    that field (`hessjax.data.rescale_inputs`), logged (name, sizes, input shape, classes)."""
+    ds = rescale_inputs(load_dataset(cfg), cfg.get("scaling", "none"))
     logging.info(
         "data %s: %d train / %d test, input %s, %d classes",
         ds.name, len(ds.y_train), len(ds.y_test), ds.x_train.shape[1:], ds.num_classes,

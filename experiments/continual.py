@@ -21,13 +21,23 @@ A strategy whose training loss becomes non-finite (or whose memory cannot be com
 recorded as diverged (seed, task, step) in results.json, the table and the figure's legend,
 and the others run on.
 
-Writes into the workdir: accuracy_matrices.npz ({strategy: (seeds, T, T)}),
-first_task_accuracy.png and, last, results.json (accuracy matrices, per-seed metrics,
-mean ± std table, divergences, timings, the record of trained tasks); the previous run's copies
-are deleted first. Also events.jsonl (appended: one line per task started / checkpointed /
-diverged) and
-checkpoints/seed_<s>/<strategy>.ckpt, rewritten atomically after each completed task (params,
-optimizer state with the memories, RNG, the accuracy rows so far). A killed run restarted with
+Hyperparameters are chosen on validation data only. Every task has a validation split
+(tasks.valid_fraction of its training pool, `hessjax.continual.tasks`), and every accuracy row
+is measured on it as well as on the test split. With select.grid naming a grid of
+experiments/configs/continual.py GRIDS, each strategy's grid points first run on
+select.seeds (never reported; disjoint from seeds) and the point with the best mean
+validation ACC is kept (`select`); then every strategy runs with its chosen configuration on
+seeds, whose test accuracies are reported. select.grid = "" skips the selection phase.
+
+Writes into the workdir: selection.json (every grid point, its validation ACC per selection
+seed, the choice), accuracy_matrices.npz ({strategy: (seeds, T, T)}, test),
+first_task_accuracy.png and, last, results.json (test and validation accuracy matrices,
+per-seed metrics, mean ± std table, the selection, divergences, timings, the record of
+trained tasks); the previous run's copies are deleted first. Also events.jsonl (appended:
+one line per task started / checkpointed / diverged) and checkpoints/seed_<s>/<strategy>.ckpt
+(selection runs: checkpoints/select/<strategy>_<point>/seed_<s>/<strategy>.ckpt), rewritten
+atomically after each completed task (params, optimizer state with the memories, RNG, the
+accuracy rows so far). A killed run restarted with
 the same config and workdir resumes after the last completed task of every (seed, strategy);
 a checkpoint of another config or state version (CHECKPOINT_VERSION), or a damaged one, is
 reported and that run starts afresh.
@@ -37,7 +47,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
+import math
 import os
 import time
 import uuid
@@ -52,16 +64,18 @@ import optax
 from absl import logging
 
 from experiments import common, figures
+from experiments.configs import continual as continual_configs
 from hessjax import continual as cl
 from hessjax import curvature, training
 
-OUTPUTS = ("results.json", "accuracy_matrices.npz", "first_task_accuracy.png")
+OUTPUTS = ("results.json", "selection.json", "accuracy_matrices.npz", "first_task_accuracy.png")
 # The state format of checkpoints/seed_<s>/<strategy>.ckpt (`common.save_checkpoint`'s
 # version): bump it when a memory's meaning or layout changes under an unchanged config, so
 # a run resumed with newer code recomputes the older files (a warning names the file and both
 # versions) instead of loading them. None: files from before versions were recorded (e.g. a
-# hessian_penalty memory from before it became one orthonormal quadratic); 2: the current.
-CHECKPOINT_VERSION = 2
+# hessian_penalty memory from before it became one orthonormal quadratic); 2: before the
+# validation split.
+CHECKPOINT_VERSION = 3  # 3: the meta holds the validation rows
 
 # Values used for config fields left at 0 / (): (permuted) MNIST-1D by default, MNIST / Fashion.
 _SHARED_DEFAULTS: dict[str, Any] = {
@@ -101,6 +115,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config.strategies = common.as_tuple(config.strategies, str)
     config.seeds = common.as_tuple(config.seeds, int)
     config.model.widths = common.as_tuple(config.model.widths, int)
+    config.gpm.layer_thresholds = common.as_tuple(config.gpm.layer_thresholds, float)
+    config.select.seeds = common.as_tuple(config.select.seeds, int)
     return config
 
 
@@ -171,11 +187,16 @@ def _kron_project(ctx: Context) -> cl.Strategy:
     )
 
 
+def kron_prox_strength(config: ml_collections.ConfigDict) -> float:
+    """kron.strength, or when it is 0 the rule η·s = 1: 1 / train.learning_rate."""
+    return float(config.kron.strength) or 1.0 / float(config.train.learning_rate)
+
+
 def _kron_prox(ctx: Context) -> cl.Strategy:
     k = ctx.config.kron
     return cl.kron_prox(
-        strength=float(k.strength), learning_rate=ctx.learning_rate,
-        share=float(k.prox_share) or None, mode=str(k.mode), **_kron(ctx),
+        strength=kron_prox_strength(ctx.config), learning_rate=ctx.learning_rate,
+        share=float(k.prox_share) or None, mode=str(k.prox_mode), **_kron(ctx),
     )  # fmt: skip
 
 
@@ -185,7 +206,8 @@ def _ogd(ctx: Context) -> cl.Strategy:
 
 def _gpm(ctx: Context) -> cl.Strategy:
     g = ctx.config.gpm
-    return cl.gpm(ctx.model, float(g.threshold), int(g.num_samples), float(g.threshold_increment))
+    threshold = tuple(g.layer_thresholds) or float(g.threshold)
+    return cl.gpm(ctx.model, threshold, int(g.num_samples), float(g.threshold_increment))
 
 
 def _weight_svd_project(ctx: Context) -> cl.Strategy:
@@ -287,12 +309,10 @@ class _Events:
 # ---------------------------------------------------------------------------------- running
 
 
-def _evaluate(ctx: Context, params, seq: cl.TaskSequence) -> list[float]:
-    """Test accuracy on every task of the sequence."""
+def _evaluate(ctx: Context, params, seq: cl.TaskSequence, split: str) -> list[float]:
+    """Accuracy on the `split` ('test' or 'valid') of every task of the sequence."""
     return [
-        float(
-            training.accuracy(ctx.model.apply, params, jnp.asarray(t.x_test), jnp.asarray(t.y_test))
-        )
+        float(training.accuracy(ctx.model.apply, params, *map(jnp.asarray, t.split(split))))
         for t in seq.tasks
     ]
 
@@ -311,24 +331,24 @@ def run_strategy(
     runner: Runner,
     seq: cl.TaskSequence,
     seed: int,
-    workdir: str,
+    path: str,
     events: _Events,
 ) -> dict:
-    """Train one strategy through the task sequence (resuming from its last checkpoint);
-    returns {rows (T, T) accuracy matrix as lists, trained [{task, run}], history, seconds,
-    diverged}. When training diverges (a non-finite loss) or the memory cannot be computed,
-    diverged = {task, step, error} and the rows from that task on are NaN; the run stops
-    there (checkpointed as such, so a restart does not retry it)."""
+    """Train one strategy through the task sequence (resuming from its checkpoint at `path`);
+    returns {rows (T, T) test accuracy matrix as lists, valid_rows the same on the
+    validation splits, trained [{task, run}], history, seconds, diverged}. When training
+    diverges (a non-finite loss) or the memory cannot be computed, diverged = {task, step,
+    error} and the rows from that task on are NaN; the run stops there (checkpointed as such,
+    so a restart does not retry it)."""
     config, strategy = ctx.config, runner.strategy
     num_tasks = seq.num_tasks
     k_init, key = jax.random.split(jax.random.key(seed))
     params = ctx.model.init(k_init, jnp.asarray(seq.tasks[0].x_train[:1]))
     opt_state = runner.optimizer.init(params)
     fingerprint = _fingerprint(config, strategy.name, seed)
-    meta = {"rows": [], "trained": [], "history": [], "seconds": {"train": 0.0, "memory": 0.0},
-            "diverged": None}  # fmt: skip
+    meta = {"rows": [], "valid_rows": [], "trained": [], "history": [],
+            "seconds": {"train": 0.0, "memory": 0.0}, "diverged": None}  # fmt: skip
     start = 0
-    path = os.path.join(workdir, "checkpoints", f"seed_{seed}", f"{strategy.name}.ckpt")
 
     def save(t: int, event: str) -> None:
         if config.checkpoint:
@@ -366,7 +386,7 @@ def run_strategy(
             failure = None
         meta["seconds"]["train"] += time.perf_counter() - begin
         if failure is None:
-            row = _evaluate(ctx, params, seq)
+            row, valid_row = (_evaluate(ctx, params, seq, split) for split in ("test", "valid"))
             logging.info(
                 "[seed %d %s] task %d: loss %.4f, accuracies %s",
                 seed, strategy.name, t, history[-1][1], np.round(row, 3),
@@ -387,10 +407,12 @@ def run_strategy(
         if failure is not None:
             logging.warning("[seed %d %s] diverged: %s", seed, strategy.name, failure)
             meta["diverged"] = failure
-            meta["rows"] += [[float("nan")] * num_tasks for _ in range(t, num_tasks)]
+            for rows in (meta["rows"], meta["valid_rows"]):
+                rows += [[float("nan")] * num_tasks for _ in range(t, num_tasks)]
             save(t, "diverged")
             break
         meta["rows"].append(row)
+        meta["valid_rows"].append(valid_row)
         meta["history"].append(history)
         meta["trained"].append({"task": t, "run": events.run_id})
         save(t, "checkpoint")
@@ -446,6 +468,12 @@ RULES = common.SHARED_RULES | {
     "tasks.remap": common.BOOL,
     "tasks.train_size": common.NONNEGATIVE_INT,
     "tasks.test_size": common.NONNEGATIVE_INT,
+    "tasks.valid_fraction": common.real_in(0.0, 1.0),
+    "select.seeds": common.ints_at_least(0, allow_empty=True),
+    "select.grid": common.Rule(  # read at validation: extensible
+        lambda v: v == "" or v in continual_configs.GRIDS,
+        "'' or a grid of experiments/configs/continual.py GRIDS",
+    ),
     "train.reset_optimizer": common.BOOL,
     "memory.num_samples": common.POSITIVE_INT,
     "memory.microbatch_size": common.POSITIVE_INT,
@@ -454,6 +482,10 @@ RULES = common.SHARED_RULES | {
     "gpm.num_samples": common.POSITIVE_INT,
     "gpm.threshold": common.PROBABILITY,
     "gpm.threshold_increment": common.real_in(0.0, 1.0, closed=True),
+    "gpm.layer_thresholds": common.Rule(
+        lambda v: isinstance(v, tuple) and all(common.SHARE.test(x) for x in v),
+        "a tuple of numbers in (0, 1], one per dense layer (empty: gpm.threshold for all)",
+    ),
     "hessian.k": common.POSITIVE_INT,
     "hessian.num_steps": common.NONNEGATIVE_INT,
     "hessian.tol": common.POSITIVE,
@@ -463,7 +495,8 @@ RULES = common.SHARED_RULES | {
     "kron.share": common.SHARE,
     "kron.mode": common.one_of(*cl.kron.MODES),
     "kron.output_share": common.SHARE,
-    "kron.strength": common.POSITIVE,
+    "kron.strength": common.real_in(0.0, math.inf, closed=True),
+    "kron.prox_mode": common.one_of(*cl.kron.MODES),
     "kron.prox_share": common.real_in(0.0, 1.0, closed=True),
     "kron.num_samples": common.NONNEGATIVE_INT,
     "weight_svd.k": common.POSITIVE_INT,
@@ -473,6 +506,16 @@ RULES = common.SHARED_RULES | {
 }
 RELATIONS = (
     common.at_most("memory.microbatch_size", "memory.num_samples"),
+    common.Relation(
+        "select.seeds",
+        lambda c: not set(c.select.seeds) & set(c.seeds),
+        "disjoint from config.seeds (a selection seed is never a reported one)",
+    ),
+    common.Relation(
+        "select.seeds",
+        lambda c: bool(c.select.seeds) or not c.select.grid,
+        "non-empty when select.grid names a grid",
+    ),
     *(
         common.Relation(
             f"{name}.num_samples",
@@ -502,9 +545,108 @@ RELATIONS = (
 )
 
 
+def grid_points(grid: dict[str, tuple]) -> list[dict]:
+    """Every combination of a {dotted field: values} grid, in order (the last field varies
+    fastest); one empty point for an empty grid."""
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+class Plan(NamedTuple):
+    """One (strategy, configuration) to run over seeds: its context, runner and checkpoint
+    folder under the workdir."""
+
+    name: str
+    ctx: Context
+    runner: Runner
+    folder: str
+
+
+def make_plan(config, seq: cl.TaskSequence, name: str, folder: str, overrides: dict) -> Plan:
+    """The Plan of strategy `name` under config with `overrides` (dotted fields) set."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    ctx = make_context(common.set_fields(copy, overrides), seq)
+    return Plan(name, ctx, make_runner(ctx, name), folder)
+
+
+def check_task_sizes(config: ml_collections.ConfigDict, seq: cl.TaskSequence) -> None:
+    """Every task keeps at least train.batch_size training samples after its validation
+    split, else ConfigError (before any training)."""
+    fewest = min(len(t.y_train) for t in seq.tasks)
+    if fewest < config.train.batch_size:
+        raise common.ConfigError(
+            f"config.tasks.valid_fraction = {config.tasks.valid_fraction}: leaves {fewest} "
+            f"training samples in a task, fewer than train.batch_size = {config.train.batch_size}"
+        )
+
+
+def run_plans(
+    plans: list[Plan], seeds, dataset, config, workdir: str, events: _Events, known: dict
+) -> list[list[dict]]:
+    """run_strategy for every plan and seed (one task sequence in memory at a time, `known`
+    {seed: sequence} reused); returns [[out per seed] per plan], each out with its seed."""
+    outs: list[list[dict]] = [[] for _ in plans]
+    for seed in seeds:
+        seq = known.get(seed) or cl.task_sequence(dataset, config.tasks, int(seed))
+        logging.info(
+            "seed %d: %s, %d tasks of %d train / %d valid / %d test samples",
+            seed, seq.name, seq.num_tasks, len(seq.tasks[0].y_train), len(seq.tasks[0].y_valid),
+            len(seq.tasks[0].y_test),
+        )  # fmt: skip
+        for plan, done in zip(plans, outs, strict=True):
+            path = os.path.join(workdir, plan.folder, f"seed_{seed}", f"{plan.name}.ckpt")
+            out = run_strategy(plan.ctx, plan.runner, seq, int(seed), path, events)
+            done.append(out | {"seed": int(seed)})
+    return outs
+
+
+def final_valid_acc(out: dict) -> float:
+    """ACC on the validation splits after the last task (NaN when the run diverged)."""
+    return float(np.mean(out["valid_rows"][-1]))
+
+
+def select(config, dataset, seq, workdir: str, events: _Events) -> dict:
+    """The selection phase: each strategy of config.strategies with a grid in
+    GRIDS[config.select.grid] runs every grid point on the selection seeds; the point with
+    the best mean validation ACC (a diverged seed counts as -inf; ties: the first) is
+    chosen. Returns {strategy: {grid, points [{overrides, valid_acc per seed, mean}],
+    chosen}}; strategies without a grid get one point, their config as it is."""
+    grid = continual_configs.GRIDS[config.select.grid] if config.select.grid else {}
+    plans, record, owner = [], {}, []
+    for name in config.strategies:
+        points = grid_points(grid.get(name, {}))
+        record[name] = {"grid": {f: list(v) for f, v in grid.get(name, {}).items()},
+                        "points": [{"overrides": p} for p in points]}  # fmt: skip
+        if len(points) > 1:
+            for i, p in enumerate(points):
+                folder = os.path.join("checkpoints", "select", f"{name}_{i}")
+                plans.append(make_plan(config, seq, name, folder, p))
+                owner.append(record[name]["points"][i])
+    if plans:
+        logging.info(
+            "selection on seeds %s: %s", list(config.select.seeds),
+            ", ".join(f"{n} {len(r['points'])} points" for n, r in record.items()),
+        )  # fmt: skip
+        outs = run_plans(plans, config.select.seeds, dataset, config, workdir, events, {})
+        for point, runs in zip(owner, outs, strict=True):
+            accs = [final_valid_acc(o) for o in runs]
+            point["valid_acc"] = [None if np.isnan(a) else a for a in accs]
+            point["mean_valid_acc"] = None if np.any(np.isnan(accs)) else float(np.mean(accs))
+    for name, rec in record.items():
+        if len(rec["points"]) > 1:
+            best = max(range(len(rec["points"])),
+                       key=lambda i: rec["points"][i]["mean_valid_acc"] or -np.inf)  # fmt: skip
+            logging.info("[%s] chosen on validation: %s", name, rec["points"][best]["overrides"])
+        else:
+            best = 0
+        rec["chosen"] = rec["points"][best]["overrides"]
+    return record
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) the whole job; returns the results dict also written to results.json.
-    A (seed, strategy) that diverges is recorded (results["diverged"], the table, the
+    First the selection phase (`select`, on config.select.seeds, validation accuracy only),
+    then every strategy with its chosen configuration on config.seeds, reported on the test
+    splits. A (seed, strategy) that diverges is recorded (results["diverged"], the table, the
     figure's legend) and the others run on."""
     config = resolve_config(config)
     common.validate(config, RULES, RELATIONS)
@@ -513,39 +655,44 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     events = _Events(os.path.join(workdir, "events.jsonl"), run_id)
     dataset = common.load_data(config.data)
+    first = cl.task_sequence(dataset, config.tasks, seed=int(config.seeds[0]))
+    check_task_sizes(config, first)
+
+    selection = select(config, dataset, first, workdir, events)
+    common.write_json(os.path.join(workdir, "selection.json"), selection)
+    plans = [make_plan(config, first, name, "checkpoints", selection[name]["chosen"])
+             for name in config.strategies]  # fmt: skip
+    ctx = plans[0].ctx
+    logging.info("%d params; reported seeds %s", ctx.num_params, list(config.seeds))
+    outs = run_plans(plans, config.seeds, dataset, config, workdir, events,
+                     {config.seeds[0]: first})  # fmt: skip
+    seq = first
 
     matrices: dict[str, list[np.ndarray]] = {name: [] for name in config.strategies}
+    valid_matrices: dict[str, list[np.ndarray]] = {name: [] for name in config.strategies}
     per_seed: dict[str, list[dict]] = {name: [] for name in config.strategies}
     trained: list[dict] = []
     diverged: list[dict] = []
     seconds: dict[str, dict[str, float]] = {
         name: {"train": 0.0, "memory": 0.0} for name in config.strategies
     }
-    ctx = runners = None
-    for seed in config.seeds:
-        seq = cl.task_sequence(dataset, config.tasks, seed=int(seed))
-        if ctx is None:  # one model, optimiser and compiled loop per strategy for all seeds
-            ctx = make_context(config, seq)
-            runners = {name: make_runner(ctx, name) for name in config.strategies}
-        logging.info(
-            "seed %d: %s, %d tasks of %d train / %d test samples, %d params",
-            seed, seq.name, seq.num_tasks, len(seq.tasks[0].y_train), len(seq.tasks[0].y_test),
-            ctx.num_params,
-        )  # fmt: skip
-        for name in config.strategies:
-            out = run_strategy(ctx, runners[name], seq, int(seed), workdir, events)
+    for name, runs in zip(config.strategies, outs, strict=True):
+        for out in runs:
+            seed = out["seed"]
             r = np.asarray(out["rows"], np.float64)
             matrices[name].append(r)
-            trained += [{"seed": int(seed), "strategy": name} | e for e in out["trained"]]
+            valid_matrices[name].append(np.asarray(out["valid_rows"], np.float64))
+            trained += [{"seed": seed, "strategy": name} | e for e in out["trained"]]
             for k in seconds[name]:
                 seconds[name][k] += out["seconds"][k]
             if out.get("diverged") is not None:
-                diverged.append({"seed": int(seed), "strategy": name} | out["diverged"])
-                nothing = dict.fromkeys(("acc", "bwt", "forgetting"))
-                per_seed[name].append({"seed": int(seed), "diverged": out["diverged"]} | nothing)
+                diverged.append({"seed": seed, "strategy": name} | out["diverged"])
+                nothing = dict.fromkeys(("acc", "bwt", "forgetting", "valid_acc"))
+                per_seed[name].append({"seed": seed, "diverged": out["diverged"]} | nothing)
                 continue
             m = cl.continual_metrics(r)
-            per_seed[name].append({"seed": int(seed)} | m._asdict())
+            valid = {"valid_acc": final_valid_acc(out)}
+            per_seed[name].append({"seed": seed} | m._asdict() | valid)
             logging.info(
                 "[seed %d %s] ACC %.4f BWT %+.4f forgetting %.4f",
                 seed, name, m.acc, m.bwt, m.forgetting,
@@ -554,7 +701,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = {}
     for name in config.strategies:
         ok = [row for row in per_seed[name] if row["acc"] is not None]
-        summary[name] = {k: mean_std([row[k] for row in ok]) for k in ("acc", "bwt", "forgetting")}
+        summary[name] = {k: mean_std([row[k] for row in ok])
+                         for k in ("acc", "bwt", "forgetting", "valid_acc")}  # fmt: skip
         summary[name] |= {"seeds": len(per_seed[name]), "diverged": len(per_seed[name]) - len(ok)}
     table = format_table(summary)
     logging.info(
@@ -571,6 +719,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "num_params": int(ctx.num_params),
         "seeds": [int(s) for s in config.seeds],
         "accuracy_matrices": {name: [_json_rows(m) for m in ms] for name, ms in matrices.items()},
+        "validation_matrices": {
+            name: [_json_rows(m) for m in ms] for name, ms in valid_matrices.items()
+        },
+        "selection": {
+            "seeds": list(config.select.seeds),
+            "grid": config.select.grid,
+            "strategies": selection,
+        },  # fmt: skip
         "metrics": per_seed,
         "summary": summary,
         "table": table,

@@ -40,7 +40,7 @@ section in `STRATEGY_SECTIONS` and experiments/configs/continual.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -254,18 +254,35 @@ def update_pca_project(
 
 
 def gpm(
-    model: nn.Module, threshold: float, num_samples: int, threshold_increment: float = 0.0
+    model: nn.Module,
+    threshold: float | Sequence[float],
+    num_samples: int,
+    threshold_increment: float = 0.0,
 ) -> Strategy:
     """Gradient projection memory (Saha et al. 2021) of a Linen `model` (params = its
     variables): each dense layer's update projected out of a basis of its inputs on the first
     `num_samples` samples of old tasks (`sources.gpm_extend`), task t's energy threshold
-    min(threshold + t · threshold_increment, 0.9999). Bases are zero-padded to (d, d), so
-    the memory's shape is fixed."""
+    min(threshold + t · threshold_increment, 0.9999); `threshold` one for all layers or one
+    per dense layer in order (GPM's permuted-MNIST code: 0.95, 0.99, 0.99). Bases are
+    zero-padded to (d, d), so the memory's shape is fixed."""
     num_samples = _positive_int(num_samples, "num_samples")
-    if not 0 < float(threshold) <= 1:
-        raise ValueError(f"GPM threshold must be in (0, 1], got {threshold}")
+    thresholds = (threshold,) if isinstance(threshold, int | float) else tuple(threshold)
+    if not thresholds or not all(isinstance(v, int | float) and 0 < v <= 1 for v in thresholds):
+        raise ValueError(f"GPM threshold must be in (0, 1] (or one per layer), got {threshold}")
+
+    def layer_thresholds(params, t: int) -> dict[str, float]:
+        layers = list(sources.gpm_sizes(params))
+        values = thresholds * len(layers) if len(thresholds) == 1 else thresholds
+        if len(values) != len(layers):
+            raise ValueError(
+                f"GPM has {len(thresholds)} layer thresholds for {len(layers)} dense layers "
+                f"({', '.join(layers)})"
+            )
+        return {n: min(float(v) + t * float(threshold_increment), 0.9999)
+                for n, v in zip(layers, values, strict=True)}  # fmt: skip
 
     def init_memory(params):
+        layer_thresholds(params, 0)  # a count mismatch fails before any training
         dtype = make_layout(params).dtype
         bases = {name: jnp.zeros((d, d), dtype) for name, d in sources.gpm_sizes(params).items()}
         return GpmState(bases, jnp.zeros((), jnp.int32))
@@ -273,11 +290,12 @@ def gpm(
     def remember(memory, params, data, *, key=None, opt_state=None):
         memory.check_params(params)
         t = int(memory.num_tasks)
-        thr = min(float(threshold) + t * float(threshold_increment), 0.9999)
         x, _ = _samples(data, num_samples)
         acts = sources.dense_inputs(model, params, x)
         used = {name: used_columns(b) for name, b in memory.layer_bases.items()}
-        bases = sources.gpm_extend({k: b for k, b in used.items() if b.shape[1]}, acts, thr)
+        bases = sources.gpm_extend(
+            {k: b for k, b in used.items() if b.shape[1]}, acts, layer_thresholds(params, t)
+        )
         padded = {
             name: pad_columns(bases[name], b.shape[1]) for name, b in memory.layer_bases.items()
         }

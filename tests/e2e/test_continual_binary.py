@@ -170,6 +170,42 @@ def test_a_diverging_strategy_is_recorded_and_the_others_run_on(tmp_path, monkey
     assert not second
 
 
+def test_selection_picks_the_best_validation_point_on_unreported_seeds(tmp_path, monkeypatch):
+    """select.grid runs every grid point on select.seeds, chooses by validation ACC, records
+    all points (results.json and selection.json), and the reported run uses the choice."""
+    from experiments import common, continual
+    from experiments.configs import continual as configs
+
+    grid = {"hessian_project": {"hessian.k": (1, 60)}}
+    monkeypatch.setitem(configs.GRIDS, "tiny_test", grid)
+    config = common.set_fields(tiny.continual(), {
+        "seeds": (0,), "select.seeds": (7,), "select.grid": "tiny_test", "tasks.num_tasks": 2,
+        "train.steps": 200})  # fmt: skip
+    results = continual.run(config, str(tmp_path))
+    record = results["selection"]["strategies"]
+    points = record["hessian_project"]["points"]
+    assert [p["overrides"] for p in points] == [{"hessian.k": 1}, {"hessian.k": 60}]
+    means = [p["mean_valid_acc"] for p in points]
+    assert all(len(p["valid_acc"]) == 1 and 0 < p["valid_acc"][0] <= 1 for p in points)
+    assert record["hessian_project"]["chosen"] == points[int(np.argmax(means))]["overrides"]
+    assert record["finetune"] == {"grid": {}, "points": [{"overrides": {}}], "chosen": {}}
+    with open(tmp_path / "selection.json") as f:
+        assert json.load(f) == record
+    assert (tmp_path / "checkpoints/select/hessian_project_1/seed_7/hessian_project.ckpt").exists()
+    assert not (tmp_path / "checkpoints/seed_7").exists()  # selection seeds are never reported
+    assert [m["seed"] for m in results["metrics"]["hessian_project"]] == [0]
+    assert np.shape(results["validation_matrices"]["finetune"]) == (1, 2, 2)
+    # the reported checkpoint's fingerprint is that of the chosen configuration
+    chosen = common.set_fields(
+        continual.resolve_config(config), record["hessian_project"]["chosen"]
+    )
+    ckpt = tmp_path / "checkpoints/seed_0/hessian_project.ckpt"
+    header = json.loads(ckpt.read_bytes().partition(b"\n")[0])
+    assert header["fingerprint"] == common.config_hash(
+        continual._fingerprint(chosen, "hessian_project", 0)
+    )
+
+
 def test_readme_continual_example_runs():
     with open(os.path.join(ROOT, "README.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)

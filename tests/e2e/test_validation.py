@@ -8,7 +8,6 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
-import tiny
 from _env import ROOT
 
 from experiments import common
@@ -38,6 +37,11 @@ BAD = [
     ("mask_overlap", "sketch.outer", 100, "at least sketch.k"),
     ("continual", "strategies", ("finetune", "nope"), "distinct names"),
     ("continual", "train.learning_rate", 0.0, "(0.0, inf)"),
+    ("continual", "tasks.valid_fraction", 1.0, "(0.0, 1.0)"),
+    ("continual", "tasks.valid_fraction", 0.0, "(0.0, 1.0)"),
+    ("continual", "select.seeds", (5, 1), "disjoint from config.seeds"),
+    ("continual", "select.grid", "huge", "a grid of experiments/configs/continual.py GRIDS"),
+    ("continual", "gpm.layer_thresholds", (0.9, 1.2), "one per dense layer"),
     ("transformer", "model.pool", "max", "'mean', 'cls'"),
     ("transformer", "hessian.microbatch_size", 5, "a divisor of hessian.num_samples"),
     ("transformer", "compare", ("mlp", "rnn"), "distinct names from mlp, conv, vit"),
@@ -58,9 +62,11 @@ def test_default_configs_are_valid_and_fully_covered(binary):
     default config (and of mask_overlap's large preset) is checked."""
     module = importlib.import_module(f"experiments.{binary}")
     configs = [_config(binary)]
-    if binary in ("mask_overlap", "transformer"):
-        preset = {"mask_overlap": "large", "transformer": "vit"}[binary]
-        configs.append(importlib.import_module(f"experiments.configs.{binary}").get_config(preset))
+    presets = {"mask_overlap": "large", "transformer": "vit", "continual": "gpm_pmnist"}
+    if binary in presets:
+        configs.append(
+            importlib.import_module(f"experiments.configs.{binary}").get_config(presets[binary])
+        )
     for config in configs:
         if binary == "continual":
             config = module.resolve_config(config)
@@ -73,13 +79,25 @@ def test_bad_value_fails_before_any_work(binary, field, value, demand, tmp_path)
     data loaded, nothing trained)."""
     module = importlib.import_module(f"experiments.{binary}")
     config = _config(binary)
-    tiny.override(config, {field: value})
+    common.set_fields(config, {field: value})
     workdir = str(tmp_path / "run")
     with pytest.raises(common.ConfigError) as info:
         module.run(config, workdir)
     message = str(info.value)
     assert f"config.{field} = {value!r}" in message and demand in message, message
     assert not os.path.exists(workdir)
+
+
+def test_continual_validation_split_leaving_less_than_a_batch_fails_before_training(tmp_path):
+    from experiments import continual
+
+    config = _config("continual")
+    # MNIST-1D 6,000 samples: 4,800 train; a 99% validation split leaves 48 < batch 64
+    common.set_fields(config, {"tasks.valid_fraction": 0.99, "seeds": (0,)})
+    with pytest.raises(common.ConfigError, match="leaves 48 training samples in a task, fewer "
+                       "than train.batch_size = 64"):  # fmt: skip
+        continual.run(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_mesh_must_split_the_hessian_batch_and_some_params(tmp_path):
@@ -124,7 +142,7 @@ def test_every_binary_checks_config_mesh_before_any_work(binary, tmp_path):
         module.run(config, str(tmp_path / "run"))
     config = _config(binary)
     config.mesh = "data:4"
-    tiny.override(config, {MESH_BATCH[binary]: 102})
+    common.set_fields(config, {MESH_BATCH[binary]: 102})
     with pytest.raises(common.ConfigError) as info:
         module.run(config, str(tmp_path / "run"))
     assert f"config.{MESH_BATCH[binary]} = 102: must be divisible by the number of devices" in str(

@@ -1,6 +1,7 @@
 """One tiny config per binary, shared by its end-to-end tests (and by tests/e2e/sharded_checks.py):
 small enough to run in seconds, large enough for the binary's assertions."""
 
+from experiments import common
 from experiments.configs import attention_growth as attention_growth_config
 from experiments.configs import block_structure as block_structure_config
 from experiments.configs import continual as continual_config
@@ -277,17 +278,6 @@ CONTINUAL = {
 }
 
 
-def override(config, overrides: dict):
-    """`config` with each dotted field of `overrides` set (what --config.a.b=v flags do)."""
-    for field, value in overrides.items():
-        *sections, key = field.split(".")
-        node = config
-        for section in sections:
-            node = node[section]
-        node[key] = value
-    return config
-
-
 def as_flags(overrides: dict) -> list[str]:
     """The command-line flags that set `overrides` (tuples comma-separated)."""
 
@@ -299,9 +289,9 @@ def as_flags(overrides: dict) -> list[str]:
 
 def spectrum():
     """The tiny config of experiments/spectrum.py that its tests share."""
-    return override(spectrum_config.get_config(), SPECTRUM)
+    return common.set_fields(spectrum_config.get_config(), SPECTRUM)
 
 
 def continual():
     """The tiny config of experiments/continual.py that its tests share."""
-    return override(continual_config.get_config(), CONTINUAL)
+    return common.set_fields(continual_config.get_config(), CONTINUAL)

@@ -11,7 +11,7 @@ import pytest
 from _x64 import enable_x64
 
 from hessjax import continual as cl
-from hessjax import curvature, linalg, training
+from hessjax import curvature, linalg, models, training
 from hessjax.analysis import trajectory
 from hessjax.data import Dataset
 
@@ -634,6 +634,23 @@ def test_gpm_energy_threshold_and_projection_by_hand():
     assert float(jnp.max(jnp.abs(model.apply(new, x_new) - model.apply(params, x_new)))) > 1e-3
 
 
+def test_gpm_per_layer_thresholds_pick_each_layers_rank():
+    # a bias-free 6-4-3 MLP on inputs of rank 3: threshold 1 keeps all 3 input directions of
+    # layer 0, a tiny threshold keeps 1 direction of layer 1's inputs
+    model = models.MLP((4, 3), act="relu", use_bias=False)
+    x = jax.random.normal(jax.random.key(0), (12, 3)) @ jax.random.normal(jax.random.key(1), (3, 6))
+    params = model.init(jax.random.key(2), x)
+    data = (x[None], jnp.zeros((1, 12), jnp.int32))
+    strategy = cl.gpm(model, (1.0, 1e-6), num_samples=12)
+    memory = strategy.remember(strategy.init_memory(params), params, data)
+    ranks = {name: int(jnp.sum(jnp.any(b != 0, axis=0))) for name, b in memory.layer_bases.items()}
+    assert ranks == {"Dense_0": 3, "Dense_1": 1}
+    with pytest.raises(ValueError, match="3 layer thresholds for 2 dense layers"):
+        cl.gpm(model, (0.9, 0.9, 0.9), num_samples=12).init_memory(params)
+    with pytest.raises(ValueError, match="GPM threshold must be in"):
+        cl.gpm(model, (0.9, 1.5), num_samples=12)
+
+
 @pytest.mark.x64
 def test_weight_svd_and_update_pca_directions():
     params = _tree(jax.random.key(0))
@@ -719,13 +736,40 @@ def test_permuted_tasks_are_bijections_with_identity_first():
     ds = _toy_dataset()
     seq = cl.permuted_tasks(ds, 3, seed=1)
     assert seq.num_tasks == 3 and seq.num_classes == 10
-    np.testing.assert_array_equal(seq.tasks[0].x_train, ds.x_train)
     perm = cl.permutations(3, 6, seed=1)[2]
-    np.testing.assert_array_equal(seq.tasks[2].x_train, ds.x_train[:, perm])
-    np.testing.assert_array_equal(seq.tasks[2].y_train, ds.y_train)
+    for t, p in ((seq.tasks[0], np.arange(6)), (seq.tasks[2], perm)):
+        # column 0 of the toy inputs is the label (+ 1 in the test set): rows keep their labels
+        for which in cl.SPLITS:
+            x, y = t.split(which)
+            np.testing.assert_array_equal(x[:, np.argsort(p)][:, 0] - (which == "test"), y)
+        # train and valid partition the training pool (6 = 10% of 60), unpermuted rows
+        rows = np.concatenate([t.x_train, t.x_valid])[:, np.argsort(p)]
+        assert len(t.x_valid) == 6 and len(t.x_train) == 54
+        np.testing.assert_array_equal(np.sort(rows, axis=0), np.sort(ds.x_train, axis=0))
     np.testing.assert_array_equal(seq.tasks[2].x_test, ds.x_test[:, perm])
-    sub = cl.permuted_tasks(ds, 2, seed=1, train_size=10, test_size=5)
+    assert not np.array_equal(seq.tasks[0].y_valid, seq.tasks[1].y_valid)  # drawn per task
+    sub = cl.permuted_tasks(ds, 2, seed=1, train_size=10, test_size=5, valid_fraction=0.5)
     assert sub.tasks[1].x_train.shape == (10, 6) and sub.tasks[1].y_test.shape == (5,)
+    assert sub.tasks[1].x_valid.shape == (30, 6)
+    again = cl.permuted_tasks(ds, 2, seed=1, train_size=10, test_size=5, valid_fraction=0.5)
+    np.testing.assert_array_equal(again.tasks[1].x_valid, sub.tasks[1].x_valid)  # seeded
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, "0.1"])
+def test_valid_fraction_outside_open_interval_is_rejected(fraction):
+    with pytest.raises(ValueError, match="valid_fraction must be in"):
+        cl.permuted_tasks(_toy_dataset(), 2, valid_fraction=fraction)
+
+
+def test_valid_fraction_leaving_no_training_samples_is_rejected():
+    tiny = _toy_dataset(n=3)
+    with pytest.raises(ValueError, match="leaves none for training"):
+        cl.split_tasks(tiny._replace(y_train=np.zeros(3, np.int32)), pairs=[(0, 1)],
+                       valid_fraction=0.9)  # fmt: skip
+    with pytest.raises(ValueError, match="train_size of task 0"):
+        cl.permuted_tasks(_toy_dataset(), 2, train_size=55)  # 54 left after validation
+    with pytest.raises(ValueError, match="unknown split|split must be one of"):
+        cl.permuted_tasks(_toy_dataset(), 2).tasks[0].split("validation")
 
 
 def test_split_tasks_pairs_and_labels():
@@ -740,9 +784,12 @@ def test_split_tasks_pairs_and_labels():
     ]
     assert seq.num_classes == 2
     for t, (a, b) in zip(seq.tasks, cl.default_pairs(), strict=True):
-        orig = t.x_train[:, 0].astype(int)  # column 0 holds the original label
-        assert set(orig) == {a, b}
-        np.testing.assert_array_equal(t.y_train, (orig == b).astype(int))
+        for which in cl.SPLITS:
+            x, y = t.split(which)
+            orig = x[:, 0].astype(int) - (which == "test")  # column 0: the label (test: + 1)
+            assert set(orig) <= {a, b} and (which == "valid" or set(orig) == {a, b})
+            np.testing.assert_array_equal(y, (orig == b).astype(int))
+        assert len(t.y_valid) == 1 and len(t.y_train) == 11  # 10% of the pair's 12 samples
     keep = cl.split_tasks(ds, pairs=[(3, 7), (1, 2)], remap=False)
     assert keep.num_classes == 10
     assert set(keep.tasks[0].y_train) == {3, 7} and set(keep.tasks[1].y_test) == {1, 2}
