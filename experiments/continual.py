@@ -74,8 +74,8 @@ OUTPUTS = ("results.json", "selection.json", "accuracy_matrices.npz", "first_tas
 # a run resumed with newer code recomputes the older files (a warning names the file and both
 # versions) instead of loading them. None: files from before versions were recorded (e.g. a
 # hessian_penalty memory from before it became one orthonormal quadratic); 2: before the
-# validation split.
-CHECKPOINT_VERSION = 3  # 3: the meta holds the validation rows
+# validation split; 3: GPM bases zero-padded to (d, d).
+CHECKPOINT_VERSION = 4  # 4: GPM bases (d, k) as they grow, and the validation rows
 
 # Values used for config fields left at 0 / (): (permuted) MNIST-1D by default, MNIST / Fashion.
 _SHARED_DEFAULTS: dict[str, Any] = {
@@ -207,7 +207,8 @@ def _ogd(ctx: Context) -> cl.Strategy:
 def _gpm(ctx: Context) -> cl.Strategy:
     g = ctx.config.gpm
     threshold = tuple(g.layer_thresholds) or float(g.threshold)
-    return cl.gpm(ctx.model, threshold, int(g.num_samples), float(g.threshold_increment))
+    return cl.gpm(ctx.model, threshold, int(g.num_samples), float(g.threshold_increment),
+                  fixed_shape=False)  # fmt: skip
 
 
 def _weight_svd_project(ctx: Context) -> cl.Strategy:

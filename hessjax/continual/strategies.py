@@ -258,13 +258,15 @@ def gpm(
     threshold: float | Sequence[float],
     num_samples: int,
     threshold_increment: float = 0.0,
+    fixed_shape: bool = True,
 ) -> Strategy:
     """Gradient projection memory (Saha et al. 2021) of a Linen `model` (params = its
     variables): each dense layer's update projected out of a basis of its inputs on the first
     `num_samples` samples of old tasks (`sources.gpm_extend`), task t's energy threshold
     min(threshold + t · threshold_increment, 0.9999); `threshold` one for all layers or one
-    per dense layer in order (GPM's permuted-MNIST code: 0.95, 0.99, 0.99). Bases are
-    zero-padded to (d, d), so the memory's shape is fixed."""
+    per dense layer in order (GPM's permuted-MNIST code: 0.95, 0.99, 0.99). fixed_shape:
+    bases zero-padded to (d, d), so the memory's shape is fixed; False: (d, k) with the k
+    columns they hold (no step multiplies by padding; `set_memory(..., same_shapes=False)`)."""
     num_samples = _positive_int(num_samples, "num_samples")
     thresholds = (threshold,) if isinstance(threshold, int | float) else tuple(threshold)
     if not thresholds or not all(isinstance(v, int | float) and 0 < v <= 1 for v in thresholds):
@@ -284,7 +286,8 @@ def gpm(
     def init_memory(params):
         layer_thresholds(params, 0)  # a count mismatch fails before any training
         dtype = make_layout(params).dtype
-        bases = {name: jnp.zeros((d, d), dtype) for name, d in sources.gpm_sizes(params).items()}
+        sizes = sources.gpm_sizes(params)
+        bases = {n: jnp.zeros((d, d if fixed_shape else 0), dtype) for n, d in sizes.items()}
         return GpmState(bases, jnp.zeros((), jnp.int32))
 
     def remember(memory, params, data, *, key=None, opt_state=None):
@@ -296,10 +299,9 @@ def gpm(
         bases = sources.gpm_extend(
             {k: b for k, b in used.items() if b.shape[1]}, acts, layer_thresholds(params, t)
         )
-        padded = {
-            name: pad_columns(bases[name], b.shape[1]) for name, b in memory.layer_bases.items()
-        }
-        return GpmState(padded, jnp.asarray(t + 1, jnp.int32))
+        if fixed_shape:
+            bases = {n: pad_columns(bases[n], b.shape[1]) for n, b in memory.layer_bases.items()}
+        return GpmState(bases, jnp.asarray(t + 1, jnp.int32))
 
     return Strategy("gpm", init_memory, remember, gpm_project)
 

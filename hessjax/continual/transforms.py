@@ -221,6 +221,7 @@ class GpmState(NamedTuple):
 
     layer_bases: dict[str, Array]
     num_tasks: Array = np.int32(0)
+    grow_axis = 1  # set_memory(same_shapes=False): the basis grows along k
 
     def check(self) -> None:
         if not isinstance(self.layer_bases, Mapping) or not self.layer_bases:
@@ -546,23 +547,28 @@ def set_memory(
     and a basis of the wrong size or another params tree is caught here). check_values=False
     skips `memory.check()` (an O(n k²) Gram matrix for a basis) but not the shape checks: for
     a memory read back (`get_memory`) from a state it was checked into, e.g. to carry it
-    into a fresh optimiser state. same_shapes=False lets the leading axis of every leaf
-    differ (a memory that grows, e.g. a projection basis without a capacity: a jitted step
+    into a fresh optimiser state. same_shapes=False lets one axis of every leaf differ, the
+    memory class' `grow_axis` (default 0, the leading one; `GpmState`: 1, the k of its (d, k)
+    bases): a memory that grows, e.g. a projection basis without a capacity (a jitted step
     then compiles once per new size); the other axes are still checked."""
     cls = type(memory)
     old = find_state(opt_state, cls)
     ta, tb = jax.tree_util.tree_structure(old), jax.tree_util.tree_structure(memory)
     if ta != tb:
         raise ValueError(f"new {cls.__name__} has another tree than the one in the state")
+    axis = getattr(cls, "grow_axis", 0)
     for x, y in zip(jax.tree_util.tree_leaves(old), jax.tree_util.tree_leaves(memory), strict=True):
         sx, sy = np.shape(x), np.shape(y)
-        if not same_shapes and len(sx) == len(sy) and sx[1:] == sy[1:]:
+        grows = (
+            len(sx) == len(sy) > axis and sx[:axis] + sx[axis + 1 :] == sy[:axis] + sy[axis + 1 :]
+        )
+        if not same_shapes and grows:
             sx = sy
         if sx != sy or jnp.result_type(x) != jnp.result_type(y):
             raise ValueError(
                 f"new {cls.__name__} leaf is {jnp.result_type(y)}{list(np.shape(y))}, the state "
                 f"holds {jnp.result_type(x)}{list(np.shape(x))}"
-                + ("" if same_shapes else " (only the leading axis may differ)")
+                + ("" if same_shapes else f" (only axis {axis} may differ)")
             )
     if check_values:
         memory.check()

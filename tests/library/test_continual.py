@@ -397,7 +397,7 @@ def test_bad_memories_and_strengths_raise():
     # a memory that grows: only its leading axis may change, and only when allowed
     fewer = cl.set_memory(state, cl.ProjectionState(good[:, :2].T), same_shapes=False)
     assert cl.get_memory(fewer, cl.ProjectionState).basis.shape == (n, 2)
-    with pytest.raises(ValueError, match="leading axis"):
+    with pytest.raises(ValueError, match="only axis 0 may differ"):
         cl.set_memory(state, cl.ProjectionState(basis.T), same_shapes=False)
     swapped = optax.tree_utils.tree_set(state, rows=bad.rows)
     unit = jax.tree_util.tree_map(jnp.ones_like, grads)
@@ -645,6 +645,26 @@ def test_gpm_per_layer_thresholds_pick_each_layers_rank():
     memory = strategy.remember(strategy.init_memory(params), params, data)
     ranks = {name: int(jnp.sum(jnp.any(b != 0, axis=0))) for name, b in memory.layer_bases.items()}
     assert ranks == {"Dense_0": 3, "Dense_1": 1}
+    # unpadded bases (fixed_shape=False) hold exactly the used columns and project the same
+    grow = cl.gpm(model, (1.0, 1e-6), num_samples=12, fixed_shape=False)
+    empty = grow.init_memory(params)
+    assert {n: b.shape for n, b in empty.layer_bases.items()} == {"Dense_0": (6, 0),
+                                                                   "Dense_1": (4, 0)}  # fmt: skip
+    grown = grow.remember(empty, params, data)
+    for name, b in grown.layer_bases.items():
+        np.testing.assert_array_equal(b, memory.layer_bases[name][:, : b.shape[1]])
+    state = grow.transform(empty).init(params)
+    with pytest.raises(ValueError, match=r"float32\[6, 3\], the state holds float32\[6, 0\]$"):
+        cl.set_memory(state, grown)  # a grown memory needs same_shapes=False
+    wrong_d = grown._replace(layer_bases=grown.layer_bases | {"Dense_1": jnp.zeros((5, 1))})
+    with pytest.raises(ValueError, match="only axis 1 may differ"):
+        cl.set_memory(state, wrong_d, same_shapes=False)
+    state = cl.set_memory(state, grown, same_shapes=False)
+    fixed_state = strategy.transform(memory).init(params)
+    g = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(3), a.shape), params)
+    got = grow.transform(empty).update(g, state, params)[0]
+    want = strategy.transform(memory).update(g, fixed_state, params)[0]
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got, want)
     with pytest.raises(ValueError, match="3 layer thresholds for 2 dense layers"):
         cl.gpm(model, (0.9, 0.9, 0.9), num_samples=12).init_memory(params)
     with pytest.raises(ValueError, match="GPM threshold must be in"):
