@@ -506,7 +506,11 @@ RULES = common.SHARED_RULES | {
     "checkpoint": common.BOOL,
 }
 RELATIONS = (
-    common.at_most("memory.microbatch_size", "memory.num_samples"),
+    common.Relation(
+        "memory.num_samples",
+        lambda c: c.memory.num_samples % c.memory.microbatch_size == 0,
+        "a multiple of memory.microbatch_size (the memory batch is whole microbatches)",
+    ),
     common.Relation(
         "select.seeds",
         lambda c: not set(c.select.seeds) & set(c.seeds),
@@ -570,14 +574,16 @@ def make_plan(config, seq: cl.TaskSequence, name: str, folder: str, overrides: d
 
 
 def check_task_sizes(config: ml_collections.ConfigDict, seq: cl.TaskSequence) -> None:
-    """Every task keeps at least train.batch_size training samples after its validation
-    split, else ConfigError (before any training)."""
+    """Every task keeps at least train.batch_size and memory.num_samples training samples
+    after its validation split, else ConfigError (before any training)."""
     fewest = min(len(t.y_train) for t in seq.tasks)
-    if fewest < config.train.batch_size:
-        raise common.ConfigError(
-            f"config.tasks.valid_fraction = {config.tasks.valid_fraction}: leaves {fewest} "
-            f"training samples in a task, fewer than train.batch_size = {config.train.batch_size}"
-        )
+    for field in ("train.batch_size", "memory.num_samples"):
+        if fewest < common.field_value(config, field):
+            raise common.ConfigError(
+                f"config.{field} = {common.field_value(config, field)}: must be at most the "
+                f"{fewest} training samples a task keeps (tasks.train_size "
+                f"{config.tasks.train_size}, tasks.valid_fraction {config.tasks.valid_fraction})"
+            )
 
 
 def run_plans(

@@ -206,6 +206,33 @@ def test_selection_picks_the_best_validation_point_on_unreported_seeds(tmp_path,
     )
 
 
+def test_gpm_pmnist_preset_in_small(tmp_path):
+    """The gpm_pmnist preset (GPM's protocol) on 3 tasks of 600 MNIST images, 150 steps:
+    runs end to end with its bias-free model, global standardisation and per-layer GPM
+    thresholds, and GPM forgets less than fine-tuning."""
+    from experiments import common, continual
+    from experiments.configs import continual as configs
+    from hessjax.data import default_data_dir
+
+    data_dir = default_data_dir("mnist")
+    if data_dir is None:
+        pytest.skip("../shared/data/mnist is absent: no real MNIST idx files on this machine")
+    config = common.set_fields(configs.get_config("gpm_pmnist"), {
+        "data.dir": data_dir, "seeds": (0,), "strategies": ("finetune", "gpm"),
+        "tasks.num_tasks": 3, "tasks.train_size": 600, "tasks.test_size": 300,
+        "train.steps": 150, "train.log_every": 150, "train.learning_rate": 0.05,
+        "memory.num_samples": 300, "memory.microbatch_size": 150})  # fmt: skip
+    with pytest.raises(common.ConfigError, match="memory.num_samples = 1050: must be at "
+                       "most the 600 training samples a task keeps"):  # fmt: skip
+        continual.run(common.set_fields(config.copy_and_resolve_references(),
+                                        {"memory.num_samples": 1050}), str(tmp_path))  # fmt: skip
+    results = continual.run(config, str(tmp_path))
+    assert results["num_params"] == 784 * 100 + 100 * 100 + 100 * 10  # no biases
+    metrics = {name: results["metrics"][name][0] for name in ("finetune", "gpm")}
+    assert metrics["gpm"]["forgetting"] < 0.5 * metrics["finetune"]["forgetting"], metrics
+    assert np.shape(results["validation_matrices"]["gpm"]) == (1, 3, 3)
+
+
 def test_readme_continual_example_runs():
     with open(os.path.join(ROOT, "README.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)

@@ -38,6 +38,7 @@ BAD = [
     ("continual", "strategies", ("finetune", "nope"), "distinct names"),
     ("continual", "train.learning_rate", 0.0, "(0.0, inf)"),
     ("continual", "tasks.valid_fraction", 1.0, "(0.0, 1.0)"),
+    ("continual", "memory.num_samples", 900, "a multiple of memory.microbatch_size"),
     ("continual", "tasks.valid_fraction", 0.0, "(0.0, 1.0)"),
     ("continual", "select.seeds", (5, 1), "disjoint from config.seeds"),
     ("continual", "select.grid", "huge", "a grid of experiments/configs/continual.py GRIDS"),
@@ -94,8 +95,8 @@ def test_continual_validation_split_leaving_less_than_a_batch_fails_before_train
     config = _config("continual")
     # MNIST-1D 6,000 samples: 4,800 train; a 99% validation split leaves 48 < batch 64
     common.set_fields(config, {"tasks.valid_fraction": 0.99, "seeds": (0,)})
-    with pytest.raises(common.ConfigError, match="leaves 48 training samples in a task, fewer "
-                       "than train.batch_size = 64"):  # fmt: skip
+    with pytest.raises(common.ConfigError, match="train.batch_size = 64: must be at most the "
+                       "48 training samples a task keeps"):  # fmt: skip
         continual.run(config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
