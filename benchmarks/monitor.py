@@ -153,7 +153,8 @@ def main(argv=None) -> dict:
 
     def monitor(k, warm, every=args.every):
         return hm.curvature_monitor(
-            loss_fn, every=every, k=k, capacity=capacity, warm_start=warm, seed=args.seed, **tol
+            loss_fn, every=every, k=k, capacity=capacity, warm_start=warm,
+            key=jax.random.key(args.seed), **tol
         )  # fmt: skip
 
     configs = {"plain": None}

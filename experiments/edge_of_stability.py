@@ -152,7 +152,7 @@ def train_one(config, workdir, tag, lr, params, x, y, loss_fn) -> dict:
     kind, adam = e.optimizer, adam_hparams(e)
     limit = threshold(kind, lr, adam[0])
     settings = dict(every=e.measure_every, k=1, capacity=e.steps // e.measure_every + 1,
-                    tol=e.tol, seed=config.seed)  # fmt: skip
+                    tol=e.tol, key=jax.random.key(config.seed))  # fmt: skip
     monitors = (hm.curvature_monitor(loss_fn, **settings),)
     if kind == "adam":
         monitors += (hm.curvature_monitor(loss_fn, preconditioned=True, **settings),)

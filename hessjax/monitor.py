@@ -54,6 +54,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from hessjax import _checks
 from hessjax.curvature import MeanLoss, ggn_operator, hessian_operator
 from hessjax.linalg import diagonal_congruence, eigsh, hutchinson
 from hessjax.training import find_state
@@ -189,7 +190,7 @@ class Monitor:
     warm_start: bool
     microbatch_size: int | None
     callback: Callable[[dict], None] | None
-    seed: int
+    key_data: tuple[int, ...]  # the PRNG key's data (hashable): `jax.random.key_data(key)`
     reorthogonalize: bool = True
     preconditioned: bool = False
 
@@ -222,7 +223,7 @@ class Monitor:
             have_vectors=jnp.zeros((), bool),
             step=jnp.zeros((), jnp.int32),
             count=jnp.zeros((), jnp.int32),
-            key=jax.random.key_data(jax.random.key(self.seed)),
+            key=jnp.asarray(self.key_data, jnp.uint32),
             diverged_at=jnp.full((), -1, jnp.int32),
             diverged_what=jnp.zeros((), jnp.int32),
             diverged_value=jnp.zeros((), dtype),
@@ -438,6 +439,7 @@ class Monitor:
         )
 
 
+@_checks.renamed(seed="key")
 def curvature_monitor(
     loss_fn: Callable[[PyTree, Any], Array],
     *,
@@ -451,7 +453,7 @@ def curvature_monitor(
     warm_start: bool = True,
     microbatch_size: int | None = None,
     callback: Callable[[dict], None] | None = None,
-    seed: int = 0,
+    key: Array | None = None,
     reorthogonalize: bool | None = None,
     preconditioned: bool = False,
 ) -> Monitor:
@@ -478,7 +480,8 @@ def curvature_monitor(
         memory); None: one microbatch.
       callback: host function called with a dict per measurement through `jax.debug.callback`
         (e.g. `JsonlLog(path)`); must be hashable.
-      seed: PRNG seed of the cold start vectors and trace probes.
+      key: PRNG key (`jax.random.key`) of the cold start vectors and trace probes (default
+        jax.random.key(0)).
       reorthogonalize: full reorthogonalisation in Lanczos (`eigsh`). None (default): off for
         k = 1 at tol >= 1e-3, on otherwise. Off, a Lanczos step reads no basis rows (about a
         quarter of a warm measurement's time on benchmarks/monitor.py's MLP); orthogonality
@@ -514,10 +517,14 @@ def curvature_monitor(
         hash(loss_fn), hash(callback)
     except TypeError as err:
         raise ValueError(f"loss_fn and callback must be hashable: {err}") from err
+    key = jax.random.key(0) if key is None else key
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise ValueError(f"key must be a PRNG key (jax.random.key(seed)), got {key!r}")
+    key_data = tuple(int(v) for v in np.asarray(jax.random.key_data(key)).ravel())
     return Monitor(
         loss_fn, int(every), int(k), int(capacity), curvature, float(tol),
         None if num_steps is None else int(num_steps), int(trace_probes), bool(warm_start),
-        None if microbatch_size is None else int(microbatch_size), callback, int(seed),
+        None if microbatch_size is None else int(microbatch_size), callback, key_data,
         reorthogonalize, preconditioned,
     )  # fmt: skip
 

@@ -62,6 +62,16 @@ def test_k1_skips_reorthogonalisation_at_the_same_sharpness():
     assert not fast.reorthogonalize and full.reorthogonalize
     assert hm.curvature_monitor(quadratic, k=2).reorthogonalize
     assert hm.curvature_monitor(quadratic, k=1, tol=1e-4).reorthogonalize
+    # the PRNG key is a jax.random.key like everywhere else (stored hashably as its data)
+    keyed = hm.curvature_monitor(quadratic, every=1, k=1, capacity=4, key=jax.random.key(3))
+    assert hash(keyed) == hash(hm.curvature_monitor(quadratic, every=1, k=1, capacity=4,
+                                                    key=jax.random.key(3)))  # fmt: skip
+    np.testing.assert_array_equal(keyed.init(params).key, jax.random.key_data(jax.random.key(3)))
+    np.testing.assert_array_equal(fast.init(params).key, jax.random.key_data(jax.random.key(0)))
+    with pytest.raises(TypeError, match="argument 'seed' was renamed 'key'"):
+        hm.curvature_monitor(quadratic, seed=3)
+    with pytest.raises(ValueError, match="key must be a PRNG key"):
+        hm.curvature_monitor(quadratic, key=3)
     logs = [hm.read_log(_run(m, m.init(params, batch), params, batch, 3)) for m in (fast, full)]
     np.testing.assert_array_equal(logs[0].hvps, logs[1].hvps)
     np.testing.assert_allclose(logs[0].sharpness, logs[1].sharpness, rtol=1e-5)
