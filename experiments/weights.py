@@ -502,7 +502,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     align = weights.weight_alignment(op.layout, params, all_vectors, all_values)
     top_cos = align.global_cos[: len(values)]
     corr = float(np.corrcoef(np.log(values[values > 0]), np.log(top_cos[values > 0]))[0, 1])
-    trace = linalg.hutchinson(op, int(config.svd.trace_probes), key=k_trace)
+    trace = linalg.hutchinson(op, num_probes=int(config.svd.trace_probes), key=k_trace)
     theta = np.asarray(op.layout.ravel(params), np.float64)
     theta_unit = jnp.asarray(theta / np.linalg.norm(theta), op.dtype)
     align_out = align.as_dict() | {

@@ -122,3 +122,20 @@ def renamed(**old_to_new: str) -> Callable[[Callable], Callable]:
         return call
 
     return wrap
+
+
+def keyword_only(*names: str) -> Callable[[Callable], Callable]:
+    """Decorator for a public function whose arguments `names` (after the first) became
+    keyword-only: a call passing them by position raises a TypeError that names them."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if len(args) > 1:
+                given = ", ".join(f"{n}={a!r}" for n, a in zip(names, args[1:], strict=False))
+                raise TypeError(f"{fn.__name__}(): pass {', '.join(names)} by keyword ({given})")
+            return fn(*args, **kwargs)
+
+        return call
+
+    return wrap

@@ -312,7 +312,7 @@ class Monitor:
         )  # fmt: skip
         hvps = jnp.asarray(top.num_matvecs, jnp.int32)
         if self.trace_probes:
-            trace = hutchinson(op, self.trace_probes, key=k_trace).estimate
+            trace = hutchinson(op, num_probes=self.trace_probes, key=k_trace).estimate
             hvps = hvps + self.trace_probes
         else:
             trace = jnp.asarray(jnp.nan)

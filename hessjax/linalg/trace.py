@@ -39,10 +39,11 @@ def _mean_and_stderr(samples: Array) -> tuple[Array, Array]:
     return jnp.mean(samples), stderr
 
 
+@_checks.keyword_only("num_probes")
 def hutchinson(
     op: LinearOperatorLike,
-    num_probes: int,
     *,
+    num_probes: int,
     key: Array,
     probe: Probe = "rademacher",
     block_size: int | None = None,

@@ -411,7 +411,7 @@ def test_power_iteration_not_converged(make):
 def test_hutchinson_unbiased(separated, probe):
     a, op = separated
     num = 2000
-    est = hutchinson(op, num, key=jax.random.key(18), probe=probe)
+    est = hutchinson(op, num_probes=num, key=jax.random.key(18), probe=probe)
     assert est.num_matvecs == num
     stderr = float(est.stderr)
     assert abs(float(est.estimate) - np.trace(a)) <= 4 * stderr
@@ -424,12 +424,12 @@ def test_hutchinson_unbiased(separated, probe):
 def test_hutchinson_block_size_and_host(separated):
     a, op = separated
     key = jax.random.key(19)
-    ref = hutchinson(op, 30, key=key)
+    ref = hutchinson(op, num_probes=30, key=key)
     vs = np.asarray(probes(key, N, 30, jnp.float64))
     np.testing.assert_allclose(float(ref.estimate), np.mean(np.sum(vs * (a @ vs), 0)), rtol=1e-12)
     for other in (
-        hutchinson(op, 30, key=key, block_size=7),
-        hutchinson(HostOperator(a), 30, key=key),
+        hutchinson(op, num_probes=30, key=key, block_size=7),
+        hutchinson(HostOperator(a), num_probes=30, key=key),
     ):
         np.testing.assert_allclose(float(other.estimate), float(ref.estimate), rtol=1e-12)
         np.testing.assert_allclose(float(other.stderr), float(ref.stderr), rtol=1e-10)
@@ -448,7 +448,7 @@ def test_hutchpp_beats_hutchinson(make):
     tr = np.trace(a)
     keys = [jax.random.key(100 + s) for s in range(12)]
     err_pp = np.mean([abs(float(hutchpp(op, 30, key=k).estimate) - tr) for k in keys])
-    err_h = np.mean([abs(float(hutchinson(op, 30, key=k).estimate) - tr) for k in keys])
+    err_h = np.mean([abs(float(hutchinson(op, num_probes=30, key=k).estimate) - tr) for k in keys])
     # Averaged over 12 keys the ratio is 0.1-0.2 for this spectrum (checked over several key
     # sets); requiring 0.5 leaves a wide margin while still catching a broken estimator.
     assert err_pp < err_h / 2, (err_pp, err_h)
@@ -589,9 +589,12 @@ VALUE_ERRORS = {
     "power k": (lambda: power_iteration(SMALL, 0, key=KEY), "1 <= k < n"),
     "power iters": (lambda: power_iteration(SMALL, 2, key=KEY, num_steps=0), "num_steps"),
     "power key": (lambda: power_iteration(SMALL, 2, key=None), "PRNG key"),
-    "hutch probes": (lambda: hutchinson(SMALL, 0, key=KEY), "num_probes"),
-    "hutch kind": (lambda: hutchinson(SMALL, 4, key=KEY, probe="uniform"), "probe must be"),
-    "hutch key": (lambda: hutchinson(SMALL, 4, key="k"), "PRNG key"),
+    "hutch probes": (lambda: hutchinson(SMALL, num_probes=0, key=KEY), "num_probes"),
+    "hutch kind": (
+        lambda: hutchinson(SMALL, num_probes=4, key=KEY, probe="uniform"),
+        "probe must be",
+    ),
+    "hutch key": (lambda: hutchinson(SMALL, num_probes=4, key="k"), "PRNG key"),
     "hutchpp 10": (lambda: hutchpp(SMALL, 10, key=KEY), "multiple of 3"),
     "hutchpp 0": (lambda: hutchpp(SMALL, 0, key=KEY), "multiple of 3"),
     "hutchpp big": (lambda: hutchpp(SMALL, 24, key=KEY), "smaller than the operator size"),
@@ -703,3 +706,10 @@ def test_eigsh_thick_restart_errors(separated):
         eigsh(op, K, key=jax.random.key(0), num_steps=STEPS, max_restarts=3, tol=None)
     with pytest.raises(ValueError, match="exceed k"):
         eigsh(op, K, key=jax.random.key(0), num_steps=K, max_restarts=3)
+
+
+def test_hutchinson_num_probes_is_keyword_only():
+    with pytest.raises(
+        TypeError, match=r"hutchinson\(\): pass num_probes by keyword \(num_probes=4\)"
+    ):
+        hutchinson(SMALL, 4, key=KEY)
