@@ -1,5 +1,6 @@
-"""Task sequences for continual learning: permuted and split MNIST, and the same built from
-MNIST-1D (generated offline, so tests and default runs need no files).
+"""Task sequences for continual learning: permuted and split tasks of any `Dataset`
+(`task_sequence` builds the one a config describes, e.g. from MNIST's idx files), and the same
+built from MNIST-1D (generated offline, so tests and default runs need no files).
 
 * Permuted: task t applies a fixed pixel (feature) permutation to every input; task 0 is the
   identity; labels stay the 10 classes (domain-incremental, one shared head).
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hessjax.data import Dataset, default_data_dir, load_dataset, load_mnist1d
+from hessjax.data import Dataset, load_mnist1d
 
 VALID_FRACTION = 0.1
 
@@ -196,37 +197,6 @@ def split_tasks(
         tasks.append(Task(name, *train, *test, *valid))
     num_classes = max(len(p) for p in pairs) if remap else ds.num_classes
     return TaskSequence(tuple(tasks), num_classes, f"split_{ds.name}")
-
-
-def _mnist(data_dir: str | None, source: str) -> Dataset:
-    data_dir = data_dir or default_data_dir("mnist") or ""
-    return load_dataset({"name": "mnist", "dir": data_dir, "source": source})
-
-
-def permuted_mnist(
-    num_tasks: int = 5,
-    seed: int = 0,
-    data_dir: str | None = None,
-    source: str = "auto",
-    train_size: int | None = None,
-    test_size: int | None = None,
-) -> TaskSequence:
-    """Permuted MNIST (784 pixels) from the idx files in data_dir (default ../shared/data/mnist
-    when present) or TFDS; see `permuted_tasks`."""
-    return permuted_tasks(_mnist(data_dir, source), num_tasks, seed, train_size, test_size)
-
-
-def split_mnist(
-    pairs: Sequence[Sequence[int]] | None = None,
-    remap: bool = True,
-    seed: int = 0,
-    data_dir: str | None = None,
-    source: str = "auto",
-    train_size: int | None = None,
-    test_size: int | None = None,
-) -> TaskSequence:
-    """Split MNIST ((0, 1), (2, 3), ... by default); see `split_tasks`."""
-    return split_tasks(_mnist(data_dir, source), pairs, remap, seed, train_size, test_size)
 
 
 def permuted_mnist1d(
