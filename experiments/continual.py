@@ -160,7 +160,7 @@ def _lanczos(ctx: Context) -> dict[str, Any]:
     (`common.placed_hessian`)."""
     h = ctx.config.hessian
     return {"num_steps": int(h.num_steps) or None, "tol": float(h.tol),
-            "operator": functools.partial(common.placed_hessian, ctx.config.mesh)}  # fmt: skip
+            "make_operator": functools.partial(common.placed_hessian, ctx.config.mesh)}  # fmt: skip
 
 
 def _hessian(ctx: Context) -> dict[str, Any]:

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hessjax import _checks
 from hessjax.continual import _helpers
 from hessjax.continual.sources import Directions, dense_layers, hessian_directions
 from hessjax.continual.transforms import check_positive, memory_transform
@@ -466,6 +467,7 @@ def kron_transform(state: KronState, proximal: bool = False) -> optax.GradientTr
     )  # fmt: skip
 
 
+@_checks.renamed(operator="make_operator")
 def hessian_mass_directions(
     loss_fn: Callable[[PyTree, Any], Array],
     params: PyTree,
@@ -477,18 +479,18 @@ def hessian_mass_directions(
     num_steps: int | None = None,
     tol: float | None = 1e-4,
     max_restarts: int = 0,
-    operator: Callable[..., Any] = hessian_operator,
+    make_operator: Callable[..., Any] = hessian_operator,
 ) -> Directions:
     """Hessian projection with k chosen per task by curvature: the top max_k eigenpairs
     (largest algebraic) of the Hessian of the mean of loss_fn over `data` (leaves (m, b, ...))
     at `params` (`sources.hessian_directions`, thick-restarted `max_restarts` times, the
-    Hessian built by `operator(loss_fn, params, data)`), truncated to the fewest that hold
+    Hessian built by `make_operator(loss_fn, params, data)`), truncated to the fewest that hold
     `share` of their positive curvature (`curvature_rank`, at least 1).
     vectors (n, k), values (k,) descending, k <= max_k."""
     check_share(share)
     top = hessian_directions(
         loss_fn, params, data, max_k, key=key, num_steps=num_steps, tol=tol,
-        max_restarts=max_restarts, operator=operator,
+        max_restarts=max_restarts, make_operator=make_operator,
     )  # fmt: skip
     k = max(curvature_rank(top.values, share), 1)
     return Directions(top.vectors[:, :k], top.values[:k])

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from hessjax import _checks
 from hessjax.analysis.trajectory import pca
 from hessjax.analysis.weights import kernel_slices, svd_directions, weight_svd
 from hessjax.continual import _helpers
@@ -45,6 +46,7 @@ class Directions(NamedTuple):
     values: Array
 
 
+@_checks.renamed(operator="make_operator")
 def hessian_directions(
     loss_fn: Callable[[PyTree, Any], Array],
     params: PyTree,
@@ -55,14 +57,14 @@ def hessian_directions(
     num_steps: int | None = None,
     tol: float | None = 1e-4,
     max_restarts: int = 0,
-    operator: Callable[..., Any] = hessian_operator,
+    make_operator: Callable[..., Any] = hessian_operator,
 ) -> Directions:
     """Top-k eigenpairs (largest algebraic) of the Hessian of the mean of loss_fn over `data`
     (leaves (m, b, ...): m microbatches) at `params`: vectors (n, k), values (k,) descending.
     `num_steps`, `tol`, `max_restarts`: Lanczos budget, stopping rule and thick restarts of
-    `hessjax.linalg.eigsh`. `operator(loss_fn, params, data)` builds the Hessian operator
+    `hessjax.linalg.eigsh`. `make_operator(loss_fn, params, data)` builds the Hessian operator
     (default `curvature.hessian_operator`; e.g. one placed on a device mesh)."""
-    op = operator(loss_fn, params, data)
+    op = make_operator(loss_fn, params, data)
     top = eigsh(op, k, key=key, which="LA", num_steps=num_steps, tol=tol, max_restarts=max_restarts)
     return Directions(top.eigenvectors, top.eigenvalues)
 

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hessjax import _checks
 from hessjax.analysis import trajectory
 from hessjax.continual import kron, sources
 from hessjax.continual.transforms import (
@@ -161,27 +162,36 @@ def projection(
     )
 
 
+@_checks.renamed(operator="make_operator")
 def hessian_project(
     loss_fn: LossFn,
     k: int,
     capacity: int | None = None,
     num_steps: int | None = None,
     tol: float | None = 1e-4,
-    operator: Callable[..., Any] = hessian_operator,
+    make_operator: Callable[..., Any] = hessian_operator,
 ) -> Strategy:
     """Project updates out of the top-k Hessian eigenvectors of every old task
     (`sources.hessian_directions` on `data`, Lanczos with `num_steps`, `tol`, the Hessian
-    built by `operator(loss_fn, params, data)`)."""
+    built by `make_operator(loss_fn, params, data)`)."""
     k = _positive_int(k, "k")
 
     def directions(params, data, *, key, opt_state):
         return sources.hessian_directions(
-            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol, operator=operator
+            loss_fn,
+            params,
+            data,
+            k,
+            key=key,
+            num_steps=num_steps,
+            tol=tol,
+            make_operator=make_operator,
         ).vectors
 
     return projection("hessian_project", directions, capacity)
 
 
+@_checks.renamed(operator="make_operator")
 def hessian_mass_project(
     loss_fn: LossFn,
     share: float,
@@ -190,13 +200,13 @@ def hessian_mass_project(
     num_steps: int | None = None,
     tol: float | None = 1e-4,
     max_restarts: int = 0,
-    operator: Callable[..., Any] = hessian_operator,
+    make_operator: Callable[..., Any] = hessian_operator,
 ) -> Strategy:
     """Hessian projection with k chosen per task by curvature: project updates out of the
     fewest of each old task's top-`max_k` Hessian eigenvectors that hold `share` (in (0, 1])
     of their positive curvature (`kron.hessian_mass_directions`: Lanczos with `num_steps`,
-    `tol`, `max_restarts` thick restarts, the Hessian built by `operator(loss_fn, params,
-    data)` as in `hessian_project`). capacity: as in `projection` (max_k per old task always
+    `tol`, `max_restarts` thick restarts, the Hessian built by `make_operator(loss_fn,
+    params, data)` as in `hessian_project`). capacity: as in `projection` (max_k per old task always
     fits)."""
     share = kron.check_share(share)
     max_k = _positive_int(max_k, "max_k")
@@ -204,7 +214,7 @@ def hessian_mass_project(
     def directions(params, data, *, key, opt_state):
         return kron.hessian_mass_directions(
             loss_fn, params, data, share, max_k, key=key, num_steps=num_steps, tol=tol,
-            max_restarts=max_restarts, operator=operator,
+            max_restarts=max_restarts, make_operator=make_operator,
         ).vectors  # fmt: skip
 
     return projection("hessian_mass_project", directions, capacity)
@@ -329,6 +339,7 @@ def ewc(loss_fn: LossFn, strength: float, learning_rate: float) -> Strategy:
     )
 
 
+@_checks.renamed(operator="make_operator")
 def hessian_penalty(
     loss_fn: LossFn,
     k: int,
@@ -337,7 +348,7 @@ def hessian_penalty(
     capacity: int | None = None,
     num_steps: int | None = None,
     tol: float | None = 1e-4,
-    operator: Callable[..., Any] = hessian_operator,
+    make_operator: Callable[..., Any] = hessian_operator,
 ) -> Strategy:
     """The low-rank Hessian penalty: each old task adds ½ Σ_i λ_i <θ − θ_t, e_i>² over its
     top-k Hessian eigenpairs (negative λ clipped to 0), merged into one orthonormal quadratic
@@ -357,7 +368,14 @@ def hessian_penalty(
     def remember(memory, params, data, *, key, opt_state=None):
         memory.check_params(params)
         top = sources.hessian_directions(
-            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol, operator=operator
+            loss_fn,
+            params,
+            data,
+            k,
+            key=key,
+            num_steps=num_steps,
+            tol=tol,
+            make_operator=make_operator,
         )
         weights = jnp.maximum(top.values, 0)
         return curvature_penalty_state(params, top.vectors, weights, memory, capacity)

@@ -442,7 +442,7 @@ def test_hessian_directions_match_dense_eigh(linear):
 @pytest.mark.x64
 def test_hessian_strategies_build_the_hessian_with_the_given_operator(linear):
     """hessian_project, hessian_penalty and hessian_mass_project build their Hessian with
-    `operator=` (the binary's hook for config.mesh): called once per remember, and the memory
+    `make_operator=` (the binary's hook for config.mesh): called once per remember, and the memory
     spans the dense Hessian's top eigenvectors (k of them; the mass rule's k from the dense
     eigenvalues). The binary's hook: tests/e2e/test_continual_binary.py."""
     model, params, x, y = linear
@@ -462,16 +462,18 @@ def test_hessian_strategies_build_the_hessian_with_the_given_operator(linear):
     k_mass = max(cl.curvature_rank(lam[:3], share), 1)
     assert 1 <= k_mass < 3
     cases = {
-        "hessian_project": (cl.hessian_project(loss_fn, 3, tol=None, operator=operator), 3),
+        "hessian_project": (cl.hessian_project(loss_fn, 3, tol=None, make_operator=operator), 3),
         "hessian_penalty": (
-            cl.hessian_penalty(loss_fn, 3, 1.0, 0.1, tol=None, operator=operator),
+            cl.hessian_penalty(loss_fn, 3, 1.0, 0.1, tol=None, make_operator=operator),
             3,
         ),
         "hessian_mass_project": (
-            cl.hessian_mass_project(loss_fn, share, 3, tol=None, operator=operator),
+            cl.hessian_mass_project(loss_fn, share, 3, tol=None, make_operator=operator),
             k_mass,
         ),
     }
+    with pytest.raises(TypeError, match="argument 'operator' was renamed 'make_operator'"):
+        cl.hessian_project(loss_fn, 3, operator=operator)
     for name, (strategy, k) in cases.items():
         before = len(calls)
         memory = strategy.remember(
