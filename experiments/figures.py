@@ -1024,6 +1024,32 @@ def plot_qkvo_norms(
     _save(fig, path, title)
 
 
+def plot_head_spectra(heads: Mapping[str, Mapping], path: str, title: str = "") -> None:
+    """Top eigenvalue of every attention head's block (results' `heads`: 'block_<l>/<R>/head_<h>'
+    -> {top_eigenvalues}) as one heat map per role R in Q, K, V, O: rows layers, columns
+    heads, colour log10 λ₁."""
+    parsed = {}
+    for name, rec in heads.items():
+        block, role, head = name.split("/")
+        parsed[(role, int(block.split("_")[1]), int(head.split("_")[1]))] = rec["top_eigenvalues"][
+            0
+        ]
+    layers = 1 + max(k[1] for k in parsed)
+    num_heads = 1 + max(k[2] for k in parsed)
+    values = np.log10(np.maximum(np.array(list(parsed.values()), float), 1e-12))
+    fig, axes = plt.subplots(1, 4, figsize=(12, 1.2 + 0.6 * layers), squeeze=False)
+    for ax, role in zip(axes[0], "QKVO", strict=True):
+        grid = np.full((layers, num_heads), np.nan)
+        for (r, layer, head), top in parsed.items():
+            if r == role:
+                grid[layer, head] = np.log10(max(top, 1e-12))
+        im = ax.imshow(grid, vmin=values.min(), vmax=values.max(), cmap="viridis", aspect="auto")
+        ax.set(title=role, xlabel="head", ylabel="layer", xticks=range(num_heads),
+               yticks=range(layers))  # fmt: skip
+    fig.colorbar(im, ax=axes[0, -1], label="log10 top eigenvalue")
+    _save(fig, path, title)
+
+
 def plot_scale_growth(
     scales: Sequence[float],
     norms: Mapping[str, Mapping[str, np.ndarray]],

@@ -7,7 +7,8 @@ r"""The Hessian of a transformer by role, over training.
 Trains the model with Adam and, at every step of `config.checkpoints`, measures on a fixed
 Hessian batch: the whole-network top-k (Lanczos), the top eigenvalues of every role block
 (token embedding, positions, per layer Q, K, V, O, MLP in/out, LayerNorm scales and biases,
-unembedding: `analysis.transformer.role_partition`, one compiled `block_eigsh`), block-wise
+unembedding: `analysis.transformer.role_partition`, one compiled `block_eigsh`; with
+hessian.head_k > 0 also every attention head's Q, K, V and O block), block-wise
 SLQ densities and their heterogeneity (mean pairwise JS distance, Zhang et al. 2024), the
 Frobenius norms of the Q/K/V/O diagonal blocks (Ormaniec et al. 2025), exact-vs-Kronecker
 top-k overlaps of the projections with tokens as samples (Wu et al.), the layer-wise vs
@@ -17,12 +18,12 @@ of the checkpoint's Adam state beside 38/η (Cohen et al. 2022). At initialisati
 measures the heterogeneity of the models in `config.compare` (MLP, ConvNet, ViT on MNIST) for
 the comparison across architectures.
 
-Writes into the workdir: results.json (keys `blocks` and `heterogeneity` of the last
-checkpoint, `checkpoints` with every measurement, `compare`), block_spectra.png,
-heterogeneity.png and qkvo_norms.png. Resumable: the trained state (params and Adam state) of
-every checkpoint and every finished measurement are stored (`state_<step>.ckpt`,
-`measure_<step>.json`, keyed by the config), so a rerun of the same config continues where
-the last one stopped.
+Writes into the workdir: results.json (keys `blocks`, `heterogeneity` and, with head_k,
+`heads` of the last checkpoint, `checkpoints` with every measurement, `compare`),
+block_spectra.png, heterogeneity.png, qkvo_norms.png and, with head_k, head_spectra.png.
+Resumable: the trained state (params and Adam state) of every checkpoint and every finished
+measurement are stored (`state_<step>.ckpt`, `measure_<step>.json`, keyed by the config), so
+a rerun of the same config continues where the last one stopped.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from hessjax.analysis import blocks as analysis_blocks
 from hessjax.analysis import transformer as tr
 
 COMPARED = ("mlp", "conv", "vit")
-OUTPUTS = ("results.json", "block_spectra.png", "heterogeneity.png", "qkvo_norms.png")
+OUTPUTS = ("results.json", "block_spectra.png", "heterogeneity.png", "qkvo_norms.png",
+           "head_spectra.png")  # fmt: skip
 RULES = {
     "seed": common.NONNEGATIVE_INT,
     "data.source": common.STRING,
@@ -69,6 +71,7 @@ RULES = {
     "hessian.microbatch_size": common.POSITIVE_INT,
     "hessian.top_k": common.POSITIVE_INT,
     "hessian.block_k": common.POSITIVE_INT,
+    "hessian.head_k": common.NONNEGATIVE_INT,
     "hessian.tol": common.PROBABILITY,
     "hessian.slq_probes": common.POSITIVE_INT,
     "hessian.slq_steps": common.POSITIVE_INT,
@@ -192,6 +195,19 @@ def measure(config, model, loss_fn, params, batch, key, opt_state=None) -> dict:
         name: {"size": int(size), "top_eigenvalues": np.asarray(vals).tolist()}
         for name, size, vals in zip(part.names, part.sizes, blk.eigenvalues, strict=True)
     }
+    if h.head_k:
+        heads = tr.role_partition(op.layout, num_heads=config.model.num_heads)
+        hk = min(h.head_k, int(heads.sizes.min()) - 1)
+        per_head, out["seconds_heads"] = common.timed(
+            "per-head top eigenvalues", linalg.block_eigsh, op, heads, hk, key=k_blocks,
+            tol=h.tol,
+        )  # fmt: skip
+        out["heads"] = {
+            name: {"size": int(size), "top_eigenvalues": np.asarray(vals).tolist()}
+            for name, size, vals in zip(heads.names, heads.sizes, per_head.eigenvalues,
+                                        strict=True)
+            if "/head_" in name
+        }  # fmt: skip
 
     (quad, het), out["seconds_slq"] = common.timed(
         "block densities (SLQ)", tr.block_spectra_heterogeneity, op, part,
@@ -335,6 +351,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "num_params": int(num_params),
         "blocks": last["blocks"],
         "heterogeneity": last["heterogeneity"],
+        "heads": last.get("heads"),
         "checkpoints": rows,
         "compare": compare,
         "seconds_total": time.perf_counter() - start,
@@ -350,6 +367,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if "qkvo_norms" in last:
         figures.plot_qkvo_norms([r["step"] for r in rows], [r["qkvo_norms"] for r in rows],
                                 os.path.join(workdir, "qkvo_norms.png"), title=title)  # fmt: skip
+    if "heads" in last:
+        figures.plot_head_spectra(last["heads"], os.path.join(workdir, "head_spectra.png"),
+                                  title=f"{title}, step {last['step']}")  # fmt: skip
     common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json and figures to %s (%.0f s)", workdir,
                  results["seconds_total"])  # fmt: skip

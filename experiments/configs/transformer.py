@@ -54,6 +54,7 @@ def get_config(preset: str = "gpt") -> ml_collections.ConfigDict:
     c.hessian.microbatch_size = 16
     c.hessian.top_k = 10  # whole-network top eigenpairs
     c.hessian.block_k = 2  # top eigenvalues of every role block
+    c.hessian.head_k = 0  # top eigenvalues of every attention head's Q/K/V/O block; 0 = off
     c.hessian.tol = 1e-4
     c.hessian.slq_probes = 4  # >= 2: halves give the noise floor; a step = 25 full products
     c.hessian.slq_steps = 20

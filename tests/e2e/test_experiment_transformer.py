@@ -34,6 +34,16 @@ def test_outputs_and_interlacing(tiny_run):
         assert 0 <= row["heterogeneity"]["mean_js_distance"] <= 1
         assert set(row["qkvo_norms"]) == {f"block_0/{r}" for r in "QKVO"}
         assert "kronecker" not in row  # kron_layers = "none"
+        # per-head blocks partition each Q/K/V/O block (O's shared bias aside) and, by
+        # interlacing again, none exceeds its role block's top eigenvalue
+        heads = row["heads"]
+        assert set(heads) == {f"block_0/{r}/head_{i}" for r in "QKVO" for i in range(2)}
+        for role in "QKVO":
+            within = [heads[f"block_0/{role}/head_{i}"] for i in range(2)]
+            bias = blocks["block_0/O"]["size"] - 2 * within[0]["size"] if role == "O" else 0
+            assert sum(h["size"] for h in within) + bias == row["blocks"][f"block_0/{role}"]["size"]
+            top = row["blocks"][f"block_0/{role}"]["top_eigenvalues"][0]
+            assert max(h["top_eigenvalues"][0] for h in within) <= top * (1 + 1e-3) + 1e-6
         assert row["layerwise"]["rows"][-1]["top_eigenvalue"] == pytest.approx(whole, rel=1e-3)
     assert results["heterogeneity"] == results["checkpoints"][-1]["heterogeneity"]
     first, last = results["checkpoints"]

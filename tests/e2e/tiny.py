@@ -115,6 +115,7 @@ def transformer():
     c.checkpoints = (0, 5)
     h = c.hessian
     h.num_samples, h.microbatch_size, h.top_k, h.block_k = 8, 8, 3, 1
+    h.head_k = 1
     h.slq_probes, h.slq_steps, h.norm_probes, h.kron_samples, h.kron_k = 2, 8, 4, 2, 3
     h.kron_layers = "none"  # kronecker_overlaps is tested in test_transformer.py
     c.compare = ()
