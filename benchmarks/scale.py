@@ -14,7 +14,8 @@ subprocess so that its peak memory is its own (GPU: peak_bytes_in_use; CPU: VmHW
 
 Printed per method: time (including compilation), HVPs, peak memory (bytes and bytes per
 parameter), converged pairs, and the relative error of its top min(k, ref-k) against the
-reference.
+reference; with --residuals, also every pair's true residual ‖H v − λ v‖ (k more HVPs; H is
+symmetric, so an eigenvalue lies within it of λ) and the eigenvectors' max |VᵀV − I|.
 
     python benchmarks/scale.py --quick            # W = 256, k = 100: minutes on 2 CPU cores
     python benchmarks/scale.py --out results.json  # the full size (an accelerator)
