@@ -521,6 +521,17 @@ RELATIONS = (
         lambda c: bool(c.select.seeds) or not c.select.grid,
         "non-empty when select.grid names a grid",
     ),
+    common.Relation(
+        "select.grid",
+        lambda c: (
+            not (
+                c.gpm.layer_thresholds
+                and "gpm" in c.strategies
+                and "gpm.threshold" in continual_configs.GRIDS.get(c.select.grid, {}).get("gpm", {})
+            )
+        ),
+        "a grid that does not vary gpm.threshold while gpm.layer_thresholds replaces it",
+    ),
     *(
         common.Relation(
             f"{name}.num_samples",

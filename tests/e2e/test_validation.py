@@ -101,6 +101,16 @@ def test_continual_validation_split_leaving_less_than_a_batch_fails_before_train
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_continual_grid_cannot_vary_a_threshold_the_preset_replaces(tmp_path):
+    from experiments import continual
+
+    config = importlib.import_module("experiments.configs.continual").get_config("gpm_pmnist")
+    common.set_fields(config, {"select.grid": "budget4"})
+    with pytest.raises(common.ConfigError, match="a grid that does not vary gpm.threshold"):
+        continual.run(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_mesh_must_split_the_hessian_batch_and_some_params(tmp_path):
     """A mesh whose device count does not divide the Hessian microbatch, or an FSDP split that
     no param leaf allows, fails with the setting named, before any data or training."""
