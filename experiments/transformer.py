@@ -159,6 +159,18 @@ def _kron_layers(model, params, x, which: str) -> list[str]:
     return keep + [n for n in names if n in ("unembed", "head")]
 
 
+def _block_tops(label: str, op, part, k: int, key, tol: float) -> tuple[dict, float]:
+    """({block: {size, top_eigenvalues}}, seconds) of every block of `part` by one
+    `block_eigsh`, k capped below the smallest block's size."""
+    k = min(k, int(part.sizes.min()) - 1)
+    res, seconds = common.timed(label, linalg.block_eigsh, op, part, k, key=key, tol=tol)
+    tops = {
+        name: {"size": int(size), "top_eigenvalues": np.asarray(vals).tolist()}
+        for name, size, vals in zip(part.names, part.sizes, res.eigenvalues, strict=True)
+    }
+    return tops, seconds
+
+
 def measure(config, model, loss_fn, params, batch, key, opt_state=None) -> dict:
     """Every quantity of one checkpoint (JSON-ready), from library functions; with the Adam
     state of a trained checkpoint also the preconditioned sharpness λ_max(P⁻¹H) (Cohen et al.
@@ -183,31 +195,18 @@ def measure(config, model, loss_fn, params, batch, key, opt_state=None) -> dict:
         out["preconditioned_sharpness"] = float(p_top.eigenvalues[0])
         out["adam_threshold"] = 38 / config.train.learning_rate  # (2 + 2β₁)/((1 − β₁)η)
 
-    k_block = min(h.block_k, int(part.sizes.min()) - 1)
     # Masked block products (one vmapped full product per block) rather than restricted ones
     # (tr.role_block_diagonal): one small compilation instead of one per block, which
     # dominates at these sizes (e.g. 180 s against ~15 s for the 25 blocks of the default).
-    blk, out["seconds_blocks"] = common.timed(
-        "role-block top eigenvalues", linalg.block_eigsh, op, part, k_block, key=k_blocks,
-        tol=h.tol,
-    )  # fmt: skip
-    out["blocks"] = {
-        name: {"size": int(size), "top_eigenvalues": np.asarray(vals).tolist()}
-        for name, size, vals in zip(part.names, part.sizes, blk.eigenvalues, strict=True)
-    }
+    out["blocks"], out["seconds_blocks"] = _block_tops(
+        "role-block top eigenvalues", op, part, h.block_k, k_blocks, h.tol
+    )
     if h.head_k:
         heads = tr.role_partition(op.layout, num_heads=config.model.num_heads)
-        hk = min(h.head_k, int(heads.sizes.min()) - 1)
-        per_head, out["seconds_heads"] = common.timed(
-            "per-head top eigenvalues", linalg.block_eigsh, op, heads, hk, key=k_blocks,
-            tol=h.tol,
-        )  # fmt: skip
-        out["heads"] = {
-            name: {"size": int(size), "top_eigenvalues": np.asarray(vals).tolist()}
-            for name, size, vals in zip(heads.names, heads.sizes, per_head.eigenvalues,
-                                        strict=True)
-            if "/head_" in name
-        }  # fmt: skip
+        every, out["seconds_heads"] = _block_tops(
+            "per-head top eigenvalues", op, heads, h.head_k, k_blocks, h.tol
+        )
+        out["heads"] = {name: rec for name, rec in every.items() if "/head_" in name}
 
     (quad, het), out["seconds_slq"] = common.timed(
         "block densities (SLQ)", tr.block_spectra_heterogeneity, op, part,

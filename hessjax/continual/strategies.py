@@ -162,6 +162,21 @@ def projection(
     )
 
 
+def _hessian_top(
+    loss_fn: LossFn, k: int, num_steps: int | None, tol: float | None, make_operator: Callable
+) -> Callable[[PyTree, PyTree, Array], sources.Directions]:
+    """(params, data, key) -> the top-k Hessian eigenpairs of loss_fn on data
+    (`sources.hessian_directions` with these Lanczos settings and operator factory)."""
+
+    def top(params, data, key):
+        return sources.hessian_directions(
+            loss_fn, params, data, k, key=key, num_steps=num_steps, tol=tol,
+            make_operator=make_operator,
+        )  # fmt: skip
+
+    return top
+
+
 @_checks.renamed(operator="make_operator")
 def hessian_project(
     loss_fn: LossFn,
@@ -176,17 +191,10 @@ def hessian_project(
     built by `make_operator(loss_fn, params, data)`)."""
     k = _positive_int(k, "k")
 
+    top = _hessian_top(loss_fn, k, num_steps, tol, make_operator)
+
     def directions(params, data, *, key, opt_state):
-        return sources.hessian_directions(
-            loss_fn,
-            params,
-            data,
-            k,
-            key=key,
-            num_steps=num_steps,
-            tol=tol,
-            make_operator=make_operator,
-        ).vectors
+        return top(params, data, key).vectors
 
     return projection("hessian_project", directions, capacity)
 
@@ -359,6 +367,8 @@ def hessian_penalty(
     check_positive(strength, "hessian_penalty strength")
     check_positive(learning_rate, "hessian_penalty learning_rate")
 
+    hessian_top = _hessian_top(loss_fn, k, num_steps, tol, make_operator)
+
     def init_memory(params):
         layout = make_layout(params)
         size = capacity or 0
@@ -367,16 +377,7 @@ def hessian_penalty(
 
     def remember(memory, params, data, *, key, opt_state=None):
         memory.check_params(params)
-        top = sources.hessian_directions(
-            loss_fn,
-            params,
-            data,
-            k,
-            key=key,
-            num_steps=num_steps,
-            tol=tol,
-            make_operator=make_operator,
-        )
+        top = hessian_top(params, data, key)
         weights = jnp.maximum(top.values, 0)
         return curvature_penalty_state(params, top.vectors, weights, memory, capacity)
 
