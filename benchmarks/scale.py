@@ -8,6 +8,10 @@ subprocess so that its peak memory is its own (GPU: peak_bytes_in_use; CPU: VmHW
   restart-LA  eigsh(k, which="LA", num_steps=basis, max_restarts=R, tol): thick restart
   restart-LM  the same for the k largest |λ|
   sketch      sketch_eigh(k, outer=k, inner=2k): one pass of batched products (by |λ|)
+  arpack      scipy's ARPACK (sparse.linalg.eigsh, which="LA", ncv = --arpack-ncv or basis)
+              driving the same jitted HVP from the host, at --arpack-tol (default --tol). Its
+              test is per pair, ||r_i|| <= tol |λ_i|: stricter than hessjax's
+              ||r_i|| <= tol λ_1 below λ_1 (tol λ_1 / λ_k makes it looser everywhere)
   reference   the tighter run: eigsh(ref-k, ...) with tol=ref-tol (1e-6), a basis of
               ref-basis (3 ref-k) vectors and ref-restarts (50) restarts at most, for each
               ordering ("LA", "LM") the other methods use
@@ -18,6 +22,9 @@ reference; with --residuals, also every pair's true residual ‖H v − λ v‖ 
 symmetric, so an eigenvalue lies within it of λ) and the eigenvectors' max |VᵀV − I|.
 
     python benchmarks/scale.py --quick            # W = 256, k = 100: minutes on 2 CPU cores
+    # thick restart against ARPACK on the same jitted HVP (269k params), at k = 100 and 500:
+    python benchmarks/scale.py --quick --k 500 --methods restart-LA arpack reference \
+        --ref-k 500 --ref-basis 1000 --out benchmarks/results/scale_arpack_cpu_k500.json
     python benchmarks/scale.py --out results.json  # the full size (an accelerator)
     # 1,000 eigenpairs of a 1.05M-parameter MLP on 2 CPU cores, all 1,000 checked (the
     # reference may run later: --methods reference --ref-orderings LA --runs-from FIRST.json):
@@ -39,6 +46,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse.linalg
 from _common import environment, peak_bytes, write_json
 from hvp import load_images
 
@@ -48,18 +56,20 @@ from hessjax.data import microbatches
 from hessjax.linalg import apply_block, eigsh, magnitude_errors, sketch_eigh
 from hessjax.models import MLP
 
-METHODS = ("reference", "restart-LA", "restart-LM", "sketch")
-WHICH = {"restart-LA": "LA", "restart-LM": "LM", "sketch": "LM"}  # ordering of each method
+METHODS = ("reference", "restart-LA", "restart-LM", "sketch", "arpack")
+WHICH = {"restart-LA": "LA", "restart-LM": "LM", "sketch": "LM", "arpack": "LA"}  # ordering of each method
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="W = 256, k = 100, 512 samples")
-    p.add_argument("--width", type=int, default=2800, help="hidden width W")
-    p.add_argument("--k", type=int, default=1000, help="eigenpairs per method")
+    p.add_argument("--width", type=int, default=None, help="hidden width W (2,800)")
+    p.add_argument("--k", type=int, default=None, help="eigenpairs per method (1,000)")
     p.add_argument("--basis", type=int, default=None, help="thick-restart basis (1.5 k)")
     p.add_argument("--restarts", type=int, default=30, help="thick restarts at most")
     p.add_argument("--tol", type=float, default=1e-4, help="thick-restart tolerance")
+    p.add_argument("--arpack-tol", type=float, default=None, help="ARPACK's tol (--tol)")
+    p.add_argument("--arpack-ncv", type=int, default=None, help="ARPACK's basis (--basis)")
     p.add_argument("--ref-k", type=int, default=100, help="eigenpairs of the tighter run")
     p.add_argument("--ref-basis", type=int, default=None, help="its basis (3 ref-k)")
     p.add_argument("--ref-tol", type=float, default=1e-6, help="its tolerance")
@@ -79,17 +89,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="restart-*: also compute every "
         "pair's residual ||H v - λ v|| (k more HVPs), a bound on its eigenvalue error",
     )
-    p.add_argument("--samples", type=int, default=2048)
-    p.add_argument("--microbatch", type=int, default=512)
-    p.add_argument("--train-steps", type=int, default=100)
+    p.add_argument("--samples", type=int, default=None, help="Hessian batch (2,048)")
+    p.add_argument("--microbatch", type=int, default=None, help="(512)")
+    p.add_argument("--train-steps", type=int, default=None, help="Adam steps (100)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.quick:
-        args.width, args.k, args.samples, args.microbatch = 256, 100, 512, 256
-        args.train_steps = min(args.train_steps, 50)
+    defaults = dict(width=2800, k=1000, samples=2048, microbatch=512, train_steps=100)
+    if args.quick:  # explicit flags still win
+        defaults.update(width=256, k=100, samples=512, microbatch=256, train_steps=50)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.basis = args.basis or (3 * args.k) // 2
     args.ref_basis = args.ref_basis or 3 * args.ref_k
     for name, k, m in (("", args.k, args.basis), ("ref-", args.ref_k, args.ref_basis)):
@@ -161,16 +174,44 @@ def child(args) -> None:
             jax.block_until_ready(res.eigenvectors)
             record["seconds_before_residuals"] = time.perf_counter() - start
             record.update(pair_checks(op, res.eigenvalues, res.eigenvectors))
+    elif args.child == "arpack":
+        record.update(arpack_top(op, args, key))
+        res = None
     else:
         res = sketch_eigh(op, args.k, key=key, outer=args.k, inner=2 * args.k, error_probes=20)
         record["eigenvalues"] = np.asarray(res.eigenvalues, np.float64).tolist()
         record["error_estimate"] = float(res.error_estimate)
         record["num_matvecs"] = res.num_matvecs
-    jax.block_until_ready(res.eigenvectors)
+    if res is not None:
+        jax.block_until_ready(res.eigenvectors)
     record["seconds"] = time.perf_counter() - start
     record["peak_bytes"], record["peak_source"] = peak_bytes()
     record["num_params"] = op.size
     print(json.dumps(record))
+
+
+def arpack_top(op, args, key) -> dict:
+    """Top-k (largest algebraic) by scipy's ARPACK, its matvec the operator's jitted product
+    called from the host; the same start vector law as eigsh (a normal draw from `key`)."""
+    num_matvecs = 0
+
+    def matvec(v):
+        nonlocal num_matvecs
+        num_matvecs += 1
+        return np.asarray(op @ jnp.asarray(v.reshape(-1), op.dtype))
+
+    lin = scipy.sparse.linalg.LinearOperator(op.shape, matvec=matvec, dtype=np.dtype(op.dtype))
+    v0 = np.asarray(jax.random.normal(key, (op.size,), op.dtype))
+    tol = args.tol if args.arpack_tol is None else args.arpack_tol
+    try:
+        values, _ = scipy.sparse.linalg.eigsh(
+            lin, args.k, which="LA", ncv=args.arpack_ncv or args.basis, tol=tol, v0=v0
+        )  # the eigenvectors too, as eigsh returns them
+        converged = args.k
+    except scipy.sparse.linalg.ArpackNoConvergence as err:
+        values, converged = err.eigenvalues, len(err.eigenvalues)
+    values = np.sort(np.asarray(values, np.float64))[::-1]
+    return {"eigenvalues": values.tolist(), "converged": converged, "num_matvecs": num_matvecs}
 
 
 def run_child(method: str, argv: list[str]) -> dict:
