@@ -57,7 +57,8 @@ from hessjax.linalg import apply_block, eigsh, magnitude_errors, sketch_eigh
 from hessjax.models import MLP
 
 METHODS = ("reference", "restart-LA", "restart-LM", "sketch", "arpack")
-WHICH = {"restart-LA": "LA", "restart-LM": "LM", "sketch": "LM", "arpack": "LA"}  # ordering of each method
+# the ordering of each method
+WHICH = {"restart-LA": "LA", "restart-LM": "LM", "sketch": "LM", "arpack": "LA"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
