@@ -710,6 +710,20 @@ def plot_edge_of_stability(runs: Sequence[Mapping], path: str, title: str = "") 
     _save(fig, path, title)
 
 
+def plot_adam_sharpness(
+    steps: Sequence[int], sharpness: Sequence[float], threshold: float, path: str, title: str = ""
+) -> None:
+    """λ_max(P⁻¹H) measured during Adam training against the step (log scale), with Adam's
+    stability threshold (2 + 2β₁)/((1 − β₁)η) dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.semilogy(steps, sharpness, "o-", ms=3, label="λ_max(P⁻¹H), step's minibatch")
+    ax.axhline(threshold, color="k", ls="--", lw=0.9, label=f"38/η = {threshold:.3g}")
+    ax.set(xlabel="training step", ylabel="preconditioned sharpness",
+           title="Adam's preconditioned sharpness")  # fmt: skip
+    ax.legend()
+    _save(fig, path, title)
+
+
 def plot_layerwise_sweep(
     panels: Mapping[str, Mapping[str, Sequence[float]]],
     trends: Mapping[str, tuple[Sequence[int], Sequence[float | None]]],

@@ -14,13 +14,16 @@ Frobenius norms of the Q/K/V/O diagonal blocks (Ormaniec et al. 2025), exact-vs-
 top-k overlaps of the projections with tokens as samples (Wu et al.), the layer-wise vs
 whole-network top eigenvalue (Haink) and the overlap of the top-|θ| mask with the top-k
 eigenspace (Fernandez et al.); after training also the preconditioned sharpness λ_max(P⁻¹H)
-of the checkpoint's Adam state beside 38/η (Cohen et al. 2022). At initialisation it also
+of the checkpoint's Adam state beside 38/η (Cohen et al. 2022), and with train.monitor_every
+= N > 0 the same quantity every N steps during training, from a preconditioned curvature
+monitor inside the jitted Adam step on that step's minibatch. At initialisation it also
 measures the heterogeneity of the models in `config.compare` (MLP, ConvNet, ViT on MNIST) for
 the comparison across architectures.
 
 Writes into the workdir: results.json (keys `blocks`, `heterogeneity` and, with head_k,
 `heads` of the last checkpoint, `checkpoints` with every measurement, `compare`),
-block_spectra.png, heterogeneity.png, qkvo_norms.png and, with head_k, head_spectra.png.
+block_spectra.png, heterogeneity.png, qkvo_norms.png, with head_k head_spectra.png and, with
+train.monitor_every, `adam_sharpness` in results.json and adam_sharpness.png.
 Resumable: the trained state (params and Adam state) of every checkpoint and every finished
 measurement are stored (`state_<step>.ckpt`, `measure_<step>.json`, keyed by the config), so
 a rerun of the same config continues where the last one stopped.
@@ -47,7 +50,7 @@ from hessjax.analysis import transformer as tr
 
 COMPARED = ("mlp", "conv", "vit")
 OUTPUTS = ("results.json", "block_spectra.png", "heterogeneity.png", "qkvo_norms.png",
-           "head_spectra.png")  # fmt: skip
+           "head_spectra.png", "adam_sharpness.png")  # fmt: skip
 RULES = {
     "seed": common.NONNEGATIVE_INT,
     "data.source": common.STRING,
@@ -66,6 +69,7 @@ RULES = {
     "train.learning_rate": common.POSITIVE,
     "train.batch_size": common.POSITIVE_INT,
     "train.log_every": common.POSITIVE_INT,
+    "train.monitor_every": common.NONNEGATIVE_INT,
     "checkpoints": common.ints_at_least(0),
     "hessian.num_samples": common.POSITIVE_INT,
     "hessian.microbatch_size": common.POSITIVE_INT,
@@ -314,8 +318,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     logging.info("%s on %s: %d parameters", config.model.kind, name, num_params)
     optimizer = training.make_optimizer("adam", config.train.learning_rate)
-    step_fn = training.make_train_step(loss_fn, optimizer)
-    state = {"params": params, "opt_state": optimizer.init(params)}
+    monitor = _adam_monitor(config, loss_fn, key=jax.random.key(config.seed + 1))
+    pre = hm.adam_preconditioner if monitor is not None else None
+    step_fn = training.make_train_step(loss_fn, optimizer, monitor, pre)
+    opt_state = optimizer.init(params)
+    if monitor is not None:
+        opt_state = (opt_state, monitor.init(params))
+    state = {"params": params, "opt_state": opt_state}
     base = _fingerprint(config)
     hessian_fp = base | {"hessian": config.hessian.to_dict(), "version": MEASURE_VERSION}
     key = jax.random.key(config.seed)
@@ -336,11 +345,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 key=jax.random.fold_in(key, step), log_every=config.train.log_every,
                 log=lambda s, v, d=done: logging.info("train step %d: loss %.4f", d + s, v),
                 opt_state=state["opt_state"], return_opt_state=True, step=step_fn,
+                monitor=monitor, preconditioner=pre,
             )  # fmt: skip
             state, done = {"params": p, "opt_state": o}, step
             common.save_checkpoint(ckpt, base | {"step": step}, state)
+        adam_state = state["opt_state"][0] if monitor is not None else state["opt_state"]
         rows.append(_measured(workdir, step, hessian_fp, config, model, loss_fn, state["params"],
-                              batch, valid, valid_loss, key, state["opt_state"]))  # fmt: skip
+                              batch, valid, valid_loss, key, adam_state))  # fmt: skip
     compare = compare_models(config, jax.random.fold_in(key, 7))
     last = rows[-1]
     results = {
@@ -353,8 +364,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "heads": last.get("heads"),
         "checkpoints": rows,
         "compare": compare,
+        "adam_sharpness": None,
         "seconds_total": time.perf_counter() - start,
     }
+    if monitor is not None:
+        log = hm.read_log(state["opt_state"][1])
+        results["adam_sharpness"] = {
+            "steps": log.steps.tolist(),
+            "preconditioned_sharpness": log.sharpness.tolist(),
+            "threshold": 38 / config.train.learning_rate,  # (2 + 2β₁)/((1 − β₁)η), β₁ = 0.9
+            "every": config.train.monitor_every,
+        }
     title = f"{config.model.kind} on {name}, {num_params:,} params"
     figures.plot_role_block_spectra(last["density_grid"], last["density"], last["density_scale"],
                                     os.path.join(workdir, "block_spectra.png"),
@@ -369,10 +389,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if "heads" in last:
         figures.plot_head_spectra(last["heads"], os.path.join(workdir, "head_spectra.png"),
                                   title=f"{title}, step {last['step']}")  # fmt: skip
+    if monitor is not None:
+        adam = results["adam_sharpness"]
+        figures.plot_adam_sharpness(adam["steps"], adam["preconditioned_sharpness"],
+                                    adam["threshold"], os.path.join(workdir, "adam_sharpness.png"),
+                                    title=title)  # fmt: skip
     common.write_json(os.path.join(workdir, "results.json"), results)
     logging.info("wrote results.json and figures to %s (%.0f s)", workdir,
                  results["seconds_total"])  # fmt: skip
     return results
+
+
+def _adam_monitor(config, loss_fn, key) -> hm.Monitor | None:
+    """The preconditioned monitor riding in the Adam step (None when train.monitor_every = 0):
+    λ_max(P⁻¹H) of the step's minibatch every N steps, to 1 % (the monitor's default tol)."""
+    every = config.train.monitor_every
+    if not every:
+        return None
+    capacity = max(config.checkpoints) // every + 1
+    return hm.curvature_monitor(loss_fn, every=every, capacity=capacity, key=key,
+                                preconditioned=True)  # fmt: skip
 
 
 def _measured(workdir, step, fingerprint, config, model, loss_fn, params, batch, valid,

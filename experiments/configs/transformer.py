@@ -47,6 +47,7 @@ def get_config(preset: str = "gpt") -> ml_collections.ConfigDict:
     c.train.learning_rate = 3e-3 if preset == "gpt" else 1e-3
     c.train.batch_size = 32
     c.train.log_every = 50
+    c.train.monitor_every = 25  # λ_max(P⁻¹H) of the Adam step's minibatch every N steps; 0 = off
     c.checkpoints = (0, 150, 600)  # training steps at which the Hessian is measured
 
     c.hessian = ml_collections.ConfigDict()

@@ -51,6 +51,9 @@ def test_outputs_and_interlacing(tiny_run):
     # P = √v̂ + ε ≪ 1 here, so P⁻¹ scales the curvature up
     assert last["preconditioned_sharpness"] > last["top_eigenvalues"][0] > 0
     assert last["adam_threshold"] == pytest.approx(38 / tiny.transformer().train.learning_rate)
+    adam = results["adam_sharpness"]  # the monitor inside the Adam step, every 2 steps
+    assert adam["steps"] == [2, 4] and adam["threshold"] == last["adam_threshold"]
+    assert all(v > 0 for v in adam["preconditioned_sharpness"])
     train = results["checkpoints"]
     assert train[1]["valid_loss"] < train[0]["valid_loss"]  # Adam learns something in 5 steps
 
@@ -65,6 +68,7 @@ def test_rerun_resumes(tiny_run, monkeypatch):
     monkeypatch.setattr(transformer, "measure", measured_again)
     again = transformer.run(tiny.transformer(), workdir)
     assert again["checkpoints"] == results["checkpoints"]
+    assert again["adam_sharpness"] == results["adam_sharpness"]  # the monitor's state resumed
 
 
 def test_bad_config_fails_before_work(tmp_path):

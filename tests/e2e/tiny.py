@@ -112,6 +112,7 @@ def transformer():
     c.data.train_windows = 400
     c.model.width, c.model.num_heads, c.model.num_layers = 8, 2, 1
     c.train.log_every = 5
+    c.train.monitor_every = 2
     c.checkpoints = (0, 5)
     h = c.hessian
     h.num_samples, h.microbatch_size, h.top_k, h.block_k = 8, 8, 3, 1

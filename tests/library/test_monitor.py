@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from hessjax import monitor as hm
+from hessjax import training
 from hessjax.curvature import MeanLoss, mse
 from hessjax.models import MLP
 
@@ -230,6 +231,41 @@ def test_preconditioned_sharpness_matches_dense_adam_oracle():
         plain.update(plain.init(params), params, (x, y), preconditioner=pre)
     with pytest.raises(ValueError, match="params' structure and shapes"):
         monitor.update(monitor.init(params), params, (x, y), preconditioner={"a": 1.0})
+
+
+@pytest.mark.x64
+def test_preconditioned_monitor_inside_training_train():
+    """`training.train(monitor=, preconditioner=)` under Adam: λ(P^{-1/2} H P^{-1/2}) recorded
+    at steps 3 and 6 equals a dense float64 oracle at the params and Adam state the step ends
+    at, and riding along leaves the training untouched. Every row of x is the same sample, so
+    each minibatch (drawn with replacement) is that sample's loss."""
+    model, x, y, params, loss = _mlp_problem()
+    x, y = jnp.tile(x[:1], (16, 1)), jnp.tile(y[:1], 16)
+    adam = optax.adam(1e-2)
+    monitor = hm.curvature_monitor(loss, every=3, k=2, tol=1e-10, num_steps=40,
+                                   preconditioned=True)  # fmt: skip
+    common = dict(optimizer=adam, num_steps=6, batch_size=4, key=jax.random.key(3),
+                  return_opt_state=True)  # fmt: skip
+    got, _, (opt_state, mstate) = training.train(
+        loss, params, x, y, monitor=monitor, preconditioner=hm.adam_preconditioner, **common
+    )
+    plain, _, _ = training.train(loss, params, x, y, **common)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, plain)
+    log = hm.read_log(mstate)
+    assert log.steps.tolist() == [3, 6]
+    flat, unravel = jax.flatten_util.ravel_pytree(got)
+    dense = np.asarray(jax.hessian(lambda f: loss(unravel(f), (x[:4], y[:4])))(flat))
+    s = 1 / np.sqrt(np.asarray(jax.flatten_util.ravel_pytree(hm.adam_preconditioner(opt_state))[0]))
+    want = np.linalg.eigh(s[:, None] * dense * s[None, :])[0][::-1][:2]
+    np.testing.assert_allclose(log.eigenvalues[-1], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs preconditioner="):
+        training.train(loss, params, x, y, monitor=monitor, **common)
+    plain_monitor = hm.curvature_monitor(loss, every=3)
+    with pytest.raises(ValueError, match="only for a preconditioned monitor"):
+        training.make_train_step(loss, adam, plain_monitor, hm.adam_preconditioner)
+    step = training.make_train_step(loss, adam)
+    with pytest.raises(ValueError, match="another monitor"):
+        training.train(loss, params, x, y, monitor=plain_monitor, step=step, **common)
 
 
 def test_optax_transform_and_alignment():
