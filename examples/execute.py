@@ -60,6 +60,7 @@ def main(argv=None) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".ipynb")
     with os.fdopen(fd, "w") as f:
         nbformat.write(nb, f)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
     os.replace(tmp, out)
     print(f"wrote {out} ({args.size})", file=sys.stderr)
 
