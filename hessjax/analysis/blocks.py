@@ -187,8 +187,9 @@ def neuron_block_spectra(
 
 
 MODEL_KINDS = ("linear", "nn")
-# neuron-block layers of each static model: f = V x (linear) and f = V relu(W x) (nn)
+"""Dong et al.'s static models: f = V x (linear) and f = V relu(W x) (nn)."""
 MODEL_LAYERS = {"linear": {"output": "Dense_0"}, "nn": {"hidden": "Dense_0", "output": "Dense_1"}}
+"""The neuron-block layers of each static model: role -> Linen module name."""
 
 
 class StaticProblem(NamedTuple):
@@ -289,7 +290,7 @@ def static_force_ratios(
 
 def neuron_block_order(partition: Partition) -> tuple[np.ndarray, np.ndarray]:
     """(order (n,), bounds (b + 1,)): the flat indices sorted by block (stable), so that
-    H[order][:, order] has every block contiguous (neuron blocks of a Dense kernel are
+    `H[order][:, order]` has every block contiguous (neuron blocks of a Dense kernel are
     strided in the flat vector), and the block boundaries in that order."""
     order = np.argsort(partition.block_ids, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(partition.sizes)])

@@ -27,10 +27,10 @@ from hessjax.curvature.layout import ParamLayout, leaf_paths, select_mask
 from hessjax.curvature.losses import MeanLoss
 from hessjax.curvature.operators import CurvatureOperator, ggn_operator, hessian_operator
 from hessjax.linalg.blocks import BlockQuadrature, block_frobenius_sq, block_slq
+from hessjax.linalg.density import spectral_density
 from hessjax.linalg.lanczos import eigsh
 from hessjax.linalg.operator import difference
 from hessjax.linalg.partition import Partition
-from hessjax.linalg.slq import spectral_density
 from hessjax.linalg.subspace import OverlapCurve, overlap_curve
 
 Array = jax.Array

@@ -128,7 +128,7 @@ def kron_remember(
 
     model: a Linen module (params = its variables), or any apply(params, inputs) whose dense
     layers are `curvature.dense` tags named after the params subtree holding their `kernel`
-    (and `bias`) leaves, e.g. name="hidden" for params["hidden"]["kernel"]."""
+    (and `bias`) leaves, e.g. name="hidden" for `params["hidden"]["kernel"]`."""
     layers = dense_layers(params) if layers is None else list(layers)
     if memory is not None and set(memory) != set(layers):
         raise ValueError(f"memory has layers {sorted(memory)}, the params {sorted(layers)}")

@@ -26,6 +26,7 @@ import numpy as np
 from hessjax.data import Dataset, load_mnist1d
 
 VALID_FRACTION = 0.1
+"""Default share of each task's training pool held out for validation (GPM's `pc_valid`)."""
 
 
 class Task(NamedTuple):
@@ -48,6 +49,7 @@ class Task(NamedTuple):
 
 
 SPLITS = ("train", "valid", "test")
+"""The splits every `Task` carries (`task.split(name)`)."""
 
 
 class TaskSequence(NamedTuple):
@@ -165,7 +167,7 @@ def split_tasks(
     valid_fraction: float = VALID_FRACTION,
 ) -> TaskSequence:
     """Split tasks: task t keeps the samples whose label is in pairs[t] (default
-    `default_pairs`); with `remap` the label pairs[t][i] becomes i (num_classes = the largest
+    `default_pairs`); with `remap` the label `pairs[t][i]` becomes i (num_classes = the largest
     group size), else labels stay as they are (num_classes = ds.num_classes). Per task: a
     random `valid_fraction` of its training samples for validation, train_size of the rest
     for training, test_size of its test samples (None: all)."""

@@ -55,6 +55,11 @@ def select_mask(paths: Sequence[str], select: Select) -> tuple[bool, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class ParamLayout:
+    """How a params pytree maps to flat vectors: its treedef, every leaf's shape, dtype and
+    '/'-joined path, and which leaves are selected (a restriction to a block). `size` is the
+    number of selected entries n; `ravel` maps a params-shaped tree to the (n,) vector of its
+    selected leaves (leaf order, row-major within a leaf) and `unravel` back (zeros elsewhere)."""
+
     treedef: Any
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[np.dtype, ...]

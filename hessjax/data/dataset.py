@@ -26,6 +26,7 @@ class Dataset(NamedTuple):
 
 
 SCALINGS = ("none", "unit", "global", "standard")
+"""Input scalings `rescale_inputs` knows."""
 
 
 def rescale_inputs(ds: Dataset, how: str) -> Dataset:

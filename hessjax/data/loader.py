@@ -10,7 +10,9 @@ from hessjax.data.synthetic import gaussian_mixture
 from hessjax.data.tfds_source import load_tfds
 
 DATASET_NAMES = ("mnist1d", "mnist", "fashion_mnist", "gaussian_mixture")
+"""Dataset names `load_dataset` knows."""
 SOURCES = ("auto", "idx", "tfds")
+"""Where image datasets come from: local idx files, TFDS, or the first available (auto)."""
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:

@@ -21,6 +21,7 @@ import numpy as np
 from hessjax.data.loader import default_data_dir
 
 BYTE_VOCAB = 256
+"""Vocabulary of byte-level tokens."""
 SHARED_CORPUS = "python_stdlib"
 TEXT_SUFFIXES = (".txt", ".gz", ".py", ".md", ".rst")
 

@@ -18,6 +18,7 @@ from hessjax.linalg.blocks import (
     dense_block,
     dense_block_frobenius_sq,
 )
+from hessjax.linalg.density import SpectralQuadrature, density_on_grid, slq, spectral_density
 from hessjax.linalg.lanczos import (
     EigshResult,
     Progress,
@@ -50,7 +51,6 @@ from hessjax.linalg.sketch import (
     random_test_matrix,
     sketch_eigh,
 )
-from hessjax.linalg.slq import SpectralQuadrature, density_on_grid, slq, spectral_density
 from hessjax.linalg.subspace import (
     GrassmannDistances,
     MaskIoUCurve,

@@ -27,10 +27,10 @@ import numpy as np
 
 from hessjax import _checks
 from hessjax.linalg import krylov
+from hessjax.linalg.density import SpectralQuadrature
 from hessjax.linalg.lanczos import Which, default_num_steps, tridiag_eigh
 from hessjax.linalg.operator import Operator, apply_block, is_traceable
 from hessjax.linalg.partition import Partition, as_partition
-from hessjax.linalg.slq import SpectralQuadrature
 from hessjax.linalg.trace import probes
 
 Array = jax.Array
