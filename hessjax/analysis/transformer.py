@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessjax import _checks
 from hessjax.analysis.blocks import fit_loglog_slope
 from hessjax.curvature.blocks import layer_block_diagonal, partition_from_labels
 from hessjax.curvature.kronecker import kron_eigh, kronecker_factors
@@ -342,9 +343,10 @@ class KroneckerOverlap(NamedTuple):
     num_matvecs: int
 
 
+@_checks.renamed(variables="params")
 def kronecker_overlaps(
     model: Any,
-    variables: Any,
+    params: Any,
     batch: tuple[Any, Any],
     per_example_loss,
     layers: Sequence[str],
@@ -367,10 +369,10 @@ def kronecker_overlaps(
     out = []
     for i, layer in enumerate(layers):
         factors = kronecker_factors(
-            model, variables, batch, per_example_loss, layer, chunk_size=chunk_size
+            model, params, batch, per_example_loss, layer, chunk_size=chunk_size
         )
         kron = kron_eigh(factors, k)
-        op = hessian_operator(loss_fn, variables, data, select=f"{layer}/kernel")
+        op = hessian_operator(loss_fn, params, data, select=f"{layer}/kernel")
         exact = eigsh(op, k, key=jax.random.fold_in(key, i), tol=tol)
         curve = overlap_curve(np.asarray(exact.eigenvectors), np.asarray(kron.eigenvectors))
         out.append(KroneckerOverlap(

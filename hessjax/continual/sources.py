@@ -183,9 +183,10 @@ def dense_layers(params: PyTree) -> list[str]:
     return [ks.name for ks in kernel_slices(make_layout(params)) if len(ks.shape) == 2]
 
 
+@_checks.renamed(variables="params")
 def dense_inputs(
     model: nn.Module,
-    variables: PyTree,
+    params: PyTree,
     inputs: Array,
     layers: Sequence[str] | None = None,
     with_bias: bool = True,
@@ -194,11 +195,11 @@ def dense_inputs(
     constant 1 column appended, (N, in + 1), when `with_bias` and the layer has a bias (so a
     basis of this space covers the kernel and the bias together). layers: default all dense
     layers (`dense_layers`)."""
-    layers = dense_layers(variables) if layers is None else list(layers)
-    biased = {name: _has_bias(variables, name) for name in layers}
+    layers = dense_layers(params) if layers is None else list(layers)
+    biased = {name: _has_bias(params, name) for name in layers}
     out = {}
     for name in layers:
-        x = dense_layer_io(model, variables, inputs, name).x
+        x = dense_layer_io(model, params, inputs, name).x
         if with_bias and biased[name]:
             x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
         out[name] = x

@@ -31,7 +31,7 @@ error on every output position). Its eigenpairs are products of those of A and G
 `kron_matvec` and `kron_eigh` never form the (J*out)² matrix. `kronecker_operator` stacks the
 approximations of several layers into one block-diagonal `Operator` for every solver.
 
-Finding the layers. `model` is either a flax Linen module (called as model.apply(variables,
+Finding the layers. `model` is either a flax Linen module (called as model.apply(params,
 inputs); a layer is named by its module path, the path its parameters have under 'params',
 e.g. 'Dense_1' or 'MLP_0/Conv_0') or any function apply(params, inputs) -> outputs whose
 dense and conv layers are computed by the tags
@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from hessjax import _checks
 from hessjax._arrays import concat
 from hessjax.curvature.layout import check_precision, leaf_paths, make_layout
 from hessjax.curvature.operators import CurvatureOperator
@@ -281,13 +282,13 @@ def _linen_interceptor(next_fun, args, kwargs, context):
 
 
 def _apply_fn(model: Model) -> Callable[[PyTree, Any], Array]:
-    """apply(variables, inputs) for a Linen module (its Dense/Conv calls routed to the tape)
+    """apply(params, inputs) for a Linen module (its Dense/Conv calls routed to the tape)
     or a tagged apply function (itself)."""
     if isinstance(model, nn.Module):
 
-        def apply(variables, inputs):
+        def apply(params, inputs):
             with nn.intercept_methods(_linen_interceptor):
-                return model.apply(variables, inputs)
+                return model.apply(params, inputs)
 
         return apply
     if callable(model):
@@ -305,10 +306,10 @@ NO_LAYERS = (
 )
 
 
-def _record(model: Model, variables: PyTree, inputs: PyTree) -> list[_Call]:
+def _record(model: Model, params: PyTree, inputs: PyTree) -> list[_Call]:
     """Run the model once; every dense/conv call, in call order."""
     with _taping() as tape:
-        _apply_fn(model)(variables, inputs)
+        _apply_fn(model)(params, inputs)
     return tape.calls
 
 
@@ -349,18 +350,20 @@ def _batch_size(tree: PyTree, name: str) -> int:
     return n
 
 
-def layer_names(model: Model, variables: PyTree, inputs: PyTree) -> list[str]:
+@_checks.renamed(variables="params")
+def layer_names(model: Model, params: PyTree, inputs: PyTree) -> list[str]:
     """Names of the dense and conv layers the model calls on inputs (N, ...), in call order
     (Linen module paths such as 'Conv_0', 'Dense_1', or the names given to the tags), from an
     abstract trace (no computation). Raises ValueError when there is none."""
     calls: list[_Call] = []
-    jax.eval_shape(lambda v, i: calls.extend(_record(model, v, i)) or 0, variables, inputs)
+    jax.eval_shape(lambda v, i: calls.extend(_record(model, v, i)) or 0, params, inputs)
     if not calls:
         raise ValueError(NO_LAYERS)
     return list(dict.fromkeys(c.name for c in calls))
 
 
-def dense_layer_io(model: Model, variables: PyTree, inputs: PyTree, layer: str) -> DenseIO:
+@_checks.renamed(variables="params")
+def dense_layer_io(model: Model, params: PyTree, inputs: PyTree, layer: str) -> DenseIO:
     """Input x (N, ...) and output z (N, ..., out) of the dense or conv layer `layer` (a Linen
     module path under 'params', e.g. 'Dense_1', or a tag's name) for the model on inputs
     (N, ...).
@@ -370,7 +373,7 @@ def dense_layer_io(model: Model, variables: PyTree, inputs: PyTree, layer: str) 
     (N, ...) inputs.
     """
     n = _batch_size(inputs, "inputs")
-    call = _find_call(_record(model, variables, inputs), layer, n)
+    call = _find_call(_record(model, params, inputs), layer, n)
     return DenseIO(call.x, call.z)
 
 
@@ -386,16 +389,17 @@ def _patches(call: _Call) -> Array:
     return call.linear(call.x, eye).reshape(n, -1, j)
 
 
-def layer_patches(model: Model, variables: PyTree, inputs: PyTree, layer: str) -> Array:
+@_checks.renamed(variables="params")
+def layer_patches(model: Model, params: PyTree, inputs: PyTree, layer: str) -> Array:
     """Input patches (N, P, J) of the dense or conv layer `layer` on inputs (N, ...): P output
     positions per sample (1 for a Dense layer on flat inputs), J = prod(kernel.shape[:-1]),
     ordered as the row-major flattening of the kernel's (*window, in) axes, so that the
     layer's output is z[n, p] = patches[n, p] @ kernel.reshape(J, out) + bias (im2col)."""
     n = _batch_size(inputs, "inputs")
-    return _patches(_find_call(_record(model, variables, inputs), layer, n))
+    return _patches(_find_call(_record(model, params, inputs), layer, n))
 
 
-def _call_shapes(model, variables, inputs, layer) -> DenseIO:
+def _call_shapes(model, params, inputs, layer) -> DenseIO:
     """Shapes and dtypes of (patches, z) from an abstract trace (also validates `layer`)."""
     n = _batch_size(inputs, "inputs")
 
@@ -403,20 +407,20 @@ def _call_shapes(model, variables, inputs, layer) -> DenseIO:
         call = _find_call(_record(model, v, i), layer, n)
         return DenseIO(_patches(call), call.z)
 
-    return jax.eval_shape(shapes, variables, inputs)
+    return jax.eval_shape(shapes, params, inputs)
 
 
 # ----------------------------------------------------------------------------- per-sample terms
 
 
-def _sample_output_curvature(apply, variables, sample, per_example_loss, name, z_shape, curvature):
+def _sample_output_curvature(apply, params, sample, per_example_loss, name, z_shape, curvature):
     """M (P, out, P, out) of one sample (inputs, targets) without the batch axis."""
     inputs, targets = jax.tree_util.tree_map(lambda x: x[None], sample)
     size = math.prod(z_shape.shape[1:])
 
     def outputs(delta):
         with _taping({name: delta}):
-            return apply(variables, inputs)
+            return apply(params, inputs)
 
     zero = jnp.zeros(size, z_shape.dtype)
     if curvature == "hessian":
@@ -430,12 +434,12 @@ def _sample_output_curvature(apply, variables, sample, per_example_loss, name, z
     return m.reshape(p, c, p, c)
 
 
-def _output_curvatures(model, variables, batch, per_example_loss, layer, z_shape, curvature):
+def _output_curvatures(model, params, batch, per_example_loss, layer, z_shape, curvature):
     """M (b, P, out, P, out) for a batch (inputs, targets) with leading axis b."""
     apply, name = _apply_fn(model), _layer_name(layer)
     return jax.vmap(
         lambda s: _sample_output_curvature(
-            apply, variables, s, per_example_loss, name, z_shape, curvature
+            apply, params, s, per_example_loss, name, z_shape, curvature
         )
     )(batch)
 
@@ -492,25 +496,25 @@ def _check_options(chunk_size: int | None, curvature: str) -> None:
 # ----------------------------------------------------------------------------- public API
 
 
-def _statistics(model, variables, batch, per_example_loss, layer, chunk_size, kind, curvature):
+def _statistics(model, params, batch, per_example_loss, layer, chunk_size, kind, curvature):
     """The traced body of the public functions: per-sample output curvatures ("hessians"),
     the Kronecker factors ("factors"), the exact block ("exact") or both ("both": one pass
     over the samples)."""
     n = jax.tree_util.tree_leaves(batch[0])[0].shape[0]
-    shapes = _call_shapes(model, variables, batch[0], layer)
+    shapes = _call_shapes(model, params, batch[0], layer)
     (_, p, j), c = shapes.x.shape, shapes.z.shape[-1]
 
     def per_sample(chunk):
         """(patches (b, P, J), M (b, P, out, P, out)) of a chunk of samples."""
-        call = _find_call(_record(model, variables, chunk[0]), layer, chunk[1].shape[0])
+        call = _find_call(_record(model, params, chunk[0]), layer, chunk[1].shape[0])
         m = _output_curvatures(
-            model, variables, chunk, per_example_loss, layer, shapes.z, curvature
+            model, params, chunk, per_example_loss, layer, shapes.z, curvature
         )
         return _patches(call), m
 
     if kind == "hessians":
         m = _output_curvatures(
-            model, variables, batch, per_example_loss, layer, shapes.z, curvature
+            model, params, batch, per_example_loss, layer, shapes.z, curvature
         )
         return m.reshape(n, c, c) if p == 1 else m
 
@@ -540,25 +544,26 @@ _STATIC = ("model", "per_example_loss", "layer", "chunk_size", "kind", "curvatur
 _statistics_jit = jax.jit(_statistics, static_argnames=_STATIC)
 
 
-def _run(model, variables, batch, per_example_loss, layer, chunk_size, kind, curvature):
+def _run(model, params, batch, per_example_loss, layer, chunk_size, kind, curvature):
     """Validate, then run `_statistics` under one `jit` (cached when the model and loss are
     hashable, as Linen modules with tuple fields and module-level functions are)."""
     _check_batch(batch)
     _check_options(chunk_size, curvature)
     _apply_fn(model)
     batch = tuple(batch)
-    _call_shapes(model, variables, batch[0], layer)  # clear errors before tracing
+    _call_shapes(model, params, batch[0], layer)  # clear errors before tracing
     static = (model, per_example_loss, layer, chunk_size, kind, curvature)
     try:
         hash(static)
     except TypeError:
-        return jax.jit(lambda v, b: _statistics(model, v, b, *static[1:]))(variables, batch)
-    return _statistics_jit(model, variables, batch, *static[1:])
+        return jax.jit(lambda v, b: _statistics(model, v, b, *static[1:]))(params, batch)
+    return _statistics_jit(model, params, batch, *static[1:])
 
 
+@_checks.renamed(variables="params")
 def output_hessians(
     model: Model,
-    variables: PyTree,
+    params: PyTree,
     batch: tuple[Any, Any],
     per_example_loss: PerExampleLoss,
     layer: str,
@@ -576,12 +581,13 @@ def output_hessians(
     samples) or 'ggn' (Gauss-Newton J_zᵀ ∇²ℓ J_z). The network must treat samples
     independently.
     """
-    return _run(model, variables, batch, per_example_loss, layer, None, "hessians", curvature)
+    return _run(model, params, batch, per_example_loss, layer, None, "hessians", curvature)
 
 
+@_checks.renamed(variables="params")
 def kronecker_factors(
     model: Model,
-    variables: PyTree,
+    params: PyTree,
     batch: tuple[Any, Any],
     per_example_loss: PerExampleLoss,
     layer: str,
@@ -597,12 +603,13 @@ def kronecker_factors(
     stays O(chunk_size · (P·out)²) rather than O(N · (P·out)²). curvature: M exact
     ('hessian') or its Gauss-Newton form ('ggn'), see `output_hessians`.
     """
-    return _run(model, variables, batch, per_example_loss, layer, chunk_size, "factors", curvature)
+    return _run(model, params, batch, per_example_loss, layer, chunk_size, "factors", curvature)
 
 
+@_checks.renamed(variables="params")
 def exact_layer_hessian(
     model: Model,
-    variables: PyTree,
+    params: PyTree,
     batch: tuple[Any, Any],
     per_example_loss: PerExampleLoss,
     layer: str,
@@ -618,12 +625,13 @@ def exact_layer_hessian(
     Accumulated as one contraction over samples, never materialising per-sample Kronecker
     products; chunk_size as in `kronecker_factors`.
     """
-    return _run(model, variables, batch, per_example_loss, layer, chunk_size, "exact", curvature)
+    return _run(model, params, batch, per_example_loss, layer, chunk_size, "exact", curvature)
 
 
+@_checks.renamed(variables="params")
 def exact_and_factors(
     model: Model,
-    variables: PyTree,
+    params: PyTree,
     batch: tuple[Any, Any],
     per_example_loss: PerExampleLoss,
     layer: str,
@@ -634,7 +642,7 @@ def exact_and_factors(
     """(`exact_layer_hessian`, `kronecker_factors`) of the same layer in one pass over the
     samples (the per-sample M computed once): the exact block (J*out, J*out) and its
     Kronecker factors, arguments as there."""
-    return _run(model, variables, batch, per_example_loss, layer, chunk_size, "both", curvature)
+    return _run(model, params, batch, per_example_loss, layer, chunk_size, "both", curvature)
 
 
 def _check_factors(factors: KroneckerFactors) -> tuple[int, int]:
@@ -698,7 +706,7 @@ def _kron_blocks_product(v: Array, factors: tuple[KroneckerFactors, ...]) -> Arr
     return concat([kron_matvec(f, x) for f, x in zip(factors, parts, strict=True)])
 
 
-def _kernel_paths(model: Model, variables: PyTree, inputs: PyTree, names: list[str]) -> dict:
+def _kernel_paths(model: Model, params: PyTree, inputs: PyTree, names: list[str]) -> dict:
     """params path of each layer's kernel: 'params/<module path>/kernel' for Linen; for tags,
     the params leaf the tag was given (found by identity in an abstract trace)."""
     if isinstance(model, nn.Module):
@@ -714,7 +722,7 @@ def _kernel_paths(model: Model, variables: PyTree, inputs: PyTree, names: list[s
             found[name] = by_id.get(id(_find_call(calls, name, n).kernel))
         return 0
 
-    jax.eval_shape(trace, variables, inputs)
+    jax.eval_shape(trace, params, inputs)
     bad = [name for name, path in found.items() if path is None]
     if bad:
         raise ValueError(
@@ -724,9 +732,10 @@ def _kernel_paths(model: Model, variables: PyTree, inputs: PyTree, names: list[s
     return found
 
 
+@_checks.renamed(variables="params")
 def kronecker_operator(
     model: Model,
-    variables: PyTree,
+    params: PyTree,
     batch: tuple[Any, Any],
     per_example_loss: PerExampleLoss,
     layers: Sequence[str] | None = None,
@@ -747,10 +756,10 @@ def kronecker_operator(
     _check_options(chunk_size, curvature)
     _apply_fn(model)
     if layers is None:
-        layers = layer_names(model, variables, batch[0])
-    paths = _kernel_paths(model, variables, batch[0], [_layer_name(layer) for layer in layers])
+        layers = layer_names(model, params, batch[0])
+    paths = _kernel_paths(model, params, batch[0], [_layer_name(layer) for layer in layers])
     kernels = {path: name for name, path in paths.items()}
-    layout = make_layout(variables, lambda path: path in kernels)
+    layout = make_layout(params, lambda path: path in kernels)
     missing = set(kernels) - set(layout.selected_paths)
     if missing:
         raise ValueError(f"no kernel at {sorted(missing)}; params leaves are {list(layout.paths)}")
@@ -758,7 +767,7 @@ def kronecker_operator(
     factors = tuple(
         kronecker_factors(
             model,
-            variables,
+            params,
             batch,
             per_example_loss,
             kernels[path],

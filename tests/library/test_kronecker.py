@@ -380,3 +380,13 @@ def test_kronecker_operator_bad_inputs(variables, ce_batch):
     low = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), variables)
     with pytest.raises(ValueError, match="params are bfloat16"):
         kronecker_operator(MODEL, low, ce_batch, cross_entropy)
+
+
+def test_variables_argument_was_renamed_params(variables, ce_batch):
+    """One name for the parameter pytree across the library: the old keyword names the new."""
+    got = kronecker_factors(MODEL, params=variables, batch=ce_batch,
+                            per_example_loss=cross_entropy, layer="Dense_1")  # fmt: skip
+    assert got.a.shape == (4, 4)
+    with pytest.raises(TypeError, match="argument 'variables' was renamed 'params'"):
+        kronecker_factors(MODEL, variables=variables, batch=ce_batch,
+                          per_example_loss=cross_entropy, layer="Dense_1")  # fmt: skip
