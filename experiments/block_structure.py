@@ -48,7 +48,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common, figures
-from hessjax import curvature, models, training
+from hessjax import curvature, distributed, models, training
 from hessjax.analysis import blocks as analysis_blocks
 from hessjax.data import gaussian_mixture
 from hessjax.linalg import block_frobenius_sq, block_ratios, to_dense
@@ -292,7 +292,7 @@ def _train_in_segments(loss_fn, params, x, y, cfg: ml_collections.ConfigDict, ke
 def _layer_norms(loss_fn, params, data, num_probes, key, mesh: str = "") -> dict:
     """‖H_ij‖_F of the layer blocks W = Dense_0, V = Dense_1 (and standard errors), the
     Hessian on `mesh` (config.mesh)."""
-    op = common.placed_hessian(mesh, loss_fn, params, data)
+    op = distributed.placed_operator(curvature.hessian_operator, mesh, loss_fn, params, data)
 
     part = curvature.partition_by_layer(op.layout)
     w, v = part.index("Dense_0"), part.index("Dense_1")
@@ -325,7 +325,7 @@ def dynamic_force(
     model = models.MLP((cfg.width, cfg.num_classes), act="relu", use_bias=False)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     params = model.init(init_key, x[:1])
-    common.check_mesh_fits(mesh, params, cfg.microbatch_size, "config.mesh (dynamic)")
+    distributed.check_mesh_fits(mesh, params, cfg.microbatch_size, "config.mesh (dynamic)")
     loss_fn = curvature.MeanLoss(model.apply, LOSSES[cfg.loss])
     eval_loss = jax.jit(loss_fn)  # params and data are arguments
     data = common.hessian_data(ds.x_train, ds.y_train, cfg.hessian_samples, cfg.microbatch_size)
@@ -396,7 +396,7 @@ def layerwise(config: ml_collections.ConfigDict, workdir: str, key: jax.Array) -
     init_key, train_key, probe_key, eig_key = jax.random.split(key, 4)
     ds = common.load_data(config.data)
     model, params, loss_fn = common.init_classifier(config.model, ds, init_key)
-    common.check_mesh_fits(config.mesh, params, cfg.microbatch_size, "config.mesh (layerwise)")
+    distributed.check_mesh_fits(config.mesh, params, cfg.microbatch_size, "config.mesh (layerwise)")
     fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train")}
     params, history = common.train_or_resume(
         workdir, "layerwise", fingerprint | {"seed": config.seed}, loss_fn, params,
@@ -406,7 +406,7 @@ def layerwise(config: ml_collections.ConfigDict, workdir: str, key: jax.Array) -
     logging.info("layer-wise: test accuracy %.4f", test_acc)
 
     data = common.hessian_data(ds.x_train, ds.y_train, cfg.hessian_samples, cfg.microbatch_size)
-    op = common.placed_hessian(config.mesh, loss_fn, params, data)
+    op = distributed.placed_operator(curvature.hessian_operator, config.mesh, loss_fn, params, data)
     part = curvature.partition_by_layer(op.layout)
     num_probes = _num_probes(cfg, op.size)
     norms = block_frobenius_sq(op, part, num_probes=num_probes, key=probe_key)

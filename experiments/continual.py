@@ -66,7 +66,7 @@ from absl import logging
 from experiments import common, figures
 from experiments.configs import continual as continual_configs
 from hessjax import continual as cl
-from hessjax import curvature, training
+from hessjax import curvature, distributed, training
 
 OUTPUTS = ("results.json", "selection.json", "accuracy_matrices.npz", "first_task_accuracy.png")
 # The state format of checkpoints/seed_<s>/<strategy>.ckpt (`common.save_checkpoint`'s
@@ -157,10 +157,12 @@ class Context:
 
 def _lanczos(ctx: Context) -> dict[str, Any]:
     """The eigensolver settings every hessian_* strategy takes; the Hessian on config.mesh
-    (`common.placed_hessian`)."""
+    (`distributed.placed_operator`)."""
     h = ctx.config.hessian
-    return {"num_steps": int(h.num_steps) or None, "tol": float(h.tol),
-            "make_operator": functools.partial(common.placed_hessian, ctx.config.mesh)}  # fmt: skip
+    placed = functools.partial(
+        distributed.placed_operator, curvature.hessian_operator, ctx.config.mesh
+    )
+    return {"num_steps": int(h.num_steps) or None, "tol": float(h.tol), "make_operator": placed}
 
 
 def _hessian(ctx: Context) -> dict[str, Any]:
@@ -280,7 +282,7 @@ def make_context(config: ml_collections.ConfigDict, seq: cl.TaskSequence) -> Con
     input_shape = tuple(seq.tasks[0].x_train.shape[1:])
     model = common.build_model(cfg.model, seq.num_classes)
     params = model.init(jax.random.key(0), jnp.zeros((1,) + input_shape, jnp.float32))
-    common.check_mesh_fits(cfg.mesh, params, cfg.memory.microbatch_size)
+    distributed.check_mesh_fits(cfg.mesh, params, cfg.memory.microbatch_size)
     loss_fn = curvature.MeanLoss(model.apply, curvature.cross_entropy)
     return Context(model, loss_fn, cfg, params, seq.num_tasks)
 

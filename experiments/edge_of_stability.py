@@ -48,7 +48,7 @@ import optax
 from absl import logging
 
 from experiments import common, figures
-from hessjax import curvature
+from hessjax import curvature, distributed
 from hessjax import monitor as hm
 
 OUTPUTS = ("results.json", "edge_of_stability.png", "diverged.json")
@@ -264,8 +264,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = common.build_model(config.model, ds.num_classes)
     params = model.init(jax.random.key(config.seed), x[:1])
     num_params = sum(v.size for v in jax.tree_util.tree_leaves(params))
-    common.check_mesh_fits(config.mesh, params, e.num_train)
-    params, (x, y) = common.placed_batch(config.mesh, params, (x, y))  # GD and monitor on it
+    distributed.check_mesh_fits(config.mesh, params, e.num_train)
+    params, (x, y) = distributed.placed_batch(config.mesh, params, (x, y))  # GD and monitor on it
     loss_fn = curvature.MeanLoss(model.apply, LOSSES[e.loss])
     logging.info(
         "full-batch %s on %d samples, %s loss, %d params, step sizes %s",

@@ -44,7 +44,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common, figures
-from hessjax import curvature, linalg, models, training
+from hessjax import curvature, distributed, linalg, models, training
 from hessjax.analysis import kronecker as kron_analysis
 from hessjax.data import gaussian_mixture, microbatches
 from hessjax.data.dataset import Dataset
@@ -197,15 +197,17 @@ def layer_eigen(
         if curvature_kind == "ggn":
             op = curvature.ggn_operator(model.apply, ce, params, data, select=select)
         else:
-            common.check_mesh_fits(mesh, params, data[1].shape[1])
+            distributed.check_mesh_fits(mesh, params, data[1].shape[1])
             loss_fn = curvature.MeanLoss(model.apply, ce)
-            op = common.placed_hessian(mesh, loss_fn, params, data, select=select)
+            op = distributed.placed_operator(
+                curvature.hessian_operator, mesh, loss_fn, params, data, select=select
+            )
         res = linalg.eigsh(op, k, key=key, tol=h.tol)
         if not bool(np.all(res.converged)):
             logging.warning("[%s] eigsh: %d of %d pairs unconverged", layer,
                             int(np.sum(~np.asarray(res.converged))), k)  # fmt: skip
         values = np.asarray(res.eigenvalues, np.float64)
-        vectors = common.host_orthonormal(res.eigenvectors)
+        vectors = distributed.host_orthonormal(res.eigenvectors)
         method = "eigsh"
         factors = curvature.kronecker_factors(
             model, params, batch, ce, layer, chunk_size=chunk, curvature=curvature_kind

@@ -342,7 +342,7 @@ def measure(
     """All metrics at one checkpoint; returns (record, exact eigenvalues or None, sketched
     eigenvalues, ranked bases {'exact': (n, max ks) or None, 'sketch': (n, sketch.k),
     'test': the test Hessian's or None}); the Hessian on config.mesh."""
-    op = common.placed_hessian(config.mesh, loss_fn, params, data)
+    op = distributed.placed_operator(curvature.hessian_operator, config.mesh, loss_fn, params, data)
     n = op.size
     theta = np.asarray(op.ravel(params))
     partition = None
@@ -481,7 +481,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )  # fmt: skip
     model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
     n = sum(x.size for x in jax.tree_util.tree_leaves(params))
-    common.check_mesh_fits(config.mesh, params, config.hessian.microbatch_size)
+    distributed.check_mesh_fits(config.mesh, params, config.hessian.microbatch_size)
 
     h = config.hessian
     if h.num_samples % ds.num_classes:

@@ -8,7 +8,7 @@ r"""Main job: train a small network, then compute its Hessian spectrum.
       --process_id=0 --config.mesh=data:8   # and --process_id=1 on the other host
 
 With --config.mesh the trained params and the Hessian data are placed on the mesh
-(`common.placed_hessian`): every Hessian product, Lanczos basis and probe is split over the
+(`distributed.placed_operator`): every Hessian product, Lanczos basis and probe is split over the
 devices. Under several processes (`jax.distributed`, see BUILD.md) every process trains the
 same small network (replicated), transfers only its rows of the Hessian batch, and process 0
 alone writes the outputs.
@@ -72,7 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ds = common.load_data(config.data)
     model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-    common.check_mesh_fits(config.mesh, params, h.microbatch_size)
+    distributed.check_mesh_fits(config.mesh, params, h.microbatch_size)
 
     fingerprint = {k: config[k].to_dict() for k in ("data", "model", "train")}
     (params, history), train_seconds = common.timed(
@@ -84,7 +84,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("test accuracy %.4f", test_acc)
 
     data = common.hessian_data(ds.x_train, ds.y_train, h.num_samples, h.microbatch_size)
-    op = common.placed_hessian(config.mesh, loss_fn, params, data)
+    op = distributed.placed_operator(curvature.hessian_operator, config.mesh, loss_fn, params, data)
     num_steps = h.num_steps or linalg.default_num_steps(h.top_k, op.size)
     logging.info(
         "Hessian over %d samples (%d microbatches): top-%d eigenpairs, <= %d Lanczos steps",

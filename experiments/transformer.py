@@ -43,7 +43,7 @@ import optax
 from absl import logging
 
 from experiments import common, figures
-from hessjax import curvature, data, linalg, models, training
+from hessjax import curvature, data, distributed, linalg, models, training
 from hessjax import monitor as hm
 from hessjax.analysis import blocks as analysis_blocks
 from hessjax.analysis import transformer as tr
@@ -252,7 +252,7 @@ def measure(config, model, loss_fn, params, batch, key, opt_state=None) -> dict:
     out["layerwise"] = {"rows": lw.as_rows(), "depth_trend": lw.depth_trend()}
 
     theta = np.asarray(op.layout.ravel(params))
-    vectors = common.host_orthonormal(top.eigenvectors)
+    vectors = distributed.host_orthonormal(top.eigenvectors)
     out["mask_overlap"] = linalg.mask_overlap_curve(theta, vectors).as_dict()
     out["density"] = {n: d.tolist() for n, d in zip(het.names, het.densities, strict=True)}
     out["density_grid"] = het.grid.tolist()

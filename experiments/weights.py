@@ -361,8 +361,13 @@ def svd_part(config, loss_fn, params, data, op, vectors, values, h, key):
     compiled Lanczos, and one batch of products with D for all curvatures."""
     s = config.svd
     k_eig, k_probe = jax.random.split(key)
-    kop = common.placed_hessian(
-        config.mesh, loss_fn, params, data, select=lambda path: path.split("/")[-1] == "kernel"
+    kop = distributed.placed_operator(
+        curvature.hessian_operator,
+        config.mesh,
+        loss_fn,
+        params,
+        data,
+        select=lambda path: path.split("/")[-1] == "kernel",
     )
     part = curvature.partition_by_layer(kop.layout)
     diag = curvature.layer_block_diagonal(kop, part)
@@ -457,7 +462,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     ds = common.load_data(config.data)
     model, params, loss_fn = common.init_classifier(config.model, ds, k_init)
-    common.check_mesh_fits(config.mesh, params, h.microbatch_size)
+    distributed.check_mesh_fits(config.mesh, params, h.microbatch_size)
 
     (params, history, traj), seconds["train"] = common.timed(
         "training (recorded)", train_recorded, config, workdir, loss_fn, params, ds, k_train
@@ -468,11 +473,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     t0 = time.perf_counter()
     data = common.hessian_data(ds.x_train, ds.y_train, h.num_samples, h.microbatch_size)
-    op = common.placed_hessian(config.mesh, loss_fn, params, data)
+    op = distributed.placed_operator(curvature.hessian_operator, config.mesh, loss_fn, params, data)
     n = op.size
     top = _eigsh(op, int(h.top_k), "LA", h, k_top)
     values = np.asarray(top.eigenvalues, np.float64)
-    vectors = common.host_orthonormal(top.eigenvectors)
+    vectors = distributed.host_orthonormal(top.eigenvectors)
     logging.info("top eigenvalues %s (%d HVPs)", np.round(values, 3).tolist(), top.num_matvecs)
     bottom = None
     if h.bottom_k:

@@ -18,7 +18,11 @@ Placement:
     the test matrices' products of `sketch_eigh`, are then constrained to it, so no device
     holds a whole (m, n) basis: each holds (m, n / devices).
   * `place(spec, params, data)`: all of the above from a config-like spec (None: one device,
-    nothing moved); `Placement.operator(op)` shards an operator built on the placed arrays.
+    nothing moved); `Placement.operator(op)` shards an operator built on the placed arrays;
+    `placed_operator(make_operator, spec, loss_fn, params, data)` does both in one call,
+    `placed_batch` places one (b, ...) batch, `check_mesh_fits` rejects a mesh the batch or
+    the params cannot split over before any work, and `host_orthonormal` brings solver
+    eigenvectors to the host as float64, re-orthonormalised.
 
 n that does not split evenly: arrays passed between jitted calls cannot be split unevenly,
 so vectors outside the solvers stay whole (`linalg.operator.place_vectors` leaves them), while
@@ -46,6 +50,7 @@ eigsh and hutchpp equal one process of 4 devices.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, NamedTuple
 
@@ -345,3 +350,75 @@ def place(
         return Placement(None, params, data)
     data = None if data is None else shard_microbatches(data, mesh)
     return Placement(mesh, shard_params(params, mesh, axis_name), data)
+
+
+def check_mesh_fits(
+    mesh: str, params: PyTree, batch_size: int, setting: str = "config.mesh"
+) -> None:
+    """Before heavy work: raise ValueError naming `setting` when the Hessian batch axis
+    (`batch_size` rows per microbatch) does not split over the mesh's devices, or when the
+    mesh asks for an FSDP split ("fsdp:f", f > 1) and no param leaf has an axis divisible by
+    f (nothing would be split). Leaves left whole beside split ones are logged."""
+    sizes = parse_mesh_spec(mesh, jax.device_count())
+    if sizes is None:
+        return
+    num = math.prod(sizes.values())
+    if batch_size % num:
+        raise ValueError(
+            f"{setting} = {mesh!r}: the Hessian batch axis ({batch_size} rows per microbatch) "
+            f"does not split over its {num} devices"
+        )
+    f = sizes.get(FSDP, 1)
+    if f == 1:
+        return
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    whole = [
+        jax.tree_util.keystr(path, simple=True, separator="/")
+        for path, x in leaves
+        if param_spec(x.shape, f) == jax.sharding.PartitionSpec()
+    ]
+    if len(whole) == len(leaves):
+        shapes = {jax.tree_util.keystr(p, simple=True, separator="/"): x.shape for p, x in leaves}
+        raise ValueError(
+            f"{setting} = {mesh!r}: no param leaf has an axis divisible by fsdp size {f}, "
+            f"nothing can be split: {shapes}"
+        )
+    if whole:
+        logging.getLogger("hessjax").info(
+            "mesh %s: param leaves replicated (no axis divisible by %d): %s", mesh, f, whole
+        )
+
+
+def placed_operator(
+    make_operator: Any, mesh: str | None, loss_fn: Any, params: PyTree, data: PyTree, **kwargs
+) -> Operator:
+    """make_operator(loss_fn, params, data, **kwargs) (e.g. `curvature.hessian_operator`,
+    kwargs such as select=) over microbatched `data` ((m, b, ...) leaves, every process
+    passing the same data) on the mesh of a mesh string (`place`): params split FSDP-style, b
+    split over all devices (under several processes each transfers only its own rows), the
+    operator's vectors and the solvers' bases split along n. "" or None: the plain
+    single-device operator. The one code path of the binaries for a sharded Hessian."""
+    placed = place(mesh or None, params, data)
+    return placed.operator(make_operator(loss_fn, placed.params, placed.data, **kwargs))
+
+
+def host_orthonormal(vectors: jax.Array) -> np.ndarray:
+    """Solver eigenvectors (n, k), float32 and possibly sharded, as a float64 numpy array on
+    every process (`to_host`), re-orthonormalised by QR with the column signs
+    kept: float32 Ritz vectors are orthonormal only to round-off (max |VᵀV − I| 6e-7 at
+    n = 55,050), above the float64 tolerance of the subspace overlaps. QR keeps the span of
+    every leading set of columns (each top-k eigenspace); each column moves by ~1e-7."""
+    q, r = np.linalg.qr(np.asarray(to_host(vectors), np.float64))
+    return q * np.where(np.diag(r) < 0, -1.0, 1.0)
+
+
+def placed_batch(mesh: str, params: PyTree, batch: PyTree) -> tuple[PyTree, PyTree]:
+    """(params, batch) on the mesh of config.mesh for code that differentiates one (b, ...)
+    batch itself (full-batch GD with the curvature monitor inside one jit): params split
+    FSDP-style, b over all devices, as `placed_operator` places them; "" leaves both as they
+    are. Every process passes the same batch and transfers only its own rows."""
+    stacked = jax.tree_util.tree_map(lambda a: a[None], batch)  # (1, b, ...): one microbatch
+    placed = place(mesh or None, params, stacked)
+    if placed.mesh is None:
+        return params, batch
+    return placed.params, jax.tree_util.tree_map(lambda a: a[0], placed.data)

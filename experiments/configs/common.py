@@ -4,9 +4,10 @@ import ml_collections
 
 
 def add_mesh(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """c.mesh = "": the device mesh of the binary's curvature work (experiments/common.py:
-    `placed_hessian`). "" one device; "data:8" the Hessian batch split over 8 devices;
-    "fsdp:2,data:4" params split over 2 as well; vectors and Krylov bases split over all.
+    """c.mesh = "": the device mesh of the binary's curvature work
+    (`hessjax.distributed.placed_operator`). "" one device; "data:8" the Hessian batch split
+    over 8 devices; "fsdp:2,data:4" params split over 2 as well; vectors and Krylov bases
+    split over all.
     Must use every device of the job (all processes' under jax.distributed)."""
     c.mesh = ""
     return c

@@ -507,15 +507,11 @@ def _statistics(model, params, batch, per_example_loss, layer, chunk_size, kind,
     def per_sample(chunk):
         """(patches (b, P, J), M (b, P, out, P, out)) of a chunk of samples."""
         call = _find_call(_record(model, params, chunk[0]), layer, chunk[1].shape[0])
-        m = _output_curvatures(
-            model, params, chunk, per_example_loss, layer, shapes.z, curvature
-        )
+        m = _output_curvatures(model, params, chunk, per_example_loss, layer, shapes.z, curvature)
         return _patches(call), m
 
     if kind == "hessians":
-        m = _output_curvatures(
-            model, params, batch, per_example_loss, layer, shapes.z, curvature
-        )
+        m = _output_curvatures(model, params, batch, per_example_loss, layer, shapes.z, curvature)
         return m.reshape(n, c, c) if p == 1 else m
 
     def factor_sums(x, m):

@@ -11,6 +11,7 @@ import pytest
 from _env import ROOT
 
 from experiments import common
+from hessjax import distributed
 
 BINARIES = (
     "spectrum", "block_structure", "kronecker", "kronecker_sweep", "weights", "mask_overlap",
@@ -123,10 +124,10 @@ def test_mesh_must_split_the_hessian_batch_and_some_params(tmp_path):
     assert "config.hessian.microbatch_size = 250: must be divisible by" in str(info.value)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match=r"config.mesh = 'fsdp:4'.*no param leaf.*'a': \(3, 5\)"):
-        common.check_mesh_fits("fsdp:4", {"a": np.ones((3, 5))}, 8)
+        distributed.check_mesh_fits("fsdp:4", {"a": np.ones((3, 5))}, 8)
     with pytest.raises(ValueError, match=r"config.mesh = 'data:4'.*6 rows.*4 devices"):
-        common.check_mesh_fits("data:4", {"a": np.ones((3, 5))}, 6)
-    common.check_mesh_fits("fsdp:2,data:2", {"a": np.ones((3, 4)), "b": np.ones(3)}, 8)
+        distributed.check_mesh_fits("data:4", {"a": np.ones((3, 5))}, 6)
+    distributed.check_mesh_fits("fsdp:2,data:2", {"a": np.ones((3, 4)), "b": np.ones(3)}, 8)
 
 
 # the batch axis each binary splits over config.mesh
