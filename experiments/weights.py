@@ -289,11 +289,17 @@ def drift_part(config, traj, op, vectors: np.ndarray, values: np.ndarray):
         "window": [int(traj.steps[0]), int(traj.steps[-1])],
         "top_eigenvalue": float(values[0]),
     }
+    null = trajectory.random_walk_drift(
+        len(traj.steps), traj.params.shape[1], key=jax.random.key(config.seed + 5), num_walks=10
+    )  # the same statistics for isotropic random walks of the same shape
+    out["random_walk_null"] = null._asdict()
     logging.info(
         "drift mode (steps %d..%d): %.1f%% of the weight variance, %.1f%% of the net "
-        "displacement; dᵀHd = %.4g (λ₁ = %.4g); decay ratio/step %.6f (R² %.2f) -> λ_fit %s",
+        "displacement (random walks: %.1f%%, %.1f%%); dᵀHd = %.4g (λ₁ = %.4g); decay "
+        "ratio/step %.6f (R² %.2f) -> λ_fit %s",
         *out["window"], 100 * out["explained_variance_ratio"], 100 * out["displacement_share"],
-        rayleigh, values[0], out["decay_ratio_per_step"], out["decay_fit_r2"],
+        100 * null.explained_variance_ratio, 100 * null.displacement_share, rayleigh, values[0],
+        out["decay_ratio_per_step"], out["decay_fit_r2"],
         "n/a" if not sgd else f"{out['fitted_curvature']:.4g}",
     )  # fmt: skip
     return out, drift, fit

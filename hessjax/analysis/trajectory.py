@@ -21,7 +21,9 @@ Analysis (float64 numpy on the snapshots):
   variance ratios; `pca_overlap`: their overlap with a Hessian eigenspace for each k
   (`hessjax.linalg.overlap_curve`).
 * `drift_mode`: the top principal component of late-training weight snapshots, its share of
-  the variance and of the net displacement.
+  the variance and of the net displacement; `random_walk_drift`: the same statistics for
+  isotropic Gaussian random walks, the null they are judged against (the top principal
+  component of a random walk already carries ~6/π² ≈ 61 % of its variance).
 * `fit_decay`, `quadratic_model_fit`: the quadratic-potential model along directions e_i,
   c_i(t) = <θ(t) − θ*, e_i> ≈ c_i(0)·(1 − ηλ_i)^t: a log-linear least-squares fit of |c_i(t)|
   gives |1 − ηλ_i|, the sign comes from sign flips between snapshots, and
@@ -293,6 +295,37 @@ def drift_mode(snapshots: ArrayLike, steps: ArrayLike | None = None) -> DriftMod
     return DriftMode(d, float(res.explained_variance_ratio[0]), share, t, coords)
 
 
+class DriftNull(NamedTuple):
+    """`drift_mode` statistics of isotropic random walks: mean and standard deviation over
+    `num_walks` walks of the explained-variance ratio and of the displacement share."""
+
+    explained_variance_ratio: float
+    explained_variance_ratio_std: float
+    displacement_share: float
+    displacement_share_std: float
+    num_walks: int
+
+
+def random_walk_drift(
+    num_snapshots: int, dim: int, *, key: Array, num_walks: int = 20
+) -> DriftNull:
+    """The null of `drift_mode`: m = num_snapshots snapshots θ_t = Σ_{s<=t} ξ_s, ξ_s ~ N(0,
+    I_dim), of `num_walks` independent walks, each through `drift_mode`. For m << dim the
+    explained-variance ratio tends to 6/π² ≈ 0.608, the first Karhunen-Loève share of
+    Brownian motion with its mean removed (Antognini and Sohl-Dickstein 2018)."""
+    _check_positive(num_walks, "num_walks")
+    if num_snapshots < 3 or dim < 1:
+        raise ValueError(f"need num_snapshots >= 3 and dim >= 1, got {num_snapshots}, {dim}")
+    ratios, shares = [], []
+    for walk_key in jax.random.split(key, num_walks):
+        steps = np.asarray(jax.random.normal(walk_key, (num_snapshots, dim)), np.float64)
+        d = drift_mode(np.cumsum(steps, axis=0))
+        ratios.append(d.explained_variance_ratio)
+        shares.append(d.displacement_share)
+    return DriftNull(float(np.mean(ratios)), float(np.std(ratios)), float(np.mean(shares)),
+                     float(np.std(shares)), num_walks)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- decay fit
 
 
@@ -557,12 +590,14 @@ __all__ = [
     "PCA",
     "DecayFit",
     "DriftMode",
+    "DriftNull",
     "QuadraticModelFit",
     "TrajectoryFit",
     "RecorderState",
     "RecordingState",
     "Trajectory",
     "drift_mode",
+    "random_walk_drift",
     "fit_decay",
     "init_recorder",
     "pca",

@@ -69,6 +69,8 @@ def test_weights_binary_writes_results_and_figures(tiny_run):
     assert sum(r is not None for r in tf["ratio"]) >= 4
     drift = saved["drift_mode"]
     assert drift["explained_variance_ratio"] > 0.5 and drift["displacement_share"] > 0.5
+    null = drift["random_walk_null"]  # isotropic random walks of the same shape
+    assert 0.4 < null["explained_variance_ratio"] < 0.8 and null["num_walks"] == 10
     assert 0 < drift["curvature"] < 0.1 * top[0]  # the drift is a low-curvature direction
     fit = saved["quadratic_fit"]
     assert len(fit["fitted"]) == 4 and fit["median_relative_error"] < 0.3

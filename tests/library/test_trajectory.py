@@ -482,3 +482,18 @@ def test_weight_alignment_against_direct_computation(mlp_oracle):
         wt.weight_alignment(op.layout, params, vectors[:, :k], values[: k - 1])
     with pytest.raises(ValueError, match="zero"):
         wt.weight_alignment(op.layout, np.zeros(op.size), vectors[:, :k], values[:k])
+
+
+def test_random_walk_drift_null_matches_brownian_closed_form():
+    """Isotropic random walks (m << dim): the top principal component's share of the variance
+    is close to 6/π² (Brownian motion's first Karhunen-Loève share, mean removed); a straight
+    line instead puts all of it there, and bad sizes are refused."""
+    null = tr.random_walk_drift(200, 4000, key=jax.random.key(0), num_walks=8)
+    assert null.explained_variance_ratio == pytest.approx(6 / np.pi**2, abs=0.04)
+    assert 0 < null.explained_variance_ratio_std < 0.1 and 0 < null.displacement_share < 1
+    line = tr.drift_mode(np.outer(np.arange(50.0), np.ones(30)))
+    assert line.explained_variance_ratio == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="num_snapshots >= 3"):
+        tr.random_walk_drift(2, 10, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="num_walks"):
+        tr.random_walk_drift(10, 10, key=jax.random.key(0), num_walks=0)
