@@ -105,9 +105,7 @@ def make_optimizer(kind: str, learning_rate, adam: tuple[float, float, float]):
 
 def threshold(kind: str, learning_rate: float, b1: float) -> float:
     """The stability threshold: 2/η for GD, (2 + 2β₁)/((1 − β₁)η) for Adam (Cohen et al.)."""
-    if kind == "adam":
-        return (2 + 2 * b1) / ((1 - b1) * learning_rate)
-    return 2 / learning_rate
+    return hm.adam_threshold(learning_rate, b1) if kind == "adam" else 2 / learning_rate
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "monitors", "kind", "adam", "steps"))

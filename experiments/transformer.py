@@ -197,7 +197,7 @@ def measure(config, model, loss_fn, params, batch, key, opt_state=None) -> dict:
             "preconditioned sharpness", linalg.eigsh, scaled, 1, key=k_top, tol=h.tol
         )
         out["preconditioned_sharpness"] = float(p_top.eigenvalues[0])
-        out["adam_threshold"] = 38 / config.train.learning_rate  # (2 + 2β₁)/((1 − β₁)η)
+        out["adam_threshold"] = hm.adam_threshold(config.train.learning_rate)
 
     # Masked block products (one vmapped full product per block) rather than restricted ones
     # (tr.role_block_diagonal): one small compilation instead of one per block, which
@@ -321,10 +321,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     monitor = _adam_monitor(config, loss_fn, key=jax.random.key(config.seed + 1))
     pre = hm.adam_preconditioner if monitor is not None else None
     step_fn = training.make_train_step(loss_fn, optimizer, monitor, pre)
-    opt_state = optimizer.init(params)
-    if monitor is not None:
-        opt_state = (opt_state, monitor.init(params))
-    state = {"params": params, "opt_state": opt_state}
+    state = {"params": params, "opt_state": step_fn.init(params)}
     base = _fingerprint(config)
     hessian_fp = base | {"hessian": config.hessian.to_dict(), "version": MEASURE_VERSION}
     key = jax.random.key(config.seed)
@@ -372,7 +369,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results["adam_sharpness"] = {
             "steps": log.steps.tolist(),
             "preconditioned_sharpness": log.sharpness.tolist(),
-            "threshold": 38 / config.train.learning_rate,  # (2 + 2β₁)/((1 − β₁)η), β₁ = 0.9
+            "threshold": hm.adam_threshold(config.train.learning_rate),
             "every": config.train.monitor_every,
         }
     title = f"{config.model.kind} on {name}, {num_params:,} params"

@@ -579,6 +579,12 @@ def monitoring(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def adam_threshold(learning_rate: float, b1: float = 0.9) -> float:
+    """Adam's stability threshold for the preconditioned sharpness, (2 + 2β₁)/((1 − β₁)η)
+    (Cohen et al. 2022): 38/η for β₁ = 0.9."""
+    return (2 + 2 * b1) / ((1 - b1) * learning_rate)
+
+
 def adam_preconditioner(opt_state: PyTree, *, b2: float = 0.999, eps: float = 1e-8) -> PyTree:
     """Adam's diagonal preconditioner P = √v̂ + ε (params-shaped), v̂ = ν / (1 − β₂^t) the
     bias-corrected second moments of the one `optax.ScaleByAdamState` in opt_state (an

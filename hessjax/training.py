@@ -50,6 +50,12 @@ class TrainStep(NamedTuple):
     run: Callable[..., tuple[PyTree, PyTree, Array]]
     monitor: Any = None
 
+    def init(self, params: PyTree) -> PyTree:
+        """The opt_state `run` starts from: optimizer.init(params), paired with
+        monitor.init(params) when the step carries a monitor."""
+        opt_state = self.optimizer.init(params)
+        return opt_state if self.monitor is None else (opt_state, self.monitor.init(params))
+
 
 def make_train_step(
     loss_fn: Callable[[PyTree, tuple[Array, Array]], Array],
@@ -142,9 +148,7 @@ def train(
     elif step.monitor is not monitor:
         raise ValueError("step was made with another monitor than the one passed")
     if opt_state is None:
-        opt_state = optimizer.init(params)
-        if monitor is not None:
-            opt_state = (opt_state, monitor.init(params))
+        opt_state = step.init(params)
     history: list[tuple[int, float]] = []
     done = 0
     while done < num_steps:

@@ -235,10 +235,10 @@ def test_preconditioned_sharpness_matches_dense_adam_oracle():
 
 @pytest.mark.x64
 def test_preconditioned_monitor_inside_training_train():
-    """`training.train(monitor=, preconditioner=)` under Adam: λ(P^{-1/2} H P^{-1/2}) recorded
-    at steps 3 and 6 equals a dense float64 oracle at the params and Adam state the step ends
-    at, and riding along leaves the training untouched. Every row of x is the same sample, so
-    each minibatch (drawn with replacement) is that sample's loss."""
+    """`training.train(monitor=, preconditioner=)` under Adam: the monitor records steps 3 and
+    6, and the step-6 λ(P^{-1/2} H P^{-1/2}) equals a dense float64 oracle at the params and
+    Adam state that step ends at; riding along leaves the training untouched. Every row of x
+    is the same sample, so each minibatch (drawn with replacement) is that sample's loss."""
     model, x, y, params, loss = _mlp_problem()
     x, y = jnp.tile(x[:1], (16, 1)), jnp.tile(y[:1], 16)
     adam = optax.adam(1e-2)
